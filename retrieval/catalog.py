@@ -1,0 +1,260 @@
+"""The durable item catalog: items and their vectors in SQLite, mirrored in memory for fast lookups.
+
+The catalog is the source of truth. FAISS snapshots are a cache of its vectors: on start the index is reconciled
+with the catalog (vectors added or removed since the snapshot are applied), so an upsert acknowledged to a
+client survives a crash even if no snapshot was written after it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.types import Filters, Item
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    faiss_id INTEGER NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _item_from_json(data: str) -> Item:
+    raw = json.loads(data)
+    return Item(
+        id=raw["id"],
+        title=raw["title"],
+        text=raw.get("text", ""),
+        category=raw["category"],
+        brand=raw.get("brand"),
+        price=raw.get("price"),
+        attributes=raw.get("attributes") or {},
+        provider=raw.get("provider"),
+    )
+
+
+class ItemCatalog:
+    """Items with their vectors, each under a FAISS id that changes whenever its vector does.
+
+    Args:
+        path: SQLite file (created if missing).
+        dim: Vector dimension.
+    """
+
+    def __init__(self, path: str | Path, dim: int) -> None:
+        self.path = Path(path)
+        self.dim = dim
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._items: dict[str, Item] = {}
+        self._faiss_of: dict[str, int] = {}
+        self._item_of: dict[int, str] = {}
+        for faiss_id, data in self._db.execute("SELECT faiss_id, data FROM items"):
+            self._remember(_item_from_json(data), faiss_id)
+        self._seq = int(self._meta("seq", "0"))
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    # -- meta ---------------------------------------------------------------------------------------------
+
+    def _meta(self, key: str, default: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def seq(self) -> int:
+        """Change sequence: grows by one with every committed write."""
+        return self._seq
+
+    @property
+    def encoder_version(self) -> str | None:
+        """Digest of the encoder that made the stored vectors (``None`` for an empty catalog)."""
+        with self._lock:
+            value = self._meta("encoder_version", "")
+        return value or None
+
+    # -- reads --------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, item_id: str) -> Item | None:
+        """The item with this id, if present."""
+        return self._items.get(item_id)
+
+    def item_for_faiss_id(self, faiss_id: int) -> Item | None:
+        """The live item stored under a FAISS id (``None`` for removed or replaced vectors)."""
+        item_id = self._item_of.get(faiss_id)
+        return None if item_id is None else self._items.get(item_id)
+
+    def faiss_id(self, item_id: str) -> int | None:
+        """The FAISS id of an item's current vector."""
+        return self._faiss_of.get(item_id)
+
+    def items(self) -> list[Item]:
+        """All items, in id order."""
+        return [self._items[k] for k in sorted(self._items)]
+
+    def live_faiss_ids(self) -> np.ndarray:
+        """FAISS ids of every current vector."""
+        return np.fromiter(self._item_of.keys(), dtype=np.int64, count=len(self._item_of))
+
+    def matching_faiss_ids(self, filters: Filters, exclude: Iterable[str] = ()) -> np.ndarray:
+        """FAISS ids of items passing ``filters`` and not in ``exclude`` (for exact filtered search)."""
+        skip = set(exclude)
+        ids = [
+            self._faiss_of[item.id] for item in self._items.values() if item.id not in skip and filters.matches(item)
+        ]
+        return np.asarray(ids, dtype=np.int64)
+
+    def vectors(self, faiss_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors for the given FAISS ids, in order (all must be live)."""
+        out = np.zeros((len(faiss_ids), self.dim), dtype=np.float32)
+        with self._lock:
+            for row, fid in enumerate(faiss_ids):
+                found = self._db.execute("SELECT vector FROM items WHERE faiss_id = ?", (int(fid),)).fetchone()
+                if found is None:
+                    raise KeyError(fid)
+                out[row] = np.frombuffer(found[0], dtype=np.float32)
+        return out
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(faiss_ids, vectors)`` of every item, read in one pass."""
+        with self._lock:
+            rows = self._db.execute("SELECT faiss_id, vector FROM items ORDER BY faiss_id").fetchall()
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        matrix = np.zeros((len(rows), self.dim), dtype=np.float32)
+        for row, (_, blob) in enumerate(rows):
+            matrix[row] = np.frombuffer(blob, dtype=np.float32)
+        return ids, matrix
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    def _remember(self, item: Item, faiss_id: int) -> None:
+        old = self._faiss_of.get(item.id)
+        if old is not None:
+            self._item_of.pop(old, None)
+        self._items[item.id] = item
+        self._faiss_of[item.id] = faiss_id
+        self._item_of[faiss_id] = item.id
+
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray, encoder_version: str) -> tuple[list[int], list[int]]:
+        """Insert or replace items with their vectors in one transaction.
+
+        Args:
+            items: Items to write.
+            vectors: ``(len(items), dim)`` unit vectors.
+            encoder_version: Digest of the encoder that made ``vectors``.
+
+        Returns:
+            ``(new_faiss_ids, replaced_faiss_ids)``: the ids now holding the vectors, and the ids whose
+            vectors became stale.
+
+        Raises:
+            ValueError: The catalog's vectors come from another encoder.
+        """
+        if len(items) != len(vectors):
+            raise ValueError("one vector per item is required")
+        with self._lock:
+            current = self.encoder_version
+            if current is not None and current != encoder_version and self._items:
+                raise ValueError(f"catalog vectors come from encoder {current}, not {encoder_version}")
+            next_id = int(self._meta("next_faiss_id", "0"))
+            seq = self._seq
+            new_ids = list(range(next_id, next_id + len(items)))
+            replaced = [self._faiss_of[i.id] for i in items if i.id in self._faiss_of]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for item, fid, vector in zip(items, new_ids, vectors, strict=True):
+                    seq += 1
+                    self._db.execute(
+                        "INSERT INTO items(id, faiss_id, seq, data, vector) VALUES(?, ?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET faiss_id = excluded.faiss_id, seq = excluded.seq, "
+                        "data = excluded.data, vector = excluded.vector",
+                        (
+                            item.id,
+                            fid,
+                            seq,
+                            json.dumps(item.to_dict(), ensure_ascii=False),
+                            np.asarray(vector, dtype=np.float32).tobytes(),
+                        ),
+                    )
+                self._set_meta("next_faiss_id", str(next_id + len(items)))
+                self._set_meta("seq", str(seq))
+                self._set_meta("encoder_version", encoder_version)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._seq = seq
+            for item, fid in zip(items, new_ids, strict=True):
+                self._remember(item, fid)
+        return new_ids, replaced
+
+    def delete(self, item_id: str) -> int | None:
+        """Delete an item; returns the FAISS id its vector had, or ``None`` if it was not there."""
+        with self._lock:
+            fid = self._faiss_of.get(item_id)
+            if fid is None:
+                return None
+            seq = self._seq + 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                self._set_meta("seq", str(seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._seq = seq
+            del self._faiss_of[item_id]
+            del self._items[item_id]
+            self._item_of.pop(fid, None)
+        return fid
+
+    def replace_vectors(self, vectors: dict[str, np.ndarray], encoder_version: str) -> int:
+        """Swap in re-computed vectors (index rebuild) for the given items, keeping their FAISS ids.
+
+        Items deleted meanwhile are skipped. Returns the change sequence after the write.
+        """
+        with self._lock:
+            seq = self._seq + 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for item_id, vector in vectors.items():
+                    if item_id in self._items:
+                        self._db.execute(
+                            "UPDATE items SET vector = ?, seq = ? WHERE id = ?",
+                            (np.asarray(vector, dtype=np.float32).tobytes(), seq, item_id),
+                        )
+                self._set_meta("encoder_version", encoder_version)
+                self._set_meta("seq", str(seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._seq = seq
+        return seq

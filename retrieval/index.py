@@ -1,0 +1,358 @@
+"""FAISS vector index with int64 ids, and its on-disk snapshots.
+
+``VectorIndex`` wraps an ``IndexIDMap2`` over Flat (exact, the default), HNSW or IVF, with a lock around every
+call so searches never see a half-applied write. Snapshots are written whole into a new folder, fsynced, and
+published by atomically replacing a ``CURRENT`` pointer, so a crash leaves either the old or the new snapshot,
+never a torn one. Snapshots open memory-mapped; the first write copies the index into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss as _faiss_module
+import numpy as np
+import structlog
+
+from retrieval.errors import IndexStoreError
+
+# The stubs shipped with faiss-cpu miss most of the SWIG API (DirectMap, SearchParametersHNSW, id_map, ...).
+faiss: Any = _faiss_module
+
+logger = structlog.get_logger(__name__)
+
+IndexKind = Literal["flat", "hnsw", "ivf"]
+INDEX_FILE = "index.faiss"
+MANIFEST_FILE = "manifest.json"
+CURRENT_FILE = "CURRENT"
+KEEP_SNAPSHOTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """Which FAISS structure to build and how to search it (``[index]`` in the config).
+
+    Attributes:
+        kind: ``flat`` (exact; small and medium catalogs), ``hnsw`` or ``ivf`` (approximate; large catalogs).
+        hnsw_m: HNSW graph degree.
+        hnsw_ef_construction: HNSW build-time beam width.
+        hnsw_ef_search: HNSW search beam width.
+        ivf_nlist: IVF cell count (0: about 4 * sqrt(n), at least 39 training vectors per cell).
+        ivf_nprobe: IVF cells visited per query.
+        threads: OpenMP threads FAISS may use.
+        blas_threshold: Query count from which flat search switches to BLAS (FAISS's default is 20 at 384-d,
+            via ``distance_compute_blas_threshold``; batched search wants it low).
+    """
+
+    kind: IndexKind = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 8
+    threads: int = 1
+    blas_threshold: int = 4
+
+
+def configure_faiss(spec: IndexSpec) -> None:
+    """Apply process-wide FAISS settings (threads, BLAS threshold)."""
+    faiss.omp_set_num_threads(max(1, spec.threads))
+    faiss.cvar.distance_compute_blas_threshold = max(1, spec.blas_threshold)
+
+
+def _as_ids(ids: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+
+
+def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
+    matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if matrix.ndim == 1:
+        matrix = matrix.reshape(1, -1)
+    if matrix.shape[1] != dim:
+        raise ValueError(f"expected vectors of dimension {dim}, got {matrix.shape[1]}")
+    return matrix
+
+
+class VectorIndex:
+    """A thread-safe FAISS index over inner product (cosine, for unit vectors) with int64 ids."""
+
+    def __init__(self, index: Any, spec: IndexSpec, *, mmapped: bool = False) -> None:
+        self._index = index
+        self.spec = spec
+        self.dim = int(index.d)
+        self._mmapped = mmapped
+        self._lock = threading.Lock()
+        self._tune(index)
+        self.kind = self._kind_of(index)
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, dim: int, spec: IndexSpec, ids: Any, vectors: Any) -> VectorIndex:
+        """Build a new index of ``spec.kind`` holding ``vectors`` under ``ids``."""
+        ids_arr = _as_ids(ids)
+        matrix = _as_matrix(vectors, dim) if len(ids_arr) else np.zeros((0, dim), dtype=np.float32)
+        inner: Any
+        if spec.kind == "flat":
+            inner = faiss.IndexFlatIP(dim)
+        elif spec.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = spec.hnsw_ef_construction
+        elif spec.kind == "ivf":
+            n = len(ids_arr)
+            nlist = spec.ivf_nlist or max(1, int(4 * math.sqrt(max(n, 1))))
+            nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            if n == 0:
+                raise IndexStoreError("an IVF index needs vectors to train on; build it from a non-empty catalog")
+            inner.train(matrix)
+            inner.make_direct_map(True)
+        else:
+            raise IndexStoreError(f"unknown index kind {spec.kind!r}")
+        index = faiss.IndexIDMap2(inner)
+        if len(ids_arr):
+            index.add_with_ids(matrix, ids_arr)
+        return cls(index, spec)
+
+    @classmethod
+    def from_bytes(cls, blob: np.ndarray, spec: IndexSpec) -> VectorIndex:
+        """Restore an index serialised with :meth:`to_bytes`."""
+        return cls(faiss.deserialize_index(blob), spec)
+
+    @classmethod
+    def read(cls, path: Path, spec: IndexSpec, *, mmap: bool = True) -> VectorIndex:
+        """Open an index file, memory-mapped by default (read-only until the first write)."""
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as exc:
+            raise IndexStoreError(f"cannot read index {path}: {exc}") from exc
+        return cls(index, spec, mmapped=mmap)
+
+    def _tune(self, index: Any) -> None:
+        inner = faiss.downcast_index(faiss.downcast_index(index).index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = self.spec.hnsw_ef_search
+        elif isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = self.spec.ivf_nprobe
+            if inner.direct_map.type == faiss.DirectMap.NoMap:
+                inner.make_direct_map(True)
+
+    @staticmethod
+    def _kind_of(index: Any) -> str:
+        """The kind of the inner structure (``flat``, ``hnsw`` or ``ivf``)."""
+        inner = faiss.downcast_index(faiss.downcast_index(index).index)
+        if isinstance(inner, faiss.IndexHNSW):
+            return "hnsw"
+        if isinstance(inner, faiss.IndexIVF):
+            return "ivf"
+        return "flat"
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors stored."""
+        return int(self._index.ntotal)
+
+    def _writable(self) -> Any:
+        """Copy a memory-mapped index into memory before its first change (the mapping is read-only)."""
+        if self._mmapped:
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            self._tune(self._index)
+            self._mmapped = False
+        return self._index
+
+    # -- reads and writes -------------------------------------------------------------------------------------
+
+    def add(self, ids: Any, vectors: Any) -> None:
+        """Add vectors under new ids (callers guarantee the ids are not present)."""
+        ids_arr = _as_ids(ids)
+        if len(ids_arr) == 0:
+            return
+        matrix = _as_matrix(vectors, self.dim)
+        with self._lock:
+            self._writable().add_with_ids(matrix, ids_arr)
+
+    def remove(self, ids: Any) -> int:
+        """Remove ids; unknown ids are ignored. Returns how many were removed.
+
+        Only flat indexes remove physically; HNSW cannot, and IVF's id map cannot through ``IndexIDMap2``.
+        For those, removed ids stay stored and callers drop them from results until the next rebuild.
+        """
+        ids_arr = _as_ids(ids)
+        if len(ids_arr) == 0 or self.kind != "flat":
+            return 0
+        with self._lock:
+            return int(self._writable().remove_ids(faiss.IDSelectorBatch(ids_arr)))
+
+    def search(self, queries: Any, k: int, allowed_ids: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner-product search for a batch of queries.
+
+        Args:
+            queries: ``(n, dim)`` float32 query vectors.
+            k: Results per query.
+            allowed_ids: When given, only these ids may be returned (exact filtered search).
+
+        Returns:
+            ``(scores, ids)``, each ``(n, k)``; missing results have id ``-1``.
+        """
+        matrix = _as_matrix(queries, self.dim)
+        k = max(1, k)
+        params = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(_as_ids(allowed_ids))
+            kind = self.kind
+            if kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.spec.hnsw_ef_search, k))
+            elif kind == "ivf":
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.ivf_nprobe)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+        with self._lock:
+            scores, ids = self._index.search(matrix, k, params=params)
+        return scores, ids
+
+    def reconstruct(self, ids: Any) -> np.ndarray:
+        """Stored vectors for ``ids`` (all must be present)."""
+        ids_arr = _as_ids(ids)
+        if len(ids_arr) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            return np.asarray(self._index.reconstruct_batch(ids_arr), dtype=np.float32)
+
+    def ids(self) -> np.ndarray:
+        """All ids stored."""
+        with self._lock:
+            return np.asarray(faiss.vector_to_array(faiss.downcast_index(self._index).id_map), dtype=np.int64)
+
+    def to_bytes(self) -> tuple[np.ndarray, int]:
+        """Serialise the whole index; returns the bytes and the vector count they hold (taken together)."""
+        with self._lock:
+            return faiss.serialize_index(self._index), int(self._index.ntotal)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotManifest:
+    """What a snapshot holds.
+
+    Attributes:
+        version: Unique snapshot name (``<unix ms>-<seq>``).
+        seq: Catalog change sequence the snapshot includes.
+        encoder_version: Digest of the encoder that made the vectors.
+        kind: Index kind.
+        count: Vectors stored.
+        dim: Vector dimension.
+        created: Unix time of writing.
+    """
+
+    version: str
+    seq: int
+    encoder_version: str
+    kind: str
+    count: int
+    dim: int
+    created: float
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class SnapshotStore:
+    """Snapshots of one index under ``root`` (``snapshots/<version>/`` plus a ``CURRENT`` pointer)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._snapshots = self.root / "snapshots"
+        self._write_lock = threading.Lock()
+
+    def current(self) -> SnapshotManifest | None:
+        """Manifest of the published snapshot, or ``None`` if there is none.
+
+        Raises:
+            IndexStoreError: ``CURRENT`` points at a missing or unreadable snapshot.
+        """
+        pointer = self.root / CURRENT_FILE
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(encoding="utf-8").strip()
+        manifest_path = self._snapshots / name / MANIFEST_FILE
+        try:
+            return SnapshotManifest(**json.loads(manifest_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise IndexStoreError(f"snapshot {name!r} is unreadable: {exc}") from exc
+
+    def load(self, spec: IndexSpec, *, mmap: bool = True) -> tuple[VectorIndex, SnapshotManifest] | None:
+        """Open the published snapshot, or return ``None`` if there is none."""
+        manifest = self.current()
+        if manifest is None:
+            return None
+        index = VectorIndex.read(self._snapshots / manifest.version / INDEX_FILE, spec, mmap=mmap)
+        if index.ntotal != manifest.count or index.dim != manifest.dim:
+            raise IndexStoreError(f"snapshot {manifest.version} does not match its manifest")
+        return index, manifest
+
+    def save(self, index: VectorIndex, *, seq: int, encoder_version: str) -> SnapshotManifest:
+        """Write ``index`` as a new snapshot and publish it atomically.
+
+        Args:
+            index: The index to persist (serialised under its lock, so writers may continue meanwhile).
+            seq: Catalog change sequence the index reflects.
+            encoder_version: Digest of the encoder that made the vectors.
+
+        Returns:
+            The new snapshot's manifest.
+        """
+        blob, count = index.to_bytes()
+        with self._write_lock:
+            manifest = SnapshotManifest(
+                version=f"{int(time.time() * 1000)}-{seq}",
+                seq=seq,
+                encoder_version=encoder_version,
+                kind=index.kind,
+                count=count,
+                dim=index.dim,
+                created=time.time(),
+            )
+            folder = self._snapshots / manifest.version
+            staging = self._snapshots / f".{manifest.version}.tmp"
+            staging.mkdir(parents=True, exist_ok=False)
+            _write_durably(staging / INDEX_FILE, blob.tobytes())
+            _write_durably(staging / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2).encode())
+            _fsync_dir(staging)
+            staging.rename(folder)
+            _fsync_dir(self._snapshots)
+            pointer_tmp = self.root / f".{CURRENT_FILE}.tmp"
+            _write_durably(pointer_tmp, manifest.version.encode())
+            pointer_tmp.replace(self.root / CURRENT_FILE)
+            _fsync_dir(self.root)
+            self._prune(keep=manifest.version)
+        logger.info("index_snapshot_saved", version=manifest.version, count=manifest.count, kind=manifest.kind)
+        return manifest
+
+    def _prune(self, keep: str) -> None:
+        """Delete all but the newest snapshots and any staging leftovers from a crash."""
+        entries = sorted(p for p in self._snapshots.iterdir() if p.is_dir())
+        finished = [p for p in entries if not p.name.startswith(".")]
+        stale = [p for p in entries if p.name.startswith(".")]
+        stale += [p for p in finished[:-KEEP_SNAPSHOTS] if p.name != keep]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)

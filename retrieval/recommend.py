@@ -1,0 +1,291 @@
+"""Ranking pieces that need no model: history scoring, diversity (MMR) and explanations.
+
+History scores are a weighted mean of cosine similarities, ``score(r) = sum_i w_i * cos(h_i, r) / sum_i w_i``,
+so each history item's share of a result's score is exact and sums to the score: that is the explanation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retrieval.types import Contribution, Explanation, HistoryEntry, Interaction, Item
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "with",
+        "you",
+        "your",
+    ]
+)
+MAX_CONTRIBUTIONS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RecommenderConfig:
+    """Knobs of the recommenders (``[recommender]`` in the config).
+
+    Attributes:
+        event_weights: Weight of each interaction type when a user's history is read from interactions.
+        half_life_days: Recency decay of interaction weights (0 disables).
+        max_history: Most history entries used (the most recent, for stored histories).
+        seed_items: History items that also seed their own candidate searches (the heaviest ones).
+        candidate_factor: Candidates fetched per requested result, before filters and diversity.
+    """
+
+    event_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
+    )
+    half_life_days: float = 30.0
+    max_history: int = 200
+    seed_items: int = 8
+    candidate_factor: int = 4
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased word terms without stop words, duplicates removed, in order."""
+    seen: dict[str, None] = {}
+    for token in _TOKEN.findall(text.casefold()):
+        if token not in _STOPWORDS:
+            seen.setdefault(token, None)
+    return list(seen)
+
+
+def _stem(term: str) -> str:
+    """Crude plural folding, enough for "towels" to match "towel"."""
+    if len(term) > 4 and term.endswith("ies"):
+        return term[:-3] + "y"
+    if len(term) > 3 and term.endswith("es") and term[-3] in "sxz":
+        return term[:-2]
+    if len(term) > 3 and term.endswith("s") and not term.endswith("ss"):
+        return term[:-1]
+    return term
+
+
+def _item_fields(item: Item) -> dict[str, str]:
+    attrs = " ".join(f"{k} {v}" for k, v in item.attributes.items() if v is not None)
+    return {
+        "title": item.title,
+        "category": item.category,
+        "brand": item.brand or "",
+        "attributes": attrs,
+        "text": item.text,
+    }
+
+
+class FieldTerms:
+    """Stemmed term sets of each item's fields, computed once per item version.
+
+    Explanations run on the hot path for every result; tokenising long item texts each time would cost more
+    than the search itself. Entries are keyed by item id and dropped when a different object (a replaced
+    item) is seen, so upserts need no explicit invalidation.
+
+    Args:
+        capacity: Most items cached; the least recently added are evicted first.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._cache: OrderedDict[str, tuple[Item, dict[str, frozenset[str]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, item: Item) -> dict[str, frozenset[str]]:
+        """Field name to stemmed terms, for ``item``."""
+        with self._lock:
+            hit = self._cache.get(item.id)
+        if hit is not None and hit[0] is item:
+            return hit[1]
+        fields = {name: frozenset(_stem(t) for t in terms(text)) for name, text in _item_fields(item).items()}
+        with self._lock:
+            self._cache[item.id] = (item, fields)
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return fields
+
+
+def explain_query_match(query: str, item: Item, score: float, field_terms: FieldTerms | None = None) -> Explanation:
+    """Which of the item's fields contain the query's terms, strongest first.
+
+    Args:
+        query: The shopper's query.
+        item: The returned item.
+        score: Cosine similarity of query and item.
+        field_terms: Cache of the items' field terms (computed on the fly if not given).
+
+    Returns:
+        A ``query-field-match`` explanation; a field's score is the share of query terms it contains.
+    """
+    wanted = terms(query)
+    stems = {_stem(t): t for t in wanted}
+    fields = (field_terms or FieldTerms(capacity=1)).get(item)
+    contributions: list[Contribution] = []
+    for name, present in fields.items():
+        matched = tuple(stems[s] for s in stems if s in present)
+        if matched:
+            contributions.append(Contribution(source=name, score=len(matched) / len(stems), matched_terms=matched))
+    contributions.sort(key=lambda c: -c.score)
+    if contributions:
+        best = contributions[0]
+        quoted = ", ".join(f"'{t}'" for t in best.matched_terms)
+        summary = f"Query terms {quoted} appear in the {best.source}; semantic similarity {score:.2f}."
+    else:
+        summary = f"No query term appears verbatim; matched on meaning (semantic similarity {score:.2f})."
+    return Explanation(method="query-field-match", summary=summary, contributions=tuple(contributions))
+
+
+def explain_item_similarity(seed: Item, item: Item, score: float) -> Explanation:
+    """Why ``item`` is like ``seed``: their cosine similarity and shared category or brand."""
+    shared = []
+    if item.category == seed.category:
+        shared.append("category")
+    if item.brand and seed.brand and item.brand.casefold() == seed.brand.casefold():
+        shared.append("brand")
+    extra = f"; same {' and '.join(shared)}" if shared else ""
+    return Explanation(
+        method="item-similarity",
+        summary=f"Similar to '{seed.title}' (similarity {score:.2f}){extra}.",
+        contributions=(Contribution(source=seed.id, score=score),),
+    )
+
+
+def history_scores(
+    history_vectors: np.ndarray, weights: np.ndarray, candidate_vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score candidates against a weighted history.
+
+    Args:
+        history_vectors: ``(m, d)`` unit vectors of history items.
+        weights: ``(m,)`` positive weights.
+        candidate_vectors: ``(c, d)`` unit vectors of candidates.
+
+    Returns:
+        ``(scores, shares)``: ``(c,)`` scores and ``(c, m)`` per-history-item shares; each row of shares sums
+        to the score.
+    """
+    normalised = weights / weights.sum()
+    similarity = candidate_vectors @ history_vectors.T
+    shares = similarity * normalised[None, :]
+    return shares.sum(axis=1), shares
+
+
+def explain_history(history_items: Sequence[Item], shares: np.ndarray, score: float) -> Explanation:
+    """Name the history items that contributed most to one result.
+
+    Args:
+        history_items: The history, aligned with ``shares``.
+        shares: This result's share from each history item.
+        score: The result's score (the sum of ``shares``).
+    """
+    order = np.argsort(-shares)[:MAX_CONTRIBUTIONS]
+    contributions = tuple(
+        Contribution(source=history_items[i].id, score=float(shares[i])) for i in order if shares[i] > 0
+    )
+    leaders = [history_items[i].title for i in order[:2] if shares[i] > 0]
+    if leaders:
+        names = " and ".join(f"'{t}'" for t in leaders)
+        summary = f"Because of your interest in {names} (score {score:.2f})."
+    else:
+        summary = f"Weakly related to your history (score {score:.2f})."
+    return Explanation(method="history-similarity-decomposition", summary=summary, contributions=contributions)
+
+
+def history_from_interactions(interactions: Sequence[Interaction], config: RecommenderConfig) -> list[HistoryEntry]:
+    """Turn one user's interactions into weighted history entries.
+
+    Weights come from the event type (ratings scale by ``value / 5``), decay with age relative to the user's
+    latest event, and add up for repeated items. Only the most recent ``max_history`` events count.
+    """
+    recent = sorted(interactions, key=lambda i: i.ts)[-config.max_history :]
+    if not recent:
+        return []
+    latest = recent[-1].ts
+    totals: dict[str, float] = {}
+    for event in recent:
+        weight = config.event_weights.get(event.event, 1.0)
+        if event.event == "rating":
+            weight *= event.value / 5.0
+        if config.half_life_days > 0:
+            age_days = (latest - event.ts) / 86_400
+            weight *= math.pow(0.5, age_days / config.half_life_days)
+        if weight > 0:
+            totals[event.item_id] = totals.get(event.item_id, 0.0) + weight
+    return [HistoryEntry(item_id=item_id, weight=w) for item_id, w in totals.items()]
+
+
+def merge_history(entries: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+    """Add up the weights of repeated items, keeping first-seen order."""
+    totals: dict[str, float] = {}
+    for entry in entries:
+        totals[entry.item_id] = totals.get(entry.item_id, 0.0) + entry.weight
+    return [HistoryEntry(item_id=i, weight=w) for i, w in totals.items()]
+
+
+def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: pick ``k`` candidates trading relevance for novelty.
+
+    Args:
+        relevance: ``(c,)`` relevance scores.
+        vectors: ``(c, d)`` unit vectors of the candidates.
+        k: How many to pick.
+        diversity: 0 keeps pure relevance order; 1 only avoids similarity to what is already picked.
+
+    Returns:
+        Indices into the candidates, in pick order.
+    """
+    count = len(relevance)
+    if count == 0:
+        return []
+    if diversity <= 0:
+        return [int(i) for i in np.argsort(-relevance, kind="stable")[:k]]
+    lam = 1.0 - diversity
+    similarity = vectors @ vectors.T
+    chosen: list[int] = []
+    max_sim = np.full(count, -np.inf)
+    available = np.ones(count, dtype=bool)
+    for _ in range(min(k, count)):
+        redundancy = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        gain = lam * relevance - (1.0 - lam) * redundancy
+        gain[~available] = -np.inf
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        available[pick] = False
+        max_sim = np.maximum(max_sim, similarity[pick])
+    return chosen
