@@ -1,0 +1,135 @@
+"""The Litestar application factory.
+
+The lifespan opens the key store, creates first-run keys, and loads the engine in the background, so
+``/health/live`` answers at once and ``/health/ready`` turns 200 when models are warm and the index is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Router
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from app.auth import KeyStore
+from app.errors import EXCEPTION_HANDLERS
+from app.metrics import Metrics
+from app.observability import RequestContextMiddleware
+from app.routes import ops
+from app.routes.items import ItemController
+from app.routes.recommend import RecommendationController
+from app.settings import Settings
+from app.state import Services, provide_services
+from retrieval.encoder import Encoder
+from retrieval.engine import RetrievalEngine
+
+logger = structlog.get_logger(__name__)
+INITIAL_KEYS_FILE = "initial-keys.txt"
+
+
+def bootstrap_keys(keys: KeyStore, state_dir: Path) -> Path | None:
+    """On first start (no keys at all), create a frontend and an admin key and write them to a 0600 file.
+
+    Returns:
+        The file's path, or ``None`` when keys already existed.
+    """
+    if keys.count() > 0:
+        return None
+    frontend = keys.create("frontend", label="bootstrap")
+    admin = keys.create("admin", label="bootstrap")
+    path = state_dir / INITIAL_KEYS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"CANDOR_FRONTEND_KEY={frontend}\nCANDOR_ADMIN_KEY={admin}\n")
+    return path
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """Refuse bodies that are not JSON with 415 (``before_request`` hook on the API router)."""
+    if request.method not in {"POST", "PUT", "PATCH"}:
+        return
+    content_type = request.headers.get("content-type", "")
+    has_body = request.headers.get("content-length", "0") not in {"", "0"} or "transfer-encoding" in request.headers
+    if has_body and content_type.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(status_code=415, detail="send the body as application/json")
+
+
+def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encoder | None = None) -> Litestar:
+    """Build the service.
+
+    Args:
+        settings: The effective settings.
+        show_progress: Draw a progress bar when the first start embeds the catalog.
+        encoder: An already loaded encoder to serve with (tests); by default the configured one is loaded.
+
+    Returns:
+        The Litestar app; serve it with any ASGI server.
+    """
+    metrics = Metrics()
+    state_dir = settings.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    engine = RetrievalEngine(settings.engine_config(show_progress=show_progress), observer=metrics, encoder=encoder)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        keys = KeyStore(state_dir / "candor.sqlite")
+        app.state.services = Services(settings=settings, engine=engine, keys=keys, metrics=metrics)
+        app.state.background_tasks = set()
+        if settings.auth.bootstrap_keys:
+            created = bootstrap_keys(keys, state_dir)
+            if created is not None:
+                print(f"candor: created a frontend and an admin API key in {created}", file=sys.stderr, flush=True)
+                logger.info("api_keys_bootstrapped", path=str(created))
+        startup = asyncio.create_task(engine.start())
+        # The task's failure is recorded on the engine (status "failed") and logged there.
+        startup.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            yield
+        finally:
+            if not startup.done():
+                startup.cancel()
+            await asyncio.gather(startup, return_exceptions=True)
+            for task in list(app.state.background_tasks):
+                task.cancel()
+            if engine.status == "ready":
+                await engine.stop()
+            keys.close()
+
+    api = Router(
+        path="/v1",
+        route_handlers=[RecommendationController, ItemController, ops.info],
+        # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        before_request=require_json_body,
+        security=[{"apiKey": []}],
+    )
+    app = Litestar(
+        route_handlers=[api, ops.live, ops.ready, ops.metrics],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Candor",
+            version=ops.SERVICE_VERSION,
+            description="Recommendations and semantic search over a shop's catalog.",
+            path="/schema",
+            components=Components(
+                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="Candor API key")}
+            ),
+        ),
+        debug=False,
+        logging_config=None,  # logging is configured once, by configure_logging
+    )
+    # Wrap the whole ASGI handler (not per route) so 404s and errors also get request ids and metrics.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics, access_log=settings.logging.access_log)
+    return app

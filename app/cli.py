@@ -1,0 +1,187 @@
+"""The ``candor`` command line: serve, build the index, manage API keys, validate and import domain packs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file merged over configs/default.toml (default: $CANDOR_CONFIG).",
+)
+
+
+def _settings(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Any:
+    from pydantic import ValidationError
+
+    from app.settings import load_settings
+
+    try:
+        return load_settings(config_file, overrides)
+    except (FileNotFoundError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def main() -> None:
+    """Candor: recommendations and grounded answers over REST."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default from config).")
+@click.option("--port", type=int, default=None, help="Port (default from config).")
+@CONFIG_OPTION
+def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    from app.app import create_app
+    from app.observability import configure_logging
+
+    server: dict[str, Any] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    settings = _settings(config_file, {"server": server} if server else None)
+    configure_logging(settings.logging.level, settings.logging.format)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.group()
+def index() -> None:
+    """Build the catalog index."""
+
+
+@index.command("build")
+@CONFIG_OPTION
+def index_build(config_file: Path | None) -> None:
+    """Make the catalog match the domain pack and write a fresh index snapshot.
+
+    Only items whose text changed since the last build are embedded again. Run it while the service is stopped
+    (a running service rebuilds with POST /v1/index/rebuild).
+    """
+    from app.observability import configure_logging
+    from retrieval.engine import RetrievalEngine
+    from retrieval.errors import RetrievalError
+
+    settings = _settings(config_file)
+    configure_logging(settings.logging.level, "console")
+    engine = RetrievalEngine(settings.engine_config(show_progress=True))
+    try:
+        info = engine.build_offline()
+    except RetrievalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"index ready: {info['size']} items, kind {info['kind']}, snapshot {info['version']}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["frontend", "admin", "reviewer"]), required=True)
+@click.option("--label", default="", help="Free-text note stored with the key.")
+@CONFIG_OPTION
+def keys_create(role: str, label: str, config_file: Path | None) -> None:
+    """Create a key and print it (and nothing else) on stdout. It works at once, also in a running service."""
+    from app.auth import KeyStore
+
+    settings = _settings(config_file)
+    store = KeyStore(settings.state_dir / "candor.sqlite")
+    try:
+        click.echo(store.create(role, label=label))  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+@keys.command("list")
+@CONFIG_OPTION
+def keys_list(config_file: Path | None) -> None:
+    """List active keys (ids and roles, never the keys themselves)."""
+    from app.auth import KeyStore
+
+    settings = _settings(config_file)
+    store = KeyStore(settings.state_dir / "candor.sqlite")
+    try:
+        for row in store.list():
+            click.echo(f"{row['key_id']}\t{row['role']}\t{row['label']}")
+    finally:
+        store.close()
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@CONFIG_OPTION
+def keys_revoke(key_id: str, config_file: Path | None) -> None:
+    """Revoke a key by its id (the part after ``cnd_``)."""
+    from app.auth import KeyStore
+
+    settings = _settings(config_file)
+    store = KeyStore(settings.state_dir / "candor.sqlite")
+    try:
+        if not store.revoke(key_id):
+            raise click.ClickException(f"no active key with id {key_id}")
+    finally:
+        store.close()
+    click.echo(f"revoked {key_id}", err=True)
+
+
+@main.group()
+def pack() -> None:
+    """Domain packs."""
+
+
+@pack.command("validate")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def pack_validate(path: Path) -> None:
+    """Check every line of a domain pack; print problems as file:line: field: problem."""
+    from retrieval.errors import PackValidationError
+    from retrieval.pack import load_pack
+
+    try:
+        loaded = load_pack(path)
+    except PackValidationError as exc:
+        for problem in exc.problems:
+            click.echo(problem)
+        click.echo(f"{len(exc.problems)} problem(s) found in {path}", err=True)
+        sys.exit(1)
+    counts = ", ".join(f"{n} {name}" for name, n in loaded.summary().items())
+    click.echo(f"ok: {counts}")
+
+
+@pack.command("import-flipkart")
+@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--users", type=int, default=200, show_default=True, help="Synthetic shoppers to generate.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def pack_import_flipkart(csv_path: Path, out_dir: Path, users: int, seed: int) -> None:
+    """Convert the Flipkart sample CSV into a domain pack (items plus synthetic shoppers)."""
+    from retrieval.flipkart import build_demo_pack
+
+    counts = build_demo_pack(csv_path, out_dir, n_users=users, seed=seed)
+    click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + f" written to {out_dir}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,75 @@
+"""Operations routes: liveness, readiness, Prometheus metrics and service info."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.auth import require_roles
+from app.errors import error_response
+from app.state import Services, provide_services
+
+SERVICE_VERSION = "0.1.0"
+
+
+@get("/health/live", tags=["ops"], summary="The process is up", sync_to_thread=False)
+def live() -> dict[str, str]:
+    """Always 200 while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@get("/health/ready", tags=["ops"], summary="Models are warm and the index is open")
+async def ready(state: State) -> Response[dict[str, Any]]:
+    """200 when ready; 503 with the engine's status (and failure, if any) otherwise."""
+    engine = provide_services(state).engine
+    if engine.ready:
+        return Response({"status": "ready"})
+    body: dict[str, Any] = {"status": engine.status}
+    if engine.failure:
+        body["reason"] = engine.failure
+    return Response(body, status_code=503, headers={"Retry-After": "5"})
+
+
+@get("/metrics", tags=["ops"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> Response[bytes]:
+    """Request, batcher and index metrics in the Prometheus text format."""
+    services: Services = provide_services(state)
+    services.metrics.ready.set(1 if services.engine.ready else 0)
+    if services.engine.ready:
+        services.metrics.index_size.set(services.engine.index_info()["size"])
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@get(
+    "/info",
+    tags=["ops"],
+    summary="Model ids and versions, index size, device",
+    guards=[require_roles("frontend", "admin", "reviewer")],
+)
+async def info(state: State) -> Response[dict[str, Any]]:
+    """What is serving: model versions, index, device, pack and config digest."""
+    services = provide_services(state)
+    engine = services.engine
+    if not engine.ready:
+        return error_response(503, "not_ready", f"the service is {engine.status}", headers={"Retry-After": "5"})
+    enc = engine.encoder_info
+    return Response(
+        {
+            "service": {"name": "candor", "version": SERVICE_VERSION},
+            "models": {
+                "encoder": {
+                    "name": enc.name,
+                    "version": enc.version,
+                    "dim": enc.dim,
+                    "max_seq_length": enc.max_seq_length,
+                    "dtype": enc.dtype,
+                }
+            },
+            "device": enc.device,
+            "index": engine.index_info(),
+            "pack": {"path": str(services.settings.pack_path), **engine.pack_summary()},
+            "config_digest": services.settings.digest(),
+        }
+    )

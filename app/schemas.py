@@ -1,0 +1,165 @@
+"""Request and response bodies at the HTTP boundary (msgspec Structs; unknown fields are refused).
+
+Static constraints live here; limits that come from the config (``max_k``, text lengths) are checked in
+:mod:`app.limits`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonNegative = Annotated[float, Meta(ge=0)]
+Positive = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1, description="0 keeps relevance order; 1 favours variety most")]
+ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class FiltersIn(Struct, forbid_unknown_fields=True):
+    """Constraints every returned item must satisfy."""
+
+    category: Annotated[str, Meta(min_length=1, max_length=500, description="category path prefix")] | None = None
+    brand: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    price_min: NonNegative | None = None
+    price_max: NonNegative | None = None
+
+
+class SearchRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/search``."""
+
+    query: str
+    k: Annotated[int, Meta(ge=1)] = 10
+    filters: FiltersIn | None = None
+    exclude: list[ItemId] = msgspec.field(default_factory=list)
+    diversity: Fraction = 0.0
+
+
+class HistoryEntryIn(Struct, forbid_unknown_fields=True):
+    """An item the shopper viewed or bought, with an optional weight."""
+
+    item_id: ItemId
+    weight: Positive = 1.0
+
+
+class RecommendationRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/recommendations``: exactly one of ``query``, ``item_id``, ``history`` or ``user_id``."""
+
+    query: str | None = None
+    item_id: ItemId | None = None
+    history: list[ItemId | HistoryEntryIn] | None = None
+    user_id: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    k: Annotated[int, Meta(ge=1)] = 10
+    filters: FiltersIn | None = None
+    exclude: list[ItemId] = msgspec.field(default_factory=list)
+    diversity: Fraction = 0.0
+
+
+class ContributionOut(Struct):
+    """One reason behind a result."""
+
+    source: str
+    score: float
+    matched_terms: list[str] = msgspec.field(default_factory=list)
+
+
+class ExplanationOut(Struct):
+    """Why an item was returned."""
+
+    method: str
+    summary: str
+    contributions: list[ContributionOut]
+
+
+class ItemOut(Struct):
+    """A returned item."""
+
+    id: str
+    title: str
+    category: str
+    brand: str | None
+    price: float | None
+    score: float
+    explanation: ExplanationOut
+
+
+class EncoderOut(Struct):
+    """The encoder that served the request."""
+
+    name: str
+    version: str
+    device: str
+
+
+class IndexOut(Struct):
+    """The index that served the request."""
+
+    kind: str
+    version: str | None
+    size: int
+
+
+class ModelOut(Struct):
+    """Model and index versions behind a response."""
+
+    encoder: EncoderOut
+    index: IndexOut
+
+
+class SearchResponse(Struct):
+    """Response of ``POST /v1/search``."""
+
+    items: list[ItemOut]
+    model: ModelOut
+    request_id: str
+
+
+class RecommendationResponse(Struct):
+    """Response of ``POST /v1/recommendations``."""
+
+    items: list[ItemOut]
+    mode: str
+    model: ModelOut
+    request_id: str
+    ignored_history: list[str] = msgspec.field(default_factory=list)
+
+
+class ItemIn(Struct, forbid_unknown_fields=True):
+    """Body of ``PUT /v1/items/{id}``; ``id``, if present, must equal the path's."""
+
+    title: Annotated[str, Meta(min_length=1, max_length=1000)]
+    category: Annotated[str, Meta(min_length=1, max_length=500)]
+    text: str = ""
+    id: ItemId | None = None
+    brand: Annotated[str, Meta(max_length=200)] | None = None
+    price: NonNegative | None = None
+    attributes: dict[str, str | int | float | bool | None] = msgspec.field(default_factory=dict)
+    provider: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class ItemRecordOut(Struct):
+    """A stored catalog item."""
+
+    id: str
+    title: str
+    text: str
+    category: str
+    brand: str | None
+    price: float | None
+    attributes: dict[str, Any]
+    provider: str | None
+
+
+class UpsertResponse(Struct):
+    """Response of ``PUT /v1/items/{id}``."""
+
+    item: ItemRecordOut
+    created: bool
+    request_id: str
+
+
+class RebuildRequest(Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/index/rebuild``."""
+
+    reembed: bool = False

@@ -1,0 +1,232 @@
+"""Service settings: ``configs/default.toml``, then an optional file, then ``CANDOR_...`` environment variables.
+
+``configs/default.toml`` holds every knob (the models here declare no defaults of their own, so the file is the
+one place a default lives). One :class:`Settings` object is built at start and handed to the app factory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from retrieval.batcher import BatcherConfig
+from retrieval.encoder import Device
+from retrieval.engine import EncoderConfig, EngineConfig
+from retrieval.index import IndexKind, IndexSpec
+from retrieval.recommend import RecommenderConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """HTTP server."""
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+    max_body_bytes: int = Field(gt=0)
+
+
+class PathSettings(_Section):
+    """Where state and the domain pack live."""
+
+    state_dir: Path
+    pack: Path
+
+
+class EncoderSettings(_Section):
+    """Which encoder to load."""
+
+    name: str
+    path: str
+    device: Device
+    threads: int = Field(ge=0)
+    max_seq_length: int = Field(ge=0)
+    bulk_batch_size: int = Field(gt=0)
+    trace: bool
+
+
+class BatcherSettings(_Section):
+    """One model's dynamic batching knobs."""
+
+    max_batch_size: int = Field(gt=0)
+    max_batch_tokens: int = Field(gt=0)
+    max_wait_ms: float = Field(ge=0)
+    max_queue: int = Field(gt=0)
+    queue_timeout_ms: float = Field(ge=0)
+    batch_overhead_tokens: int = Field(ge=0)
+
+    def to_config(self) -> BatcherConfig:
+        """As the retrieval core's batcher config."""
+        return BatcherConfig(**self.model_dump())
+
+
+class BatchingSettings(_Section):
+    """Batchers per model."""
+
+    encoder: BatcherSettings
+    index: BatcherSettings
+
+
+class IndexSettings(_Section):
+    """FAISS index."""
+
+    kind: IndexKind
+    hnsw_m: int = Field(gt=0)
+    hnsw_ef_construction: int = Field(gt=0)
+    hnsw_ef_search: int = Field(gt=0)
+    ivf_nlist: int = Field(ge=0)
+    ivf_nprobe: int = Field(gt=0)
+    threads: int = Field(gt=0)
+    blas_threshold: int = Field(gt=0)
+    snapshot_delay_s: float = Field(ge=0)
+
+
+class RecommenderSettings(_Section):
+    """Recommender knobs."""
+
+    half_life_days: float = Field(ge=0)
+    max_history: int = Field(gt=0)
+    seed_items: int = Field(ge=0)
+    candidate_factor: int = Field(gt=0)
+    event_weights: dict[str, float]
+
+
+class LimitSettings(_Section):
+    """Request limits; beyond them the caller gets a 4xx."""
+
+    max_k: int = Field(gt=0)
+    max_query_chars: int = Field(gt=0)
+    max_history: int = Field(gt=0)
+    max_exclude: int = Field(ge=0)
+    max_item_text_chars: int = Field(gt=0)
+
+
+class AuthSettings(_Section):
+    """API keys."""
+
+    bootstrap_keys: bool
+
+
+class LoggingSettings(_Section):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"]
+    format: Literal["json", "console"]
+    access_log: bool
+
+
+class Settings(BaseSettings):
+    """All of Candor's settings (see ``configs/default.toml`` for each knob's meaning)."""
+
+    model_config = SettingsConfigDict(env_prefix="CANDOR_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    server: ServerSettings
+    paths: PathSettings
+    encoder: EncoderSettings
+    batching: BatchingSettings
+    index: IndexSettings
+    recommender: RecommenderSettings
+    limits: LimitSettings
+    auth: AuthSettings
+    logging: LoggingSettings
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over the merged TOML files (passed in as init values)."""
+        return (env_settings, init_settings)
+
+    def resolve(self, path: Path) -> Path:
+        """Resolve a configured path against the project folder."""
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def state_dir(self) -> Path:
+        """Absolute state folder."""
+        return self.resolve(self.paths.state_dir)
+
+    @property
+    def pack_path(self) -> Path:
+        """Absolute domain pack folder."""
+        return self.resolve(self.paths.pack)
+
+    def digest(self) -> str:
+        """SHA-256 of the effective settings (canonical JSON), recorded with every inference."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def engine_config(self, *, show_progress: bool = True) -> EngineConfig:
+        """The retrieval engine's configuration."""
+        idx = self.index
+        rec = self.recommender
+        return EngineConfig(
+            state_dir=self.state_dir,
+            pack_path=self.pack_path,
+            encoder=EncoderConfig(**self.encoder.model_dump()),
+            encoder_batching=self.batching.encoder.to_config(),
+            search_batching=self.batching.index.to_config(),
+            index=IndexSpec(**idx.model_dump(exclude={"snapshot_delay_s"})),
+            recommender=RecommenderConfig(
+                event_weights=dict(rec.event_weights),
+                half_life_days=rec.half_life_days,
+                max_history=rec.max_history,
+                seed_items=rec.seed_items,
+                candidate_factor=rec.candidate_factor,
+            ),
+            snapshot_delay_s=idx.snapshot_delay_s,
+            show_progress=show_progress,
+        )
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings.
+
+    Args:
+        config_file: A TOML file merged over the defaults (default: ``$CANDOR_CONFIG`` if set).
+        overrides: Values merged last among files (tests use this); environment variables still win.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        FileNotFoundError: The config file does not exist.
+        pydantic.ValidationError: A value is invalid.
+    """
+    data = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    chosen = config_file or os.environ.get("CANDOR_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = _deep_merge(data, tomllib.loads(path.read_text(encoding="utf-8")))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return Settings(**data)

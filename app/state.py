@@ -1,0 +1,28 @@
+"""What the service holds while it runs, handed to handlers through dependency injection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.datastructures import State
+
+from app.auth import KeyStore
+from app.metrics import Metrics
+from app.settings import Settings
+from retrieval.engine import RetrievalEngine
+
+
+@dataclass(slots=True)
+class Services:
+    """The running service's parts."""
+
+    settings: Settings
+    engine: RetrievalEngine
+    keys: KeyStore
+    metrics: Metrics
+
+
+def provide_services(state: State) -> Services:
+    """Dependency provider: the app's :class:`Services`."""
+    services: Services = state.services
+    return services
