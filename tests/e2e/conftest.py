@@ -1,0 +1,87 @@
+"""A real ``candor serve`` process on a free loopback port, over a copy of the built demo state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_PACK, PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running service and what tests need to talk to it."""
+
+    base_url: str
+    state_dir: Path
+    frontend_key: str
+    admin_key: str
+    env: dict[str, str]
+    log: Path
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_keys(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+@pytest.fixture(scope="session")
+def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Start the service once for the e2e session; stop it afterwards."""
+    state = tmp_path_factory.mktemp("e2e") / "state"
+    shutil.copytree(built_state, state)
+    port = free_port()
+    env = {
+        **os.environ,
+        "CANDOR_PATHS__STATE_DIR": str(state),
+        "CANDOR_PATHS__PACK": str(DEMO_PACK),
+        "CANDOR_SERVER__PORT": str(port),
+        "CANDOR_ENCODER__DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = state.parent / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        keys = read_keys(state / "initial-keys.txt")
+        yield Server(base, state, keys["CANDOR_FRONTEND_KEY"], keys["CANDOR_ADMIN_KEY"], env, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

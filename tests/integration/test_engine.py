@@ -1,0 +1,182 @@
+"""The real encoder and a real FAISS index over the demo pack."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.encoder import Encoder
+from retrieval.engine import RetrievalEngine
+from retrieval.errors import InvalidQueryError, UnknownItemError, UnknownUserError
+from retrieval.types import Filters, HistoryEntry, Item
+from tests.conftest import engine_config
+
+
+def first_id(engine: RetrievalEngine, category_prefix: str) -> str:
+    catalog = engine._require_catalog()
+    return next(i.id for i in catalog.items() if i.category.startswith(category_prefix))
+
+
+async def test_baby_bath_towel_query_ranks_baby_care_towels_first(engine: RetrievalEngine) -> None:
+    ranked = await engine.search("baby bath towel", k=5)
+    assert len(ranked.items) == 5
+    for scored in ranked.items[:3]:
+        assert scored.item.category.startswith("Baby Care")
+        assert "Towel" in scored.item.category or "Towel" in scored.item.title
+    scores = [s.score for s in ranked.items]
+    assert scores == sorted(scores, reverse=True)
+    top = ranked.items[0].explanation
+    assert top.method == "query-field-match"
+    assert {"baby", "bath", "towel"} & set(top.contributions[0].matched_terms)
+
+
+async def test_more_like_a_watch_returns_watches(engine: RetrievalEngine) -> None:
+    watch = first_id(engine, "Watches")
+    ranked = await engine.more_like_this(watch, k=10)
+    assert len(ranked.items) == 10
+    assert all(s.item.category.startswith("Watches") for s in ranked.items)
+    assert watch not in {s.item.id for s in ranked.items}
+    assert ranked.items[0].explanation.contributions[0].source == watch
+
+
+async def test_history_results_exclude_history_and_explain_exactly(engine: RetrievalEngine) -> None:
+    mugs = [i.id for i in engine._require_catalog().items() if "Coffee Mugs" in i.category][:3]
+    history = [HistoryEntry(mugs[0], 1.0), HistoryEntry(mugs[1], 2.0), HistoryEntry(mugs[2], 1.0)]
+    ranked = await engine.recommend_for_history(history, k=10, exclude=["nothing"])
+    ids = {s.item.id for s in ranked.items}
+    assert not ids & set(mugs)
+    assert sum("Mug" in s.item.title or "Mugs" in s.item.category for s in ranked.items) >= 8
+    for scored in ranked.items:
+        shares = sum(c.score for c in scored.explanation.contributions)
+        assert shares == pytest.approx(scored.score, abs=1e-4)
+        assert {c.source for c in scored.explanation.contributions} <= set(mugs)
+
+
+async def test_unknown_history_items_are_ignored_and_reported(engine: RetrievalEngine) -> None:
+    mug = first_id(engine, "Kitchen & Dining > Coffee Mugs")
+    ranked = await engine.recommend_for_history([HistoryEntry(mug), HistoryEntry("no-such-item")], k=3)
+    assert ranked.ignored_history == ["no-such-item"]
+    with pytest.raises(UnknownItemError):
+        await engine.recommend_for_history([HistoryEntry("no-such-item")], k=3)
+    with pytest.raises(InvalidQueryError):
+        await engine.recommend_for_history([HistoryEntry(mug, weight=-1.0)], k=3)
+
+
+async def test_user_history_comes_from_interactions(engine: RetrievalEngine) -> None:
+    history = engine.history_for_user("u0001")
+    assert history
+    ranked = await engine.recommend_for_history(history, k=5)
+    assert not {s.item.id for s in ranked.items} & {h.item_id for h in history}
+    with pytest.raises(UnknownUserError):
+        engine.history_for_user("nobody")
+
+
+async def test_filters_hold_even_when_the_nearest_items_fail_them(engine: RetrievalEngine) -> None:
+    ranked = await engine.search("analog wrist watch for men", k=5, filters=Filters(category="Kitchen & Dining"))
+    assert len(ranked.items) == 5
+    assert all(s.item.category.startswith("Kitchen & Dining") for s in ranked.items)
+    cheap = await engine.search("towel", k=10, filters=Filters(price_min=100, price_max=300))
+    assert cheap.items
+    assert all(s.item.price is not None and 100 <= s.item.price <= 300 for s in cheap.items)
+
+
+async def test_diversity_spreads_results(engine: RetrievalEngine) -> None:
+    plain = await engine.search("ceramic coffee mug", k=10)
+    varied = await engine.search("ceramic coffee mug", k=10, diversity=0.9)
+    assert len(varied.items) == 10
+
+    def spread(ids: list[str]) -> float:
+        vectors = engine._require_index().reconstruct([engine._require_catalog().faiss_id(i) for i in ids])
+        sim = vectors @ vectors.T
+        return float(sim[np.triu_indices(len(ids), 1)].mean())
+
+    assert spread([s.item.id for s in varied.items]) < spread([s.item.id for s in plain.items])
+
+
+async def test_upsert_and_delete_are_visible_at_once(engine: RetrievalEngine) -> None:
+    item = Item(
+        id="TEST-UMBRELLA",
+        title="Rainbow Folding Umbrella with Windproof Frame",
+        text="A compact umbrella that folds into a pouch; windproof fibreglass ribs.",
+        category="Accessories > Umbrellas",
+        brand="Skyward",
+        price=499.0,
+    )
+    await engine.upsert(item)
+    ranked = await engine.search("folding umbrella windproof", k=3)
+    assert ranked.items[0].item.id == "TEST-UMBRELLA"
+    await engine.upsert(Item(**{**item.to_dict(), "title": "Rainbow Golf Umbrella", "attributes": {}}))
+    ranked = await engine.search("folding umbrella windproof", k=3)
+    assert [s.item.title for s in ranked.items if s.item.id == "TEST-UMBRELLA"] == ["Rainbow Golf Umbrella"]
+    await engine.delete("TEST-UMBRELLA")
+    ranked = await engine.search("folding umbrella windproof", k=10)
+    assert "TEST-UMBRELLA" not in {s.item.id for s in ranked.items}
+    with pytest.raises(UnknownItemError):
+        await engine.delete("TEST-UMBRELLA")
+
+
+async def test_changes_survive_a_restart_without_a_snapshot(state_copy: Path, encoder: Encoder) -> None:
+    config = engine_config(state_copy, index={"snapshot_delay_s": 3600.0})
+    first = RetrievalEngine(config, encoder=encoder)
+    await first.start()
+    gone = first_id(first, "Watches")
+    await first.upsert(Item(id="NEW-1", title="Bamboo Toothbrush Set", text="", category="Beauty and Personal Care"))
+    await first.delete(gone)
+    # Simulate a crash: no stop(), so no snapshot after the writes; only the catalog has them.
+    first._require_catalog().close()
+    for batcher in (first._encode_batcher, first._search_batcher):
+        assert batcher is not None
+        await batcher.stop()
+    second = RetrievalEngine(config, encoder=encoder)
+    await second.start()
+    try:
+        ranked = await second.search("bamboo toothbrush", k=3)
+        assert ranked.items[0].item.id == "NEW-1"
+        assert second.get_item(gone) is None
+        assert second.index_info()["size"] == 1050
+    finally:
+        await second.stop()
+
+
+async def test_rebuild_swaps_in_a_fresh_index(engine: RetrievalEngine) -> None:
+    before = engine.index_info()
+    await engine.delete(first_id(engine, "Watches"))
+    info = await engine.rebuild()
+    assert info["size"] == before["size"] - 1
+    assert info["vectors"] == info["size"]
+    assert info["version"] != before["version"]
+    assert engine.rebuild_state["state"] == "done"
+
+
+async def test_concurrent_searches_share_batches(engine: RetrievalEngine) -> None:
+    sizes: list[int] = []
+    assert engine._encode_batcher is not None
+    original = engine._encode_batcher._observer
+
+    class Spy:
+        def on_batch(self, stats: object) -> None:
+            sizes.append(stats.size)  # type: ignore[attr-defined]
+
+        def on_reject(self, model: str, reason: str) -> None: ...
+        def on_queue_depth(self, model: str, depth: int) -> None: ...
+
+    engine._encode_batcher._observer = Spy()
+    try:
+        results = await asyncio.gather(*(engine.search(f"cotton towel {i}", k=3) for i in range(24)))
+    finally:
+        engine._encode_batcher._observer = original
+    assert all(len(r.items) == 3 for r in results)
+    assert sum(sizes) == 24
+    assert max(sizes) > 1
+
+
+def test_traced_encoder_matches_sentence_transformers(encoder: Encoder) -> None:
+    texts = ["baby bath towel", "x", "Titan analog watch with a leather strap " * 20]
+    ours = encoder.encode(texts)
+    reference = encoder._model.encode(texts, normalize_embeddings=True)
+    assert encoder.traced
+    assert np.abs(ours - reference).max() < 1e-4
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,102 @@
+"""FAISS index wrapper, atomic snapshots and the SQLite catalog (small random vectors, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.catalog import ItemCatalog
+from retrieval.errors import IndexStoreError
+from retrieval.index import IndexSpec, SnapshotStore, VectorIndex
+from retrieval.types import Filters, Item
+
+DIM = 16
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    vectors: np.ndarray = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    normalised: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalised
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_each_kind_finds_exact_neighbours_and_filters(kind: str) -> None:
+    vectors = unit_vectors(2000)
+    index = VectorIndex.build(DIM, IndexSpec(kind=kind), np.arange(2000), vectors)  # type: ignore[arg-type]
+    assert index.kind == kind
+    _, ids = index.search(vectors[:5], 3)
+    assert list(ids[:, 0]) == [0, 1, 2, 3, 4]
+    _, ids = index.search(vectors[:1], 2, allowed_ids=[7, 0])
+    assert set(ids[0].tolist()) <= {0, 7, -1}
+    assert ids[0][0] == 0
+    index.add([5000], vectors[:1])
+    assert np.allclose(index.reconstruct([5000])[0], vectors[0])
+
+
+def test_flat_remove_and_snapshot_roundtrip_memory_mapped(tmp_path: Path) -> None:
+    vectors = unit_vectors(50)
+    index = VectorIndex.build(DIM, IndexSpec(), np.arange(50), vectors)
+    assert index.remove([3, 4, 999]) == 2
+    store = SnapshotStore(tmp_path)
+    manifest = store.save(index, seq=7, encoder_version="enc")
+    loaded = store.load(IndexSpec())
+    assert loaded is not None
+    reopened, again = loaded
+    assert again == manifest
+    assert reopened.ntotal == 48
+    reopened.add([100], vectors[:1])  # the first write copies the mapped index into memory
+    assert reopened.ntotal == 49
+
+
+def test_only_recent_snapshots_are_kept_and_crash_leftovers_are_ignored(tmp_path: Path) -> None:
+    index = VectorIndex.build(DIM, IndexSpec(), np.arange(5), unit_vectors(5))
+    store = SnapshotStore(tmp_path)
+    (tmp_path / "snapshots" / ".half-written.tmp").mkdir(parents=True)
+    for seq in range(4):
+        store.save(index, seq=seq, encoder_version="enc")
+    names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert len(names) == 2
+    assert not any(n.startswith(".") for n in names)
+    current = store.current()
+    assert current is not None
+    assert current.seq == 3
+
+
+def test_corrupt_snapshot_is_reported(tmp_path: Path) -> None:
+    index = VectorIndex.build(DIM, IndexSpec(), np.arange(5), unit_vectors(5))
+    store = SnapshotStore(tmp_path)
+    manifest = store.save(index, seq=1, encoder_version="enc")
+    (tmp_path / "snapshots" / manifest.version / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexStoreError):
+        store.load(IndexSpec())
+
+
+def item(i: int, **changes: object) -> Item:
+    base: dict[str, object] = {"id": f"i{i}", "title": f"Item {i}", "text": "", "category": "A > B", "price": float(i)}
+    base.update(changes)
+    return Item(**base)  # type: ignore[arg-type]
+
+
+def test_catalog_upsert_delete_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    catalog = ItemCatalog(path, DIM)
+    vectors = unit_vectors(3)
+    ids, replaced = catalog.upsert([item(0), item(1), item(2)], vectors, "enc")
+    assert replaced == []
+    new_ids, replaced = catalog.upsert([item(1, title="Renamed")], unit_vectors(1, seed=5), "enc")
+    assert replaced == [ids[1]]
+    assert catalog.item_for_faiss_id(ids[1]) is None
+    assert catalog.item_for_faiss_id(new_ids[0]).title == "Renamed"  # type: ignore[union-attr]
+    assert catalog.delete("i0") == ids[0]
+    assert catalog.delete("i0") is None
+    assert catalog.matching_faiss_ids(Filters(price_min=2.0)).tolist() == [ids[2]]
+    seq = catalog.seq
+    catalog.close()
+    reopened = ItemCatalog(path, DIM)
+    assert reopened.seq == seq
+    assert sorted(i.id for i in reopened.items()) == ["i1", "i2"]
+    assert np.allclose(reopened.vectors([new_ids[0]])[0], unit_vectors(1, seed=5)[0])
+    with pytest.raises(ValueError, match="come from encoder"):
+        reopened.upsert([item(9)], unit_vectors(1), "other-encoder")

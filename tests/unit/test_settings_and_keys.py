@@ -1,0 +1,66 @@
+"""Settings layering and API key storage."""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.auth import KeyStore
+from app.settings import DEFAULT_CONFIG, Settings, load_settings
+
+
+def test_default_config_holds_every_knob() -> None:
+    data = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    assert set(data) == set(Settings.model_fields)
+    settings = load_settings()
+    assert settings.batching.encoder.max_batch_size == data["batching"]["encoder"]["max_batch_size"]
+
+
+def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "prod.toml"
+    config.write_text("[server]\nport = 9100\n[batching.encoder]\nmax_batch_size = 8\n", encoding="utf-8")
+    monkeypatch.setenv("CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE", "1")
+    settings = load_settings(config)
+    assert settings.server.port == 9100
+    assert settings.batching.encoder.max_batch_size == 1  # the environment wins
+    assert settings.batching.encoder.max_queue == 512  # untouched keys keep their defaults
+
+
+def test_invalid_values_and_missing_files_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(overrides={"index": {"kind": "annoy"}})
+    with pytest.raises(ValidationError):
+        load_settings(overrides={"server": {"bogus": 1}})
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_digest_changes_with_settings() -> None:
+    assert load_settings().digest() != load_settings(overrides={"limits": {"max_k": 5}}).digest()
+
+
+def test_relative_paths_resolve_against_the_project() -> None:
+    settings = load_settings()
+    assert settings.pack_path == DEFAULT_CONFIG.parents[1] / "data" / "demo"
+
+
+def test_keys_are_stored_hashed_and_verified(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite")
+    key = store.create("frontend", label="web")
+    principal = store.verify(key)
+    assert principal is not None
+    assert principal.role == "frontend"
+    assert store.verify(key + "x") is None
+    assert store.verify("Bearer nonsense") is None
+    stored = sqlite3.connect(tmp_path / "keys.sqlite").execute("SELECT key_hash FROM api_keys").fetchone()[0]
+    assert key not in stored
+    assert key.split("_")[2] not in stored
+    assert store.revoke(principal.key_id)
+    assert store.verify(key) is None
+    with pytest.raises(ValueError, match="unknown role"):
+        store.create("root")  # type: ignore[arg-type]
+    store.close()
