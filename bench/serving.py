@@ -1,0 +1,294 @@
+"""Serving benchmark: the service under concurrent search load, batching on and off, and the raw encoder.
+
+Prints one JSON document.
+
+Usage::
+
+    python -m bench [--duration 20] [--concurrency 32] [--state-dir var] [--out bench/results/serving.json]
+
+Each mode starts ``candor serve`` as a subprocess on a free loopback port (sharing one state folder, so the
+index is built at most once), drives ``POST /v1/search`` from ``--concurrency`` keep-alive connections for
+``--duration`` seconds after a warm-up, and reads the batch-size histogram from ``/metrics``. The load generator
+is a minimal asyncio HTTP/1.1 client so that it takes as little of the shared CPU as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.auth import KeyStore
+from app.observability import configure_logging
+from app.settings import load_settings
+from retrieval.pack import load_pack
+
+GOAL_BATCHED_SPEEDUP = 2.0
+GOAL_SERVICE_VS_RAW = 0.8
+
+
+def make_queries(pack_path: Path, n: int = 500, seed: int = 13) -> list[str]:
+    """Mixed-length product queries drawn from the pack's titles and categories (seeded)."""
+    items = load_pack(pack_path).items
+    rng = random.Random(seed)
+    queries = []
+    for item in rng.sample(list(items), k=min(n, len(items))):
+        words = item.title.split()
+        cut = rng.randint(min(5, len(words)), len(words))
+        query = " ".join(words[:cut])
+        if rng.random() < 0.7:
+            query += " in " + item.category.split(" > ")[-1].lower()
+        if rng.random() < 0.4 and item.price is not None:
+            query += f" under {int(item.price * 1.2)} rupees"
+        queries.append(query)
+    while len(queries) < n:
+        queries.append(rng.choice(queries))
+    return queries
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection sending JSON POSTs; just enough protocol for a load generator."""
+
+    def __init__(self, host: str, port: int, auth: str) -> None:
+        self.host, self.port, self.auth = host, port, auth
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        """Open the connection."""
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Send one request and read its full response."""
+        assert self.reader is not None
+        assert self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        payload = await self.reader.readexactly(length)
+        return status, payload
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def drive(
+    port: int, key: str, queries: list[str], concurrency: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``."""
+    bodies = [json.dumps({"query": q, "k": 10}).encode() for q in queries]
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+
+    async def worker(offset: int) -> None:
+        client = RawClient("127.0.0.1", port, key)
+        await client.connect()
+        i = offset
+        try:
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                status, _ = await client.post("/v1/search", bodies[i % len(bodies)])
+                done = time.perf_counter()
+                i += concurrency
+                if sent >= measure_from:
+                    if status == 200:
+                        latencies.append(done - sent)
+                    else:
+                        errors[status] = errors.get(status, 0) + 1
+        finally:
+            await client.close()
+
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else float("nan")
+
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / duration, 1),
+        "latency_ms": {
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        },
+    }
+
+
+def scrape_batches(port: int, model: str = "encoder") -> tuple[float, float]:
+    """``(count, sum)`` of the batch-size histogram for one model."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for kind in ("count", "sum"):
+        match = re.search(rf'^candor_batch_size_{kind}{{model="{model}"}} ([0-9.e+]+)$', text, re.M)
+        values[kind] = float(match.group(1)) if match else 0.0
+    return values["count"], values["sum"]
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    """Poll ``/health/ready`` until 200 (the first start may build the index)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("server did not become ready")
+
+
+def run_mode(
+    name: str, env_overrides: dict[str, str], args: argparse.Namespace, key: str, queries: list[str]
+) -> dict[str, Any]:
+    """Start a server with ``env_overrides``, load it, and stop it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **env_overrides,
+        "CANDOR_PATHS__STATE_DIR": str(args.state_dir),
+        "CANDOR_LOGGING__ACCESS_LOG": "false",
+        "CANDOR_LOGGING__LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(port, proc)
+        before = scrape_batches(port)
+        result = asyncio.run(drive(port, key, queries, args.concurrency, args.duration, args.warmup))
+        after = scrape_batches(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    batches = after[0] - before[0]
+    result["mean_batch_size"] = round((after[1] - before[1]) / batches, 2) if batches else None
+    result["mode"] = name
+    return result
+
+
+def raw_encoder(queries: list[str], batch_size: int, seconds: float) -> dict[str, Any]:
+    """Texts/s of the encoder in-process: length-sorted batches of ``batch_size``, and one at a time."""
+    from retrieval.encoder import Encoder
+
+    encoder = Encoder()
+    encoder.warmup()
+    tokenised = sorted((encoder.token_ids(q) for q in queries), key=len)
+
+    def rate(size: int) -> float:
+        done = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for i in range(0, len(tokenised), size):
+                encoder.embed_token_batch(tokenised[i : i + size])
+                done += len(tokenised[i : i + size])
+        return done / (time.perf_counter() - started)
+
+    return {
+        "batch_size": batch_size,
+        "sorted_texts_per_s": round(rate(batch_size), 1),
+        "one_at_a_time_texts_per_s": round(rate(1), 1),
+        "mean_tokens": round(float(np.mean([len(t) for t in tokenised])), 1),
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print (and optionally write) its JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per mode")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    configure_logging("warning", "console")  # stdout carries only the JSON report
+    settings = load_settings()
+    args.state_dir = (args.state_dir or settings.state_dir).resolve()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    queries = make_queries(settings.pack_path, args.queries)
+    store = KeyStore(args.state_dir / "candor.sqlite")
+    key = store.create("frontend", label="bench")
+    store.close()
+
+    batched = run_mode("batched", {}, args, key, queries)
+    unbatched = run_mode("unbatched", {"CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE": "1"}, args, key, queries)
+    size = max(1, round(batched["mean_batch_size"] or 1))
+    raw = raw_encoder(queries, size, seconds=min(10.0, args.duration))
+    speedup = batched["throughput_rps"] / max(unbatched["throughput_rps"], 1e-9)
+    vs_raw = batched["throughput_rps"] / max(raw["sorted_texts_per_s"], 1e-9)
+    report = {
+        "benchmark": "serving",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "workload": {
+            "endpoint": "POST /v1/search",
+            "k": 10,
+            "queries": len(queries),
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+        },
+        "batched": batched,
+        "unbatched": unbatched,
+        "encoder_in_process": raw,
+        "batched_vs_unbatched": round(speedup, 2),
+        "service_vs_raw_encoder": round(vs_raw, 3),
+        "goals": {
+            f"batched_vs_unbatched>={GOAL_BATCHED_SPEEDUP}": speedup >= GOAL_BATCHED_SPEEDUP,
+            f"service_vs_raw_encoder>={GOAL_SERVICE_VS_RAW}": vs_raw >= GOAL_SERVICE_VS_RAW,
+        },
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
