@@ -1,0 +1,1 @@
+"""Offline evaluation: dataset adapters, metrics, suites, reports and regression gates."""

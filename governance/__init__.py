@@ -1,0 +1,1 @@
+"""Governance: audit log, explanations, bias audits, drift checks and compliance reports."""
