@@ -428,6 +428,14 @@ class RetrievalEngine:
                 )
         return sorted(seen.values(), key=lambda c: -c.score)
 
+    async def _nearest(
+        self, vector: np.ndarray, k: int, filters: Filters, skip: set[str], diversity: float, request_id: str
+    ) -> list[_Candidate]:
+        """The ``k`` items nearest to one vector, after filters, exclusions and diversity."""
+        want = k * (self.config.recommender.candidate_factor if diversity > 0 else 1)
+        candidates = await self._candidates([vector], want, filters, skip, request_id)
+        return self._diversify(candidates, k, diversity)[:k]
+
     def _diversify(self, candidates: list[_Candidate], k: int, diversity: float) -> list[_Candidate]:
         if diversity <= 0 or len(candidates) <= 1:
             return candidates[:k]
@@ -457,15 +465,10 @@ class RetrievalEngine:
             diversity: MMR trade-off in ``[0, 1]``.
             request_id: Carried into batch workers for logs.
         """
-        filters = filters or Filters()
         vector = await self.embed_query(query, request_id)
-        want = k * (self.config.recommender.candidate_factor if diversity > 0 else 1)
-        candidates = await self._candidates([vector], want, filters, set(exclude), request_id)
-        chosen = self._diversify(candidates, k, diversity)
-        explain = self._field_terms
-        return Ranked(
-            [ScoredItem(c.item, c.score, explain_query_match(query, c.item, c.score, explain)) for c in chosen[:k]]
-        )
+        chosen = await self._nearest(vector, k, filters or Filters(), set(exclude), diversity, request_id)
+        terms = self._field_terms
+        return Ranked([ScoredItem(c.item, c.score, explain_query_match(query, c.item, c.score, terms)) for c in chosen])
 
     async def more_like_this(
         self,
@@ -489,10 +492,9 @@ class RetrievalEngine:
         if seed is None or fid is None:
             raise UnknownItemError([item_id])
         vector = self._require_index().reconstruct([fid])[0]
-        want = k * (self.config.recommender.candidate_factor if diversity > 0 else 1)
-        candidates = await self._candidates([vector], want, filters or Filters(), {item_id, *exclude}, request_id)
-        chosen = self._diversify(candidates, k, diversity)
-        return Ranked([ScoredItem(c.item, c.score, explain_item_similarity(seed, c.item, c.score)) for c in chosen[:k]])
+        skip = {item_id, *exclude}
+        chosen = await self._nearest(vector, k, filters or Filters(), skip, diversity, request_id)
+        return Ranked([ScoredItem(c.item, c.score, explain_item_similarity(seed, c.item, c.score)) for c in chosen])
 
     async def recommend_for_history(
         self,
