@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,8 @@ def eval_compare(
     for note in notes:
         click.echo(f"note: {note}", err=True)
     click.echo(format_rows(rows))
+    counts = Counter(row.verdict for row in rows)
+    click.echo("B against A: " + ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())), err=True)
     target = out_file or state_dir / "compare" / f"{a.run_id}--{b.run_id}.html"
     write_diff(target, a, b, rows, notes)
     click.echo(f"diff written to {target}", err=True)

@@ -43,6 +43,7 @@ from evals.errors import SuiteError
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
 from retrieval.index import IndexSpec, VectorIndex
+from retrieval.pack import DomainPack
 
 Case = tuple[QAExample, tuple[Passage, ...]]
 
@@ -83,55 +84,66 @@ class AnswerEvaluator:
         )
         return cases + probes, DatasetRecord.of(self.spec.dataset, path, data.files)
 
-    def _pack_cases(self) -> tuple[list[Case], DatasetRecord] | str:
+    def _pack_examples(self) -> tuple[Path, DomainPack, list[QAExample]] | str:
         path = resolve_dataset(self.spec.dataset, self.ctx.data_root)
         qa_path = path / "eval" / "qa.jsonl"
         if not qa_path.is_file():
             return f"{qa_path} is not there yet, so there are no pack questions to ask"
         pack = load_domain_pack(path)
-        examples = load_pack_qa(qa_path, pack)
+        return path, pack, load_pack_qa(qa_path, pack)
+
+    def _pack_cases(self, path: Path, pack: DomainPack, examples: list[QAExample]) -> tuple[list[Case], DatasetRecord]:
         pool = pack_passages(pack)
-        ids = sorted(pool)
-        vectors, _ = self.ctx.embed_corpus(
-            f"{self.task} passages", ids, [f"{pool[i].title}. {pool[i].text}" for i in ids]
-        )
+        # Items are embedded exactly as the product search task embeds them, so the cache serves both.
+        ids = [item.id for item in pack.items]
+        vectors, _ = self.ctx.embed_corpus(f"{self.task} items", ids, [item.embedding_text() for item in pack.items])
+        docs = [doc for doc in pack.documents if doc.id not in set(ids)]
+        if docs:
+            doc_vectors, _ = self.ctx.embed_corpus(
+                f"{self.task} documents", [d.id for d in docs], [f"{d.title}. {d.text}" for d in docs]
+            )
+            ids += [d.id for d in docs]
+            vectors = np.concatenate([vectors, doc_vectors])
         index = VectorIndex.build(vectors.shape[1], IndexSpec(kind="flat"), np.arange(len(ids)), vectors)
         queries, _ = self.ctx.embed_texts(f"{self.task} questions", [e.question for e in examples])
         _, hits = index.search(queries, min(self.spec.passages, len(ids)))
         cases: list[Case] = [
             (e, tuple(pool[ids[int(h)]] for h in row if h >= 0)) for e, row in zip(examples, hits, strict=True)
         ]
-        groups = {pid: pid for pid in ids}  # no articles in a pack: any passage but the supporting ones
+        groups = {pid: pid for pid in pool}  # no articles in a pack: any passage but the supporting ones
         probes = wrong_context_probes(
             examples, pool, groups, self.spec.unanswerable, self.ctx.seed, contexts=self.spec.passages
         )
-        files = [*pack_files(path, "items.jsonl", "documents.jsonl"), qa_path]
+        files = [*pack_files(path, "items.jsonl", "documents.jsonl"), path / "eval" / "qa.jsonl"]
         return cases + probes, DatasetRecord.of(self.spec.dataset, path, files)
 
     def run(self) -> TaskOutput:
-        """Ask every question, then score answers, citations, abstentions and latency."""
+        """Ask every question, then score answers, citations, abstentions and latency.
+
+        Without a registered backend the dataset is still read and checked, but nothing is embedded or asked.
+        """
         ctx = self.ctx
         path = resolve_dataset(self.spec.dataset, ctx.data_root)
         fmt = self.spec.format or detect_format(path)
-        if fmt == "squad":
-            cases, record = self._squad_cases()
-            self._split = Path(record.files[0][0]).stem if record.files else "dev"
-        elif fmt == "pack":
-            loaded = self._pack_cases()
-            if isinstance(loaded, str):
-                return self._skip(loaded)
-            cases, record = loaded
-        else:
+        if fmt not in ("squad", "pack"):
             raise SuiteError(f"{self.task}: dataset {self.spec.dataset!r} is {fmt}, not a question-answering dataset")
         backend_name = ctx.loaded.suite.system.answer.backend
         factory = ctx.answer_backends.get(backend_name)
-        if factory is None:
-            known = ", ".join(sorted(ctx.answer_backends)) or "none"
-            return self._skip(
-                f"no answer backend is available: {backend_name!r} is not registered (registered: {known}); "
-                f"{len(cases)} questions were loaded and checked, none asked",
-                [record.to_json()],
-            )
+        known = ", ".join(sorted(ctx.answer_backends)) or "none"
+        no_backend = f"no answer backend is available: {backend_name!r} is not registered (registered: {known})"
+        if fmt == "squad":
+            cases, record = self._squad_cases()
+            self._split = Path(record.files[0][0]).stem if record.files else "dev"
+            if factory is None:
+                reason = f"{no_backend}; {len(cases)} questions were read and checked, none asked"
+                return self._skip(reason, [record.to_json()])
+        else:
+            loaded = self._pack_examples()
+            if isinstance(loaded, str):
+                return self._skip(f"{no_backend}; and {loaded}" if factory is None else loaded)
+            if factory is None:
+                return self._skip(f"{no_backend}; {len(loaded[2])} pack questions were read and checked, none asked")
+            cases, record = self._pack_cases(*loaded)
         system: AnswerSystem = factory(
             AnswerBackendContext(dict(ctx.loaded.suite.system.answer.options), ctx.encoder, ctx.seed)
         )

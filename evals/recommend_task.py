@@ -217,9 +217,10 @@ class RecommendationEvaluator:
                         n=len(users),
                     )
                 )
-                groups, group_records = self._groups(data, users, values, rec.name)
+                groups, group_records, group_units = self._groups(data, users, values, rec.name)
                 outputs.metrics += records + group_records
                 outputs.per_unit.update(per_unit)
+                outputs.per_unit.update(group_units)
                 per_recommender[rec.name] = {
                     "settings": rec.describe(),
                     "fit_s": round(fit_s, 3),
@@ -246,7 +247,7 @@ class RecommendationEvaluator:
 
     def _groups(
         self, data: InteractionData, users: Sequence[str], values: dict[str, np.ndarray], system: str
-    ) -> tuple[dict[str, Any], list[MetricRecord]]:
+    ) -> tuple[dict[str, Any], list[MetricRecord], dict[str, dict[str, float]]]:
         spec, ctx = self.spec, self.ctx
         suite = ctx.loaded.suite.suite
         names = {
@@ -258,6 +259,7 @@ class RecommendationEvaluator:
         }
         report: dict[str, Any] = {}
         records: list[MetricRecord] = []
+        units: dict[str, dict[str, float]] = {}
         for attribute in spec.groups:
             labels = [data.user_attrs.get(u, {}).get(attribute, "unknown") for u in users]
             if all(label == "unknown" for label in labels):
@@ -276,22 +278,27 @@ class RecommendationEvaluator:
                     spec.min_group_size,
                 )
                 for group in stat.groups:
-                    records.append(
-                        MetricRecord(
-                            metric,
-                            group.mean,
-                            higher,
-                            self.task,
-                            spec.dataset,
-                            spec.protocol,
-                            system,
-                            group=f"{attribute}:{group.group}",
-                            series=system,
-                            ci_low=group.ci[0] if group.ci else None,
-                            ci_high=group.ci[1] if group.ci else None,
-                            n=group.n,
-                        )
+                    record = MetricRecord(
+                        metric,
+                        group.mean,
+                        higher,
+                        self.task,
+                        spec.dataset,
+                        spec.protocol,
+                        system,
+                        group=f"{attribute}:{group.group}",
+                        series=system,
+                        ci_low=group.ci[0] if group.ci else None,
+                        ci_high=group.ci[1] if group.ci else None,
+                        n=group.n,
                     )
+                    records.append(record)
+                    # Per-user values of the group, so compare can pair them across runs.
+                    units[record.key] = {
+                        u: float(v)
+                        for u, v, label in zip(users, values[metric], labels, strict=True)
+                        if label == group.group
+                    }
                 if stat.gap is not None:
                     records.append(
                         MetricRecord(
@@ -315,4 +322,4 @@ class RecommendationEvaluator:
                     "gap": stat.gap,
                     "excluded_small_groups": stat.excluded,
                 }
-        return report, records
+        return report, records, units

@@ -190,10 +190,21 @@ def load_run(ref: str, runs_dir: Path | None = None) -> LoadedRun:
     return LoadedRun(folder, results, per_unit if isinstance(per_unit, dict) else {})
 
 
-def latest_run(runs_dir: Path) -> Path | None:
-    """The newest run folder under ``runs_dir`` (run ids sort by start time), if any."""
-    runs = sorted(p for p in runs_dir.glob("*") if (p / RESULTS_FILE).is_file()) if runs_dir.is_dir() else []
-    return runs[-1] if runs else None
+def latest_run(runs_dir: Path, suite: str | None = None) -> Path | None:
+    """The run folder under ``runs_dir`` that started last (optionally of one suite), if any.
+
+    Folders are ordered by the ``started_at`` their ``results.json`` records (folders given with ``--out`` need
+    not be named by run id); unreadable results are skipped.
+    """
+    found: list[tuple[str, str, Path]] = []
+    for folder in runs_dir.glob("*") if runs_dir.is_dir() else []:
+        try:
+            results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(results, dict) and (suite is None or results.get("suite") == suite):
+            found.append((str(results.get("started_at", "")), folder.name, folder))
+    return max(found)[2] if found else None
 
 
 def select(metrics: Sequence[MetricRecord], **where: str | None) -> list[MetricRecord]:

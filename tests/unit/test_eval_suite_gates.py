@@ -175,3 +175,20 @@ def test_embedding_cache_reuses_by_model_and_corpus(tmp_path: Path) -> None:
     _, outcome = cache.embed(encoder, other, ["a", "b"], ["one", "three"], batch_size=32)
     assert not outcome.hit  # other vectors for the same weights
     assert encoder.calls == 3
+
+
+def test_latest_run_follows_start_time(tmp_path: Path) -> None:
+    from evals.results import latest_run, write_json
+
+    assert latest_run(tmp_path / "none") is None
+    for name, started, suite in (
+        ("zzz-old", "2026-01-01T00:00:00+00:00", "demo"),
+        ("aaa-new", "2026-02-01T00:00:00+00:00", "demo"),
+        ("mid", "2026-01-15T00:00:00+00:00", "scifact"),
+    ):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "results.json", {"suite": suite, "started_at": started, "metrics": []})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{", "utf-8")
+    assert latest_run(tmp_path) == tmp_path / "aaa-new"
+    assert latest_run(tmp_path, suite="scifact") == tmp_path / "mid"
