@@ -61,7 +61,8 @@ def bar_chart(
     from matplotlib.figure import Figure
 
     width = 0.8 / max(len(series), 1)
-    fig = Figure(figsize=(max(5.0, 0.9 * len(categories) * max(len(series), 1) * 0.6 + 2), 3.4), dpi=100)
+    inches = min(11.0, max(5.0, 2.0 + 0.175 * len(categories) * max(len(series), 1)))
+    fig = Figure(figsize=(inches, 3.4), dpi=100)
     ax = fig.add_subplot()
     for s_index, (name, points) in enumerate(series.items()):
         xs = [i + (s_index - (len(series) - 1) / 2) * width for i in range(len(categories))]
@@ -174,6 +175,16 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
                 gap_row.append(fmt(found[0]["value"]) + _ci(found[0]) if found else "")
         rows.append([f"<b>{c}</b>" if c else c for c in gap_row])
         parts.append(_table(headers, rows, numeric_from=1))
+        excluded = sorted(
+            {
+                group
+                for rec in info.get("details", {}).get("recommenders", {}).values()
+                for stats in rec.get("groups", {}).get(attribute, {}).values()
+                for group in stats.get("excluded_small_groups", [])
+            }
+        )
+        if excluded:
+            parts.append(f"<p>Shown but left out of the gap (too few users): {esc(', '.join(excluded))}.</p>")
         if metric_names:
             focus = next((n for n in metric_names if n.startswith("ndcg")), metric_names[0])
             series = {
