@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from app.cli_eval import eval_group
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,6 +38,9 @@ def _settings(config_file: Path | None, overrides: dict[str, Any] | None = None)
 @click.group()
 def main() -> None:
     """Candor: recommendations and grounded answers over REST."""
+
+
+main.add_command(eval_group)
 
 
 @main.command()

@@ -1,0 +1,148 @@
+"""``candor eval``: run offline evaluation suites, gate on them, and compare runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+# implicit's ALS asks for a single BLAS thread; the variable must be set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+GATE_FAILED_EXIT = 3
+
+
+def _state_dir(config_file: Path | None) -> Path:
+    from pydantic import ValidationError
+
+    from app.settings import load_settings
+
+    try:
+        return Path(load_settings(config_file).state_dir) / "evals"
+    except (FileNotFoundError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    rows: dict[tuple[str, str], list[str]] = {}
+    for metric in results["metrics"]:
+        if metric.get("group") is not None or metric.get("timing"):
+            continue
+        ci = f" [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]" if "ci_low" in metric else ""
+        rows.setdefault((metric["task"], metric["system"]), []).append(f"{metric['name']} {metric['value']:.4f}{ci}")
+    return [f"{task}  {system}: " + ", ".join(values) for (task, system), values in rows.items()]
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Offline evaluation: run suites on public benchmarks, gate on them, compare runs."""
+
+
+@eval_group.command("run")
+@click.argument("suite")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CANDOR_DATA_ROOT",
+    default=None,
+    help="Folder holding the datasets the suite names (default: $CANDOR_DATA_ROOT).",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite field (repeatable).")
+@click.option("--gate", is_flag=True, help=f"Exit with status {GATE_FAILED_EXIT} when a gate fails.")
+@click.option("--baseline", default=None, help="Run to compare gates with (folder, results.json or run id).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Embedding cache.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def eval_run(
+    suite: str,
+    data_root: Path | None,
+    out_dir: Path | None,
+    overrides: tuple[str, ...],
+    gate: bool,
+    baseline: str | None,
+    cache_dir: Path | None,
+    progress: bool,
+    config_file: Path | None,
+) -> None:
+    """Run SUITE (a TOML file, or a suite name in configs/evals) and write results.json and report.html.
+
+    Runs go to var/evals/runs/<run id>/ unless --out is given; corpus embeddings are cached in var/evals/cache.
+    """
+    from app.observability import configure_logging
+    from evals.errors import EvalError
+    from evals.runner import RunOptions, run_suite
+    from evals.suite import load_suite
+
+    state_dir = _state_dir(config_file)
+    configure_logging("warning", "console")
+    try:
+        loaded = load_suite(suite, overrides)
+        for applied in loaded.overrides:
+            click.echo(f"set {applied}", err=True)
+        summary = run_suite(
+            loaded,
+            RunOptions(
+                data_root=data_root,
+                state_dir=state_dir,
+                out_dir=out_dir,
+                cache_dir=cache_dir,
+                baseline=baseline,
+                progress=progress,
+            ),
+        )
+    except EvalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"run {summary.results['run_id']}: {summary.run_dir}")
+    for line in _summary_lines(summary.results):
+        click.echo(f"  {line}")
+    for result in summary.gates:
+        click.echo(f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}", err=True)
+    if gate and not summary.gates_passed:
+        failed = sum(1 for g in summary.gates if not g.passed)
+        click.echo(f"{failed} gate(s) failed", err=True)
+        sys.exit(GATE_FAILED_EXIT)
+    if not summary.gates_passed:
+        click.echo("gates failed but were not enforced (pass --gate to fail the command)", err=True)
+
+
+@eval_group.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="HTML diff.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Paired resamples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def eval_compare(
+    run_a: str, run_b: str, out_file: Path | None, bootstrap: int, seed: int, config_file: Path | None
+) -> None:
+    """Print how RUN_B differs from RUN_A, with paired-bootstrap intervals, and write an HTML diff.
+
+    A run is a run folder, its results.json, or a run id under var/evals/runs.
+    """
+    from evals.compare import compare_runs, differing_inputs, format_rows, write_diff
+    from evals.errors import EvalError
+    from evals.results import load_run
+
+    state_dir = _state_dir(config_file)
+    try:
+        a = load_run(run_a, state_dir / "runs")
+        b = load_run(run_b, state_dir / "runs")
+    except EvalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = compare_runs(a, b, resamples=bootstrap, seed=seed)
+    notes = differing_inputs(a, b)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(format_rows(rows))
+    counts = Counter(row.verdict for row in rows)
+    click.echo("B against A: " + ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())), err=True)
+    target = out_file or state_dir / "compare" / f"{a.run_id}--{b.run_id}.html"
+    write_diff(target, a, b, rows, notes)
+    click.echo(f"diff written to {target}", err=True)

@@ -1,0 +1,107 @@
+"""The interface an answer backend implements to be evaluated, and the registry the runner looks backends up in.
+
+A backend is anything with a ``name``, a ``describe()`` and an ``answer(question, passages)`` that returns the
+answer text, the ids of the passages it cites and whether it abstained. The runner builds it with a factory
+registered under the name a suite gives in ``[system.answer] backend``; the factory receives the backend's
+options from the suite and a way to get the encoder under test. No backend ships with the evals package: until
+one is registered, answer tasks are skipped with a plain message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from evals.datasets import Passage
+from retrieval.encoder import Encoder
+
+__all__ = [
+    "AnswerBackendContext",
+    "AnswerFactory",
+    "AnswerSystem",
+    "Passage",
+    "SystemAnswer",
+    "available_backends",
+    "register_answer_backend",
+    "unregister_answer_backend",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SystemAnswer:
+    """What an answer system returns for one question.
+
+    Attributes:
+        text: The answer (ignored when ``abstained``).
+        cited_ids: Ids of the passages the answer cites, most important first.
+        abstained: Whether the system declined to answer (e.g. the passages do not hold the answer).
+    """
+
+    text: str
+    cited_ids: tuple[str, ...] = ()
+    abstained: bool = False
+
+
+@runtime_checkable
+class AnswerSystem(Protocol):
+    """A grounded answer backend as the harness sees it."""
+
+    @property
+    def name(self) -> str:
+        """Backend name reported with its metrics (``extractive``, ``local``, ``openai``, ...)."""
+        ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """Model ids, weight hashes and settings, recorded in ``results.json``."""
+        ...
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
+        """Answer ``question`` from ``passages`` only, citing passage ids, or abstain."""
+        ...
+
+
+@dataclass(frozen=True)
+class AnswerBackendContext:
+    """What a factory gets to build a backend.
+
+    Attributes:
+        options: ``[system.answer] options`` from the suite.
+        encoder: Returns the encoder under test (loaded on first call), for backends that rank sentences.
+        seed: The suite seed (for sampling backends).
+    """
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    encoder: Callable[[], Encoder] | None = None
+    seed: int = 0
+
+
+AnswerFactory = Callable[[AnswerBackendContext], AnswerSystem]
+
+_REGISTRY: dict[str, AnswerFactory] = {}
+
+
+def register_answer_backend(name: str, factory: AnswerFactory) -> None:
+    """Make a backend available to suites under ``name`` (replacing any earlier one of that name)."""
+    _REGISTRY[name] = factory
+
+
+def unregister_answer_backend(name: str) -> None:
+    """Remove a backend (tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def _builtin_backends() -> dict[str, AnswerFactory]:
+    """Backends that live in the project's own packages, imported lazily.
+
+    None exist yet. When ``retrieval`` gains its answer backends, add them here, e.g.::
+
+        from retrieval.answers import ExtractiveAnswerer
+        return {"extractive": lambda ctx: ExtractiveAnswerer(ctx.encoder(), **ctx.options)}
+    """
+    return {}
+
+
+def available_backends() -> dict[str, AnswerFactory]:
+    """Every backend a suite can name: the built-in ones and those registered at run time."""
+    return {**_builtin_backends(), **_REGISTRY}

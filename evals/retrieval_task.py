@@ -1,0 +1,131 @@
+"""Retrieval evaluation: the encoder embeds corpus and queries, Candor's FAISS index ranks, BEIR metrics judge."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from evals.context import RunContext, summarise
+from evals.datasets import (
+    DatasetRecord,
+    RetrievalData,
+    detect_format,
+    load_beir,
+    load_domain_pack,
+    load_pack_retrieval,
+    resolve_dataset,
+)
+from evals.errors import SuiteError
+from evals.ir_metrics import evaluate_run, write_trec_run
+from evals.results import TaskOutput
+from evals.suite import RetrievalTask
+from retrieval.index import IndexSpec, VectorIndex, configure_faiss
+
+
+class RetrievalEvaluator:
+    """Evaluates ranked retrieval on one dataset.
+
+    Args:
+        task_id: The task's name in the suite (``[retrieval.<task_id>]``).
+        spec: The task's settings.
+        ctx: The run.
+    """
+
+    greater_is_better = True
+
+    def __init__(self, task_id: str, spec: RetrievalTask, ctx: RunContext) -> None:
+        self.task_id = task_id
+        self.task = f"retrieval.{task_id}"
+        self.spec = spec
+        self.ctx = ctx
+
+    @property
+    def primary_metric(self) -> str:
+        """The first metric the task lists (``ndcg@10`` by default)."""
+        return self.spec.metrics[0]
+
+    def _load(self) -> tuple[RetrievalData, str]:
+        path = resolve_dataset(self.spec.dataset, self.ctx.data_root)
+        fmt = self.spec.format or detect_format(path)
+        if fmt == "beir":
+            return load_beir(path, self.spec.split), self.spec.split
+        if fmt == "pack":
+            return load_pack_retrieval(path, load_domain_pack(path)), "eval"
+        raise SuiteError(f"{self.task}: dataset {self.spec.dataset!r} is {fmt}, not a retrieval dataset")
+
+    def run(self) -> TaskOutput:
+        """Embed, index, search and score every judged query."""
+        ctx, spec = self.ctx, self.spec
+        data, split = self._load()
+        qids = sorted(data.queries)
+        if spec.max_queries and spec.max_queries < len(qids):
+            picked = ctx.rng(self.task, "queries").choice(len(qids), size=spec.max_queries, replace=False)
+            qids = sorted(qids[i] for i in picked)
+        qrels = {q: data.qrels[q] for q in qids}
+        vectors, cache = ctx.embed_corpus(f"{self.task} corpus", data.corpus_ids, data.corpus_texts)
+        index_cfg = ctx.loaded.suite.system.index
+        index_spec = IndexSpec(**index_cfg.model_dump())
+        configure_faiss(index_spec)
+        started = time.perf_counter()
+        index = VectorIndex.build(vectors.shape[1], index_spec, np.arange(len(data.corpus_ids)), vectors)
+        build_s = time.perf_counter() - started
+        query_vectors, query_s = ctx.embed_texts(f"{self.task} queries", [data.queries[q] for q in qids])
+        depth = spec.depth + (1 if spec.ignore_identical_ids else 0)
+        started = time.perf_counter()
+        scores, ids = index.search(query_vectors, min(depth, len(data.corpus_ids)))
+        search_s = time.perf_counter() - started
+        run: dict[str, dict[str, float]] = {}
+        for row, qid in enumerate(qids):
+            hits: dict[str, float] = {}
+            for score, idx in zip(scores[row], ids[row], strict=True):
+                if idx < 0:
+                    continue
+                doc = data.corpus_ids[int(idx)]
+                if spec.ignore_identical_ids and doc == qid:
+                    continue  # BEIR drops a document that is the query itself
+                if len(hits) < spec.depth:
+                    hits[doc] = float(score)
+            run[qid] = hits
+        per_query = evaluate_run(run, qrels, spec.metrics)
+        encoder = ctx.encoder_info()
+        system = f"{encoder['name']}+{index.kind}"
+        metrics, per_unit = summarise(
+            ctx,
+            task=self.task,
+            dataset=spec.dataset,
+            split=split,
+            system=system,
+            units=qids,
+            values={name: np.asarray([vals[q] for q in qids]) for name, vals in per_query.items()},
+            higher_is_better=dict.fromkeys(per_query, True),
+        )
+        run_file = f"run-{self.task_id}.trec"
+        write_trec_run(ctx.run_dir / run_file, run, tag=system)
+        details: dict[str, Any] = {
+            "primary_metric": self.primary_metric,
+            "documents": len(data.corpus_ids),
+            "queries": len(qids),
+            "judged_pairs": sum(len(j) for j in qrels.values()),
+            "judged_docs_missing_from_corpus": data.missing_docs,
+            "depth": spec.depth,
+            "cache": cache.to_json(),
+            "timings_s": {
+                "index_build": round(build_s, 3),
+                "query_embedding": round(query_s, 3),
+                "search": round(search_s, 3),
+            },
+            "queries_per_s": round(len(qids) / max(query_s + search_s, 1e-9), 1),
+            "run_file": run_file,
+        }
+        return TaskOutput(
+            metrics=metrics,
+            per_unit=per_unit,
+            system={"encoder": encoder, "index": {"kind": index.kind, **index_cfg.model_dump()}},
+            datasets=[
+                DatasetRecord.of(spec.dataset, resolve_dataset(spec.dataset, ctx.data_root), data.files).to_json()
+            ],
+            details=details,
+            artifacts=[run_file],
+        )

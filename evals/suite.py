@@ -1,0 +1,322 @@
+"""Suites: TOML files naming datasets, the system under test, metrics, seeds and gates.
+
+A suite has a ``[suite]`` table (name, seed, bootstrap resamples), a ``[system]`` table (encoder, index,
+recommender settings, answer backend), any number of named tasks under ``[retrieval.<id>]``,
+``[recommendation.<id>]`` and ``[answers.<id>]``, and ``[gates]``. Every field can be overridden from the command
+line with ``--set KEY=VALUE``: ``KEY`` is a dotted path (``retrieval.scifact.split``) or its last part(s) when
+they are unambiguous or meant for every match (``seed``, ``k``); ``VALUE`` is read as a TOML value when it is one
+(``20``, ``0.5``, ``true``, ``["a", "b"]``) and as a string otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from evals.errors import SuiteError
+from evals.ir_metrics import parse_metric
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SUITES_DIR = PROJECT_ROOT / "configs" / "evals"
+
+RecommenderName = Literal["most-popular", "item-knn", "embedding", "als"]
+ALL_RECOMMENDERS: tuple[RecommenderName, ...] = ("most-popular", "item-knn", "embedding", "als")
+GROUP_METRIC_KINDS = ("hr", "ndcg", "mrr", "novelty", "popularity_bias")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuiteMeta(_Model):
+    """``[suite]``: identity and statistics settings."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 13
+    bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for intervals (0: none)")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
+class EncoderSpec(_Model):
+    """``[system.encoder]``: which encoder embeds queries, documents and items."""
+
+    name: str = "all-MiniLM-L6-v2"
+    path: str = ""
+    expect_version: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=0, ge=0)
+    max_seq_length: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=32, gt=0)
+    trace: bool = True
+
+
+class IndexSpecModel(_Model):
+    """``[system.index]``: the FAISS structure retrieval runs on (as ``[index]`` in the service config)."""
+
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = Field(default=32, gt=0)
+    hnsw_ef_construction: int = Field(default=80, gt=0)
+    hnsw_ef_search: int = Field(default=64, gt=0)
+    ivf_nlist: int = Field(default=0, ge=0)
+    ivf_nprobe: int = Field(default=8, gt=0)
+    threads: int = Field(default=1, gt=0)
+
+
+class RecommenderSpec(_Model):
+    """``[system.recommender]``: Candor's embedding recommender settings (as ``[recommender]`` in the service)."""
+
+    half_life_days: float = Field(default=30.0, ge=0)
+    max_history: int = Field(default=200, gt=0)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
+    )
+
+
+class AnswerSpec(_Model):
+    """``[system.answer]``: the answer backend to evaluate and its options."""
+
+    backend: str = "extractive"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SystemSpec(_Model):
+    """``[system]``: the system under test."""
+
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    index: IndexSpecModel = Field(default_factory=IndexSpecModel)
+    recommender: RecommenderSpec = Field(default_factory=RecommenderSpec)
+    answer: AnswerSpec = Field(default_factory=AnswerSpec)
+
+
+class RetrievalTask(_Model):
+    """``[retrieval.<id>]``: ranked retrieval over a corpus with judged queries."""
+
+    dataset: str
+    format: Literal["beir", "pack"] | None = None
+    split: str = "test"
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map"])
+    depth: int = Field(default=100, gt=0)
+    ignore_identical_ids: bool = True
+    max_queries: int = Field(default=0, ge=0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        return [parse_metric(m).name for m in value]
+
+
+class RecommendationTask(_Model):
+    """``[recommendation.<id>]``: top-k recommendation from interaction histories."""
+
+    dataset: str
+    format: Literal["ml-100k", "ml-latest", "pack"] | None = None
+    protocol: str = "leave-last-out"
+    k: int = Field(default=10, gt=0)
+    recommenders: list[RecommenderName] = Field(default_factory=lambda: list(ALL_RECOMMENDERS))
+    groups: list[str] = Field(default_factory=list)
+    group_metrics: list[str] = Field(default_factory=lambda: ["hr", "ndcg"])
+    min_group_size: int = Field(default=10, ge=1)
+    min_rating: float = 0.0
+    max_users: int = Field(default=0, ge=0)
+    knn_neighbours: int = Field(default=100, gt=0)
+    als_factors: int = Field(default=64, gt=0)
+    als_iterations: int = Field(default=15, gt=0)
+    als_regularization: float = Field(default=0.05, ge=0)
+    als_alpha: float = Field(default=1.0, gt=0)
+
+    @field_validator("group_metrics")
+    @classmethod
+    def _known_group_metrics(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in GROUP_METRIC_KINDS:
+                raise ValueError(f"unknown group metric {name!r} (one of {', '.join(GROUP_METRIC_KINDS)})")
+        return value
+
+
+class AnswerTask(_Model):
+    """``[answers.<id>]``: grounded answers, with unanswerable probes made from wrong contexts."""
+
+    dataset: str
+    format: Literal["squad", "pack"] | None = None
+    file: str = ""
+    max_questions: int = Field(default=500, ge=0)
+    unanswerable: int = Field(default=100, ge=0)
+    passages: int = Field(default=3, gt=0)
+
+
+class GateSpec(_Model):
+    """``[gates]``: rules a run must pass (``candor eval run --gate`` exits non-zero otherwise)."""
+
+    baseline: str = ""
+    rules: list[str] = Field(default_factory=list)
+
+
+class Suite(_Model):
+    """A whole suite."""
+
+    suite: SuiteMeta
+    system: SystemSpec = Field(default_factory=SystemSpec)
+    retrieval: dict[str, RetrievalTask] = Field(default_factory=dict)
+    recommendation: dict[str, RecommendationTask] = Field(default_factory=dict)
+    answers: dict[str, AnswerTask] = Field(default_factory=dict)
+    gates: GateSpec = Field(default_factory=GateSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSuite:
+    """A validated suite with where it came from.
+
+    Attributes:
+        suite: The effective suite (overrides applied).
+        path: The TOML file.
+        overrides: The ``--set`` assignments applied, as ``path=value``.
+    """
+
+    suite: Suite
+    path: Path
+    overrides: tuple[str, ...] = ()
+
+    def config(self) -> dict[str, Any]:
+        """The effective suite as JSON-ready data."""
+        return self.suite.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """SHA-256 of the effective suite (canonical JSON)."""
+        canonical = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def suite_path(ref: str) -> Path:
+    """A suite file from a path, or a bare name of a suite in ``configs/evals`` (``demo``).
+
+    Raises:
+        SuiteError: Neither exists.
+    """
+    path = Path(ref)
+    if path.is_file():
+        return path
+    named = SUITES_DIR / f"{ref}.toml"
+    if "/" not in ref and named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    raise SuiteError(f"suite {ref!r} not found (a TOML file, or one of: {known})")
+
+
+def _format_validation(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "(suite)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _leaves(data: Any, prefix: str = "") -> list[str]:
+    if isinstance(data, dict) and data:
+        out: list[str] = []
+        for key, value in data.items():
+            out += _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [prefix] if prefix else []
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    if isinstance(value, dt.date | dt.time):
+        return raw  # a TOML date is almost never meant; keep the text
+    return value
+
+
+def _assign(data: dict[str, Any], path: str, value: Any) -> None:
+    node = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _targets(data: dict[str, Any], key: str) -> list[str]:
+    leaves = _leaves(data)
+    if key in leaves:
+        return [key]
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    node: Any = data
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    if parent and isinstance(node, dict):
+        return [key]  # a field the file left at its default, or a new entry in a mapping; validation decides
+    return [leaf for leaf in leaves if leaf.endswith("." + key)]
+
+
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> list[str]:
+    """Apply ``KEY=VALUE`` assignments to suite data in place.
+
+    Returns:
+        The assignments as applied, with full paths.
+
+    Raises:
+        SuiteError: An assignment is malformed or names no field.
+    """
+    applied: list[str] = []
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SuiteError(f"--set {assignment!r}: expected KEY=VALUE")
+        targets = _targets(data, key)
+        if not targets:
+            raise SuiteError(f"--set {key}: no such suite field (fields look like suite.seed, retrieval.<id>.split)")
+        value = _parse_value(raw.strip())
+        for target in targets:
+            _assign(data, target, value)
+            applied.append(f"{target}={raw.strip()}")
+    return applied
+
+
+def load_suite(ref: str, overrides: Sequence[str] = ()) -> LoadedSuite:
+    """Read, override and validate a suite.
+
+    Args:
+        ref: A TOML path or a suite name in ``configs/evals``.
+        overrides: ``KEY=VALUE`` assignments (``--set``).
+
+    Raises:
+        SuiteError: The file is missing or invalid, or an override does not fit.
+    """
+    from evals.gates import parse_rule
+
+    path = suite_path(ref)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: invalid TOML ({exc})") from exc
+    try:
+        base = Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise SuiteError(f"{path}: {_format_validation(exc)}") from exc
+    data = base.model_dump(mode="json")
+    applied = apply_overrides(data, overrides)
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise SuiteError(f"{path} with --set {', '.join(applied)}: {_format_validation(exc)}") from exc
+    if not (suite.retrieval or suite.recommendation or suite.answers):
+        raise SuiteError(f"{path}: the suite has no [retrieval.*], [recommendation.*] or [answers.*] task")
+    for rule in suite.gates.rules:
+        parse_rule(rule)
+    return LoadedSuite(suite, path, tuple(applied))
