@@ -97,6 +97,7 @@ class RecommenderSettings(_Section):
     """Recommender knobs."""
 
     half_life_days: float = Field(ge=0)
+    rating_neutral: float = Field(ge=1, lt=5)
     max_history: int = Field(gt=0)
     seed_items: int = Field(ge=0)
     candidate_factor: int = Field(gt=0)
@@ -187,6 +188,7 @@ class Settings(BaseSettings):
             recommender=RecommenderConfig(
                 event_weights=dict(rec.event_weights),
                 half_life_days=rec.half_life_days,
+                rating_neutral=rec.rating_neutral,
                 max_history=rec.max_history,
                 seed_items=rec.seed_items,
                 candidate_factor=rec.candidate_factor,

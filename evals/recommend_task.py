@@ -136,6 +136,7 @@ class RecommendationEvaluator:
                 config = RecommenderConfig(
                     event_weights=dict(rec.event_weights),
                     half_life_days=rec.half_life_days,
+                    rating_neutral=rec.rating_neutral,
                     max_history=rec.max_history,
                 )
                 made.append(EmbeddingRecommender(vectors, config, ctx.encoder_info()))

@@ -7,7 +7,7 @@ items and ranks the rest.
 - ``item-knn``: item-to-item cosine similarity over the binary user-item matrix, each item keeping its
   ``neighbours`` most similar items; a user's score for an item sums its similarity to the user's items.
 - ``embedding``: Candor's recommender: the user's history weighted as the service weighs it
-  (``history_from_interactions``: event weights, ratings scaled by value / 5, recency half-life, most recent
+  (``history_from_interactions``: event weights, ratings above ``rating_neutral`` only, recency half-life, most recent
   ``max_history``), scored with the service's ``history_scores`` (weighted mean cosine similarity) over item
   vectors from the encoder. Unlike the service, which first fetches candidates from the index, every unseen item
   is scored.
@@ -201,6 +201,7 @@ class EmbeddingRecommender:
             "encoder": self.encoder,
             "event_weights": dict(self.config.event_weights),
             "half_life_days": self.config.half_life_days,
+            "rating_neutral": self.config.rating_neutral,
             "max_history": self.config.max_history,
             "scoring": "retrieval.recommend.history_scores over all unseen items",
         }

@@ -75,6 +75,7 @@ class RecommenderSpec(_Model):
     """``[system.recommender]``: Candor's embedding recommender settings (as ``[recommender]`` in the service)."""
 
     half_life_days: float = Field(default=30.0, ge=0)
+    rating_neutral: float = Field(default=3.0, ge=1, lt=5)
     max_history: int = Field(default=200, gt=0)
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}

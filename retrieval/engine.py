@@ -35,6 +35,7 @@ from retrieval.recommend import (
     history_scores,
     merge_history,
     mmr,
+    seen_item_ids,
 )
 from retrieval.types import Filters, HistoryEntry, Interaction, Item, ScoredItem
 
@@ -561,7 +562,16 @@ class RetrievalEngine:
         events = self._interactions.get(user_id)
         if not events:
             raise UnknownUserError(user_id)
-        return history_from_interactions(events, self.config.recommender)
+        history = history_from_interactions(events, self.config.recommender)
+        if not history:
+            raise InvalidQueryError(
+                f"user {user_id!r} has no interactions that express interest (only low ratings)", field="user_id"
+            )
+        return history
+
+    def seen_by_user(self, user_id: str) -> set[str]:
+        """Every item the user interacted with, including ones they rated low: never recommended back."""
+        return seen_item_ids(self._interactions.get(user_id, ()))
 
     # -- writes -------------------------------------------------------------------------------------------------
 

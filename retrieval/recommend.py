@@ -66,6 +66,8 @@ class RecommenderConfig:
     Attributes:
         event_weights: Weight of each interaction type when a user's history is read from interactions.
         half_life_days: Recency decay of interaction weights (0 disables).
+        rating_neutral: A rating at or below this (on a 1-5 scale) expresses no interest: the item counts as seen
+            but adds nothing to the profile; above it the weight grows linearly to 1 at 5.
         max_history: Most history entries used (the most recent, for stored histories).
         seed_items: History items that also seed their own candidate searches (the heaviest ones).
         candidate_factor: Candidates fetched per requested result, before filters and diversity.
@@ -75,6 +77,7 @@ class RecommenderConfig:
         default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
     )
     half_life_days: float = 30.0
+    rating_neutral: float = 3.0
     max_history: int = 200
     seed_items: int = 8
     candidate_factor: int = 4
@@ -230,8 +233,10 @@ def explain_history(history_items: Sequence[Item], shares: np.ndarray, score: fl
 def history_from_interactions(interactions: Sequence[Interaction], config: RecommenderConfig) -> list[HistoryEntry]:
     """Turn one user's interactions into weighted history entries.
 
-    Weights come from the event type (ratings scale by ``value / 5``), decay with age relative to the user's
-    latest event, and add up for repeated items. Only the most recent ``max_history`` events count.
+    Weights come from the event type (a rating scales it by how far the rating sits above
+    ``rating_neutral``, so a 1-star rating is not read as interest), decay with age relative to the user's latest
+    event, and add up for repeated items. Only the most recent ``max_history`` events count; items whose weight
+    comes to nothing are left out (see :func:`seen_item_ids` for everything the user has seen).
     """
     recent = sorted(interactions, key=lambda i: i.ts)[-config.max_history :]
     if not recent:
@@ -241,13 +246,25 @@ def history_from_interactions(interactions: Sequence[Interaction], config: Recom
     for event in recent:
         weight = config.event_weights.get(event.event, 1.0)
         if event.event == "rating":
-            weight *= event.value / 5.0
+            weight *= rating_interest(event.value, config.rating_neutral)
         if config.half_life_days > 0:
             age_days = (latest - event.ts) / 86_400
             weight *= math.pow(0.5, age_days / config.half_life_days)
         if weight > 0:
             totals[event.item_id] = totals.get(event.item_id, 0.0) + weight
     return [HistoryEntry(item_id=item_id, weight=w) for item_id, w in totals.items()]
+
+
+def rating_interest(value: float, neutral: float) -> float:
+    """Interest a 1-5 rating expresses: 0 at or below ``neutral``, rising linearly to 1 at 5."""
+    if value <= neutral:
+        return 0.0
+    return min(1.0, (value - neutral) / max(5.0 - neutral, 1e-9))
+
+
+def seen_item_ids(interactions: Sequence[Interaction]) -> set[str]:
+    """Every item a user interacted with, liked or not: never recommended back to them."""
+    return {event.item_id for event in interactions}
 
 
 def merge_history(entries: Sequence[HistoryEntry]) -> list[HistoryEntry]:

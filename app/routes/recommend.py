@@ -162,6 +162,7 @@ class RecommendationController(Controller):
             else:
                 assert data.user_id is not None
                 history = engine.history_for_user(data.user_id)
+                exclude = [*exclude, *sorted(engine.seen_by_user(data.user_id))]
             ranked = await engine.recommend_for_history(
                 history, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
             )

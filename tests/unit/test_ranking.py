@@ -14,6 +14,8 @@ from retrieval.recommend import (
     history_scores,
     merge_history,
     mmr,
+    rating_interest,
+    seen_item_ids,
 )
 from retrieval.types import Filters, HistoryEntry, Interaction, Item
 
@@ -112,3 +114,18 @@ def test_interactions_become_weighted_history() -> None:
     assert history["b"] == pytest.approx(4.0)  # purchase 3 + view 1
     assert history["c"] == pytest.approx(1.0)
     assert merge_history([HistoryEntry("x", 1), HistoryEntry("x", 2)]) == [HistoryEntry("x", 3)]
+
+
+def test_low_ratings_are_seen_but_not_interest() -> None:
+    config = RecommenderConfig(half_life_days=0.0, rating_neutral=3.0)
+    events = [
+        Interaction("u", "hated", "rating", 1.0, 0.0),
+        Interaction("u", "meh", "rating", 3.0, 1.0),
+        Interaction("u", "liked", "rating", 4.0, 2.0),
+        Interaction("u", "loved", "rating", 5.0, 3.0),
+    ]
+    history = {h.item_id: h.weight for h in history_from_interactions(events, config)}
+    assert history == {"liked": pytest.approx(0.5), "loved": pytest.approx(1.0)}
+    assert seen_item_ids(events) == {"hated", "meh", "liked", "loved"}
+    assert rating_interest(2.0, 1.0) == pytest.approx(0.25)
+    assert rating_interest(5.0, 4.5) == pytest.approx(1.0)
