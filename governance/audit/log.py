@@ -417,14 +417,14 @@ class AuditLog:
         result: Stored | None = self._read(lambda db: db.get(record_id))
         return result
 
-    def list(self, query: RecordQuery) -> list[Stored]:
+    def find(self, query: RecordQuery) -> list[Stored]:
         """Records matching a query, newest first."""
-        result: list[Stored] = self._read(lambda db: db.list(query))
+        result: list[Stored] = self._read(lambda db: db.find(query))
         return result
 
     def review_queue(self, limit: int = 50, before_seq: int | None = None) -> list[Stored]:
         """Records awaiting a reviewer (pending or escalated), newest first."""
-        return self.list(RecordQuery(review_states=QUEUE_STATES, limit=limit, before_seq=before_seq))
+        return self.find(RecordQuery(review_states=QUEUE_STATES, limit=limit, before_seq=before_seq))
 
     def reviews_of(self, record_id: str) -> list[dict[str, Any]]:
         """The chained review decisions about a record, oldest first."""
@@ -432,7 +432,7 @@ class AuditLog:
         def run(db: AuditBackend) -> list[Stored]:
             return [
                 s
-                for s in db.list(RecordQuery(kind="review", limit=100_000))
+                for s in db.find(RecordQuery(kind="review", limit=100_000))
                 if (s.body or {}).get("target_id") == record_id
             ]
 
@@ -511,7 +511,12 @@ class AuditLog:
                 for cp in cps:
                     if cp.seq <= head_seq:
                         fh.write(json.dumps({"type": "checkpoint", **_cp_dict(cp)}) + "\n")
-                end = {"records": records, "head_seq": head_seq, "head_id": head_id, "head_hash": head_hash}
+                end: dict[str, Any] = {
+                    "records": records,
+                    "head_seq": head_seq,
+                    "head_id": head_id,
+                    "head_hash": head_hash,
+                }
                 end["signature"] = signer.sign_bytes(canonical_json(end))
                 fh.write(json.dumps({"type": "end", **end}) + "\n")
             tmp.replace(path)
@@ -550,7 +555,7 @@ class AuditLog:
         last_seq: int = self._read(lambda db: db.last_seq_before(cutoff))
         if last_seq == 0:
             return {"purged": 0, "last_seq": 0, "purge_id": None}
-        last = self.list(RecordQuery(before_seq=last_seq + 1, limit=1))[0]
+        last = self.find(RecordQuery(before_seq=last_seq + 1, limit=1))[0]
         ts = time.time()
         body = {
             "id": new_record_id(ts),
@@ -639,7 +644,7 @@ class AuditLog:
             rejected=counts.get("rejected", 0),
             escalated=counts.get("escalated", 0),
         )
-        purges = self.list(RecordQuery(kind="purge", limit=1))
+        purges = self.find(RecordQuery(kind="purge", limit=1))
         purged_before = None
         if purges and purges[0].body:
             purged_before = datetime.fromisoformat(str(purges[0].body["before"]).replace("Z", "+00:00"))

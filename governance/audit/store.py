@@ -131,6 +131,7 @@ class RecordQuery:
     endpoint: str | None = None
     kind: str | None = None
     review_states: tuple[str, ...] = ()
+    target_id: str | None = None
     before_seq: int | None = None
     limit: int = 50
 
@@ -146,7 +147,7 @@ class AuditBackend(Protocol):
         """One record by id."""
         ...
 
-    def list(self, query: RecordQuery) -> list[Stored]:
+    def find(self, query: RecordQuery) -> list[Stored]:
         """Records matching a query, newest first."""
         ...
 
@@ -336,7 +337,7 @@ class _SqlBackend:
         row = self._fetchone(f"SELECT {_COLUMNS} FROM audit_records WHERE id = ?", (record_id,))  # noqa: S608 - fixed SQL text; values are bound
         return self._stored(row) if row else None
 
-    def list(self, query: RecordQuery) -> list[Stored]:
+    def find(self, query: RecordQuery) -> list[Stored]:
         """Records matching a query, newest first."""
         where, params = [], []
         for clause, value in (
@@ -344,6 +345,7 @@ class _SqlBackend:
             ("ts < ?", query.until),
             ("endpoint = ?", query.endpoint),
             ("kind = ?", query.kind),
+            ("target_id = ?", query.target_id),
             ("seq < ?", query.before_seq),
         ):
             if value is not None:
