@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from app.auditing import audit_call, audit_unavailable
 from app.auth import Principal, require_roles
@@ -101,13 +101,13 @@ class AuditController(Controller):
     async def list_records(
         self,
         services: NamedDependency[Services],
-        since: str | None = None,
-        until: str | None = None,
-        endpoint: str | None = None,
-        kind: str | None = None,
-        review_state: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
+        endpoint: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        review_state: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """Records in ``[since, until)``, optionally of one endpoint, kind or review states (comma-separated)."""
         log = _log(services)
@@ -146,7 +146,7 @@ class AuditController(Controller):
 
     @get("/records/{record_id:str}/explanation", summary="Explanation of a record's results")
     async def explanation(
-        self, record_id: FromPath[str], services: NamedDependency[Services], method: str = "stored"
+        self, record_id: FromPath[str], services: NamedDependency[Services], method: FromQuery[str] = "stored"
     ) -> dict[str, Any]:
         """A record's explanation: as stored with the call, or query-token attributions on request.
 
@@ -181,7 +181,7 @@ class AuditController(Controller):
 
     @get("/review-queue", summary="Records awaiting a human decision (abstained, low confidence, flagged)")
     async def review_queue(
-        self, services: NamedDependency[Services], limit: int = 50, cursor: str | None = None
+        self, services: NamedDependency[Services], limit: FromQuery[int] = 50, cursor: FromQuery[str | None] = None
     ) -> dict[str, Any]:
         """Pending and escalated records, newest first."""
         log = _log(services)
@@ -199,7 +199,7 @@ class AuditController(Controller):
     async def review(
         self,
         record_id: FromPath[str],
-        data: ReviewRequest,
+        data: JSONBody[ReviewRequest],
         services: NamedDependency[Services],
         request: Request[Any, Any, Any],
     ) -> dict[str, Any]:
@@ -259,7 +259,7 @@ async def attributions(services: Services, body: dict[str, Any]) -> dict[str, An
 
 @post("/feedback", status_code=201, tags=["feedback"], guards=[require_roles("frontend", "admin")])
 async def feedback(
-    data: FeedbackRequest, services: NamedDependency[Services], request: Request[Any, Any, Any]
+    data: JSONBody[FeedbackRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
 ) -> FeedbackResponse:
     """What a shopper did with an audited response; ``report`` puts that response in the review queue."""
     started = time.perf_counter()
