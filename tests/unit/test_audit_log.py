@@ -425,3 +425,14 @@ def test_signing_key_file_is_private(tmp_path: Path) -> None:
     assert (tmp_path / "keys" / "k.pem").stat().st_mode & 0o777 == 0o600
     again = CheckpointSigner(tmp_path / "keys" / "k.pem")
     assert again.key_id == signer.key_id
+
+
+async def test_summary_periods(log: AuditLog) -> None:
+    await write(log, 3)
+    now = datetime.now(UTC)
+    everything = log.summary()
+    assert everything.records == 3
+    assert everything.endpoints[0].latency_p95_ms == pytest.approx(2.9)
+    assert everything.abstention_rate is None
+    assert log.summary(until=now - timedelta(hours=1)).records == 0
+    assert log.summary(since=now - timedelta(hours=1), until=now + timedelta(hours=1)).records == 3
