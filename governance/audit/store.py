@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from governance.audit.chain import GENESIS_HASH, Row, canonical_json, record_hash
+from governance.audit.chain import GENESIS_HASH, Row, canonical_json, sha256_hex
 
 
 class AuditStoreError(Exception):
@@ -263,8 +263,9 @@ class _SqlBackend:
             for pending in batch:
                 seq += 1
                 body = {**pending.body, "seq": seq, "prev_hash": last_hash}
-                digest = record_hash(body)
-                text = canonical_json(body).decode()
+                raw = canonical_json(body)
+                digest = sha256_hex(raw)  # the same bytes as record_hash(body), serialised once
+                text = raw.decode()
                 review = body.get("review") or {}
                 cur.execute(
                     self._q(
