@@ -26,10 +26,12 @@ from app.errors import EXCEPTION_HANDLERS
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
 from app.routes import ops
+from app.routes.audit import AuditController, feedback
 from app.routes.items import ItemController
 from app.routes.recommend import RecommendationController
 from app.settings import Settings
 from app.state import Services, provide_services
+from governance.audit import AuditLog
 from retrieval.encoder import Encoder
 from retrieval.engine import RetrievalEngine
 
@@ -83,7 +85,17 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         keys = KeyStore(state_dir / "candor.sqlite")
-        app.state.services = Services(settings=settings, engine=engine, keys=keys, metrics=metrics)
+        audit = AuditLog(settings.audit_config()) if settings.audit.enabled else None
+        if audit is not None:
+            await audit.start()  # a store that cannot be opened is logged; audited routes then answer 503
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            keys=keys,
+            metrics=metrics,
+            audit=audit,
+            config_digest=settings.digest(),
+        )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
             created = bootstrap_keys(keys, state_dir)
@@ -103,11 +115,13 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
                 task.cancel()
             if engine.status == "ready":
                 await engine.stop()
+            if audit is not None:
+                await audit.stop()
             keys.close()
 
     api = Router(
         path="/v1",
-        route_handlers=[RecommendationController, ItemController, ops.info],
+        route_handlers=[RecommendationController, ItemController, AuditController, feedback, ops.info],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         before_request=require_json_body,

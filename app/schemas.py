@@ -6,7 +6,7 @@ Static constraints live here; limits that come from the config (``max_k``, text 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -26,6 +26,20 @@ class FiltersIn(Struct, forbid_unknown_fields=True):
     price_max: NonNegative | None = None
 
 
+class UserIn(Struct, forbid_unknown_fields=True):
+    """Who the shopper is, if the caller says; redacted from audit records and kept apart, erasable."""
+
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    email: Annotated[str, Meta(max_length=320)] | None = None
+    phone: Annotated[str, Meta(max_length=50)] | None = None
+
+
+class ContextIn(Struct, forbid_unknown_fields=True):
+    """Optional request context; ``user`` is a name or an object (never used for ranking)."""
+
+    user: Annotated[str, Meta(max_length=200)] | UserIn | None = None
+
+
 class SearchRequest(Struct, forbid_unknown_fields=True):
     """``POST /v1/search``."""
 
@@ -34,6 +48,7 @@ class SearchRequest(Struct, forbid_unknown_fields=True):
     filters: FiltersIn | None = None
     exclude: list[ItemId] = msgspec.field(default_factory=list)
     diversity: Fraction = 0.0
+    context: ContextIn | None = None
 
 
 class HistoryEntryIn(Struct, forbid_unknown_fields=True):
@@ -54,6 +69,7 @@ class RecommendationRequest(Struct, forbid_unknown_fields=True):
     filters: FiltersIn | None = None
     exclude: list[ItemId] = msgspec.field(default_factory=list)
     diversity: Fraction = 0.0
+    context: ContextIn | None = None
 
 
 class ContributionOut(Struct):
@@ -113,6 +129,7 @@ class SearchResponse(Struct):
     items: list[ItemOut]
     model: ModelOut
     request_id: str
+    audit_id: str | None = None
 
 
 class RecommendationResponse(Struct):
@@ -123,6 +140,7 @@ class RecommendationResponse(Struct):
     model: ModelOut
     request_id: str
     ignored_history: list[str] = msgspec.field(default_factory=list)
+    audit_id: str | None = None
 
 
 class ItemIn(Struct, forbid_unknown_fields=True):
@@ -163,3 +181,32 @@ class RebuildRequest(Struct, forbid_unknown_fields=True):
     """Body of ``POST /v1/index/rebuild``."""
 
     reembed: bool = False
+
+
+FeedbackEvent = Literal["click", "view", "cart", "purchase", "like", "dislike", "rating", "report"]
+
+
+class FeedbackRequest(Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/feedback``: what the shopper did with a response; ``report`` flags it for review."""
+
+    audit_id: Annotated[str, Meta(min_length=1, max_length=100)]
+    event: FeedbackEvent
+    value: float | None = None
+    item_id: ItemId | None = None
+    note: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class FeedbackResponse(Struct):
+    """Response of ``POST /v1/feedback``."""
+
+    accepted: bool
+    target_id: str
+    request_id: str
+    audit_id: str | None = None
+
+
+class ReviewRequest(Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/audit/records/{id}/review``: a human-oversight decision."""
+
+    decision: Literal["approve", "reject", "escalate"]
+    note: Annotated[str, Meta(max_length=4000)] = ""

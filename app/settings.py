@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from governance.audit.log import AuditConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Device
 from retrieval.engine import EncoderConfig, EngineConfig
@@ -128,6 +129,26 @@ class LoggingSettings(_Section):
     access_log: bool
 
 
+class AuditSettings(_Section):
+    """Audit log (see ``[audit]`` in ``configs/default.toml``)."""
+
+    enabled: bool
+    backend: Literal["sqlite", "postgres"]
+    path: str
+    dsn: str
+    key_path: str
+    mode: Literal["sync", "async"]
+    async_max_loss_ms: float = Field(ge=0)
+    checkpoint_every: int = Field(ge=0)
+    retention_days: int = Field(ge=183)
+    batch_max: int = Field(gt=0)
+    batch_wait_ms: float = Field(ge=0)
+    max_queue: int = Field(gt=0)
+    busy_timeout_ms: int = Field(ge=0)
+    ig_steps: int = Field(gt=0, le=512)
+    ig_top_k: int = Field(gt=0, le=20)
+
+
 class Settings(BaseSettings):
     """All of Candor's settings (see ``configs/default.toml`` for each knob's meaning)."""
 
@@ -142,6 +163,7 @@ class Settings(BaseSettings):
     limits: LimitSettings
     auth: AuthSettings
     logging: LoggingSettings
+    audit: AuditSettings
 
     @classmethod
     def settings_customise_sources(
@@ -173,6 +195,24 @@ class Settings(BaseSettings):
         """SHA-256 of the effective settings (canonical JSON), recorded with every inference."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def audit_config(self) -> AuditConfig:
+        """The audit log's configuration (empty paths resolve into the state folder)."""
+        audit = self.audit
+        return AuditConfig(
+            backend=audit.backend,
+            path=self.resolve(Path(audit.path)) if audit.path else self.state_dir / "audit.sqlite",
+            dsn=audit.dsn,
+            mode=audit.mode,
+            async_max_loss_ms=audit.async_max_loss_ms,
+            checkpoint_every=audit.checkpoint_every,
+            retention_days=audit.retention_days,
+            batch_max=audit.batch_max,
+            batch_wait_ms=audit.batch_wait_ms,
+            max_queue=audit.max_queue,
+            busy_timeout_ms=audit.busy_timeout_ms,
+            key_path=self.resolve(Path(audit.key_path)) if audit.key_path else self.state_dir / "audit-signing-key.pem",
+        )
 
     def engine_config(self, *, show_progress: bool = True) -> EngineConfig:
         """The retrieval engine's configuration."""

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from app.auth import KeyStore
 from app.metrics import Metrics
 from app.settings import Settings
+from governance.audit import AuditLog
 from retrieval.engine import RetrievalEngine
 
 
@@ -20,6 +21,8 @@ class Services:
     engine: RetrievalEngine
     keys: KeyStore
     metrics: Metrics
+    audit: AuditLog | None = None
+    config_digest: str = ""
 
 
 def provide_services(state: State) -> Services:

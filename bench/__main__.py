@@ -1,6 +1,15 @@
-"""Entry point: ``python -m bench [serving|...]``."""
+"""Entry point: ``python -m bench [serving|audit] [options]`` (``serving`` when no benchmark is named)."""
 
-from bench.serving import main
+import sys
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "audit":
+        from bench.audit import main as audit_main
+
+        audit_main(sys.argv[2:])
+    else:
+        if len(sys.argv) > 1 and sys.argv[1] == "serving":
+            del sys.argv[1]
+        from bench.serving import main
+
+        main()

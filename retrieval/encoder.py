@@ -230,6 +230,13 @@ class Encoder:
         """Embedding dimension."""
         return self.info.dim
 
+    def torch_parts(self) -> tuple[torch.nn.Module, Any]:
+        """The eager sentence-transformers module and its Hugging Face tokenizer (for attribution methods).
+
+        Callers must not change the module; work on a copy if hooks or gradients are needed.
+        """
+        return self._model, self._tokenizer
+
     def token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with special tokens, truncated to the model's limit."""
         ids: list[int] = self._fast.encode(text, add_special_tokens=True).ids

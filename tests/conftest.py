@@ -78,3 +78,75 @@ async def engine(state_copy: Path, encoder: Encoder) -> AsyncIterator[RetrievalE
         yield eng
     finally:
         await eng.stop()
+
+
+# -- audit log stores: every audit test runs against SQLite and a real PostgreSQL server --------------------------
+
+PG_DSN = os.environ.get("CANDOR_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+
+
+class AuditStoreHandle:
+    """An audit store for one test: its config, and raw SQL access for tampering with it."""
+
+    def __init__(self, config: Any, dsn: str | None = None) -> None:
+        self.config = config
+        self.dsn = dsn
+
+    @property
+    def backend(self) -> str:
+        return str(self.config.backend)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run SQL (``?`` placeholders) directly on the store, outside the audit log."""
+        if self.dsn is None:
+            import sqlite3
+
+            db = sqlite3.connect(self.config.path, isolation_level=None)
+            try:
+                cur = db.execute(sql, params)
+                return cur.fetchall()
+            finally:
+                db.close()
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            pg_cur = conn.execute(sql.replace("?", "%s"), params)
+            return pg_cur.fetchall() if pg_cur.description else []
+
+
+def postgres_reachable() -> str | None:
+    """``None`` when the test PostgreSQL server answers, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_DSN, connect_timeout=3):
+            return None
+    except Exception as exc:
+        return f"PostgreSQL not reachable at '{PG_DSN}' ({type(exc).__name__}: {str(exc).strip()[:120]})"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty audit store (SQLite file, or a fresh schema on the PostgreSQL server); skips PG if unreachable."""
+    import secrets
+
+    from governance.audit import AuditConfig
+
+    key = tmp_path / "audit-key.pem"
+    if request.param == "sqlite":
+        yield AuditStoreHandle(AuditConfig(path=tmp_path / "audit.sqlite", key_path=key, checkpoint_every=4))
+        return
+    reason = postgres_reachable()
+    if reason is not None:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"audit_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{PG_DSN} options='-c search_path={schema}'"
+    try:
+        yield AuditStoreHandle(AuditConfig(backend="postgres", dsn=dsn, key_path=key, checkpoint_every=4), dsn)
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

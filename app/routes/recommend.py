@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from app.auditing import audit_call
 from app.auth import require_roles
 from app.errors import invalid
 from app.observability import current_request_id
@@ -99,8 +102,11 @@ class RecommendationController(Controller):
     tags = ["recommendations"]  # noqa: RUF012
 
     @post("/search", status_code=200, summary="Semantic search over items")
-    async def search(self, data: JSONBody[SearchRequest], services: NamedDependency[Services]) -> SearchResponse:
-        """Items best matching a free-text query, each with the fields that matched."""
+    async def search(
+        self, data: JSONBody[SearchRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
+    ) -> SearchResponse:
+        """Items best matching a free-text query, each with the fields that matched; the call is audited."""
+        started = time.perf_counter()
         engine, limits = services.engine, services.settings.limits
         query = check_text("query", data.query, limits.max_query_chars)
         check_common(data.k, data.exclude, limits)
@@ -113,13 +119,23 @@ class RecommendationController(Controller):
             diversity=data.diversity,
             request_id=request_id,
         )
-        return SearchResponse(items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id)
+        response = SearchResponse(
+            items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id
+        )
+        response.audit_id = await audit_call(
+            services, request, endpoint="/v1/search", body=data, output=response, started=started
+        )
+        return response
 
     @post("/recommendations", status_code=200, summary="Recommendations for a query, an item, a history or a user")
     async def recommend(
-        self, data: JSONBody[RecommendationRequest], services: NamedDependency[Services]
+        self,
+        data: JSONBody[RecommendationRequest],
+        services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
     ) -> RecommendationResponse:
-        """Items for a shopper; history items are never returned, and each item says what led to it."""
+        """Items for a shopper; history items are never returned, and each item says what led to it (audited)."""
+        started = time.perf_counter()
         engine, limits = services.engine, services.settings.limits
         modes = {
             name: value
@@ -166,10 +182,14 @@ class RecommendationController(Controller):
             ranked = await engine.recommend_for_history(
                 history, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
             )
-        return RecommendationResponse(
+        response = RecommendationResponse(
             items=[item_out(s) for s in ranked.items],
             mode=mode,
             model=model_out(engine),
             request_id=request_id,
             ignored_history=ranked.ignored_history,
         )
+        response.audit_id = await audit_call(
+            services, request, endpoint="/v1/recommendations", body=data, output=response, started=started
+        )
+        return response

@@ -1,0 +1,151 @@
+"""``candor audit``: verify the log (live or an export file), export it, purge old records, erase personal data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+VERIFY_FAILED_EXIT = 2
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file merged over configs/default.toml (default: $CANDOR_CONFIG).",
+)
+
+
+def _open(config_file: Path | None) -> Any:
+    from pydantic import ValidationError
+
+    from app.settings import load_settings
+    from governance.audit import AuditLog, AuditUnavailableError
+
+    try:
+        settings = load_settings(config_file)
+    except (FileNotFoundError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    log = AuditLog(settings.audit_config())
+    try:
+        log.open()
+    except AuditUnavailableError as exc:
+        raise click.ClickException(f"audit log unavailable: {exc}") from exc
+    return log
+
+
+def _report_json(report: Any) -> str:
+    out = dataclasses.asdict(report)
+    out["checked_at"] = report.checked_at.isoformat() if report.checked_at else None
+    return json.dumps(out, indent=2)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify an export file offline instead of the live log.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM public key to trust for --file (default: the key inside the file).",
+)
+@CONFIG_OPTION
+def verify(export_file: Path | None, public_key: Path | None, config_file: Path | None) -> None:
+    """Check every record's hash and link and every signed checkpoint; print the report as JSON.
+
+    Exits 0 when the log is intact, 2 when a record fails (the report names the first one and why).
+    """
+    from governance.audit import AuditUnavailableError, ExportFormatError, verify_export
+
+    if export_file is not None:
+        pem = public_key.read_text(encoding="utf-8") if public_key else None
+        try:
+            report = verify_export(export_file, pem)
+        except ExportFormatError as exc:
+            raise click.ClickException(str(exc)) from exc
+    else:
+        if public_key is not None:
+            raise click.UsageError("--public-key applies to --file only")
+        log = _open(config_file)
+        try:
+            report = log.verify()
+        except AuditUnavailableError as exc:
+            raise click.ClickException(f"audit log unavailable: {exc}") from exc
+        finally:
+            log.close()
+    click.echo(_report_json(report))
+    if report.ok:
+        click.echo(f"ok: {report.count} records, {report.checkpoints} signed checkpoints", err=True)
+    else:
+        click.echo(f"FAILED at {report.first_bad_id}: {report.reason}", err=True)
+        sys.exit(VERIFY_FAILED_EXIT)
+
+
+@audit_group.command("export")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@CONFIG_OPTION
+def export(out: Path, config_file: Path | None) -> None:
+    """Write records, signed checkpoints and the public key as JSON lines (no personal data)."""
+    log = _open(config_file)
+    try:
+        counts = log.export(out)
+    finally:
+        log.close()
+    click.echo(f"exported {counts['records']} records and {counts['checkpoints']} checkpoints to {out}", err=True)
+
+
+def _parse_date(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter("use an ISO 8601 date, e.g. 2026-01-31") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@audit_group.command("purge")
+@click.option("--before", "before", required=True, help="Cut-off date (ISO 8601, UTC); must be past the retention.")
+@CONFIG_OPTION
+def purge(before: str, config_file: Path | None) -> None:
+    """Drop the content of records older than --before, leaving a chained purge record (the chain stays valid)."""
+    cutoff = _parse_date(before)
+    log = _open(config_file)
+    try:
+        result = log.purge(cutoff)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        log.close()
+    click.echo(json.dumps(result))
+
+
+@audit_group.command("erase")
+@click.option("--record", "record_id", required=True, help="Audit record id whose personal data to erase.")
+@CONFIG_OPTION
+def erase(record_id: str, config_file: Path | None) -> None:
+    """Erase the personal data kept apart for one record; a chained erase record notes it."""
+    from governance.audit import AuditNotFoundError
+
+    log = _open(config_file)
+    try:
+        erase_id = log.erase(record_id)
+    except AuditNotFoundError as exc:
+        raise click.ClickException(f"no audit record with id {record_id}") from exc
+    finally:
+        log.close()
+    click.echo(json.dumps({"erased": record_id, "erase_record": erase_id}))

@@ -1,0 +1,288 @@
+"""Governance routes: read and verify the audit log, record review decisions, explain results; and feedback.
+
+Reviewers (and admins) read; only reviewers record decisions; frontend keys get 403 on all of these. No route
+changes or deletes a record: a review is itself a new chained record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from app.auditing import audit_call, audit_unavailable
+from app.auth import Principal, require_roles
+from app.errors import ApiError, invalid
+from app.observability import current_request_id
+from app.schemas import FeedbackRequest, FeedbackResponse, ReviewRequest
+from app.state import Services
+from governance.audit import AuditLog, AuditNotFoundError, AuditUnavailableError, RecordQuery, record_view
+from governance.audit.store import REVIEW_STATES
+
+T = TypeVar("T")
+MAX_LIMIT = 500
+KINDS = ("inference", "feedback", "review", "purge", "erase")
+EXPLANATION_METHODS = ("stored", "integrated-gradients")
+
+
+def _log(services: Services) -> AuditLog:
+    if services.audit is None:
+        raise ApiError(503, "audit_disabled", "the audit log is disabled in this deployment")
+    return services.audit
+
+
+async def _run(fn: Callable[[], T]) -> T:
+    """Run a blocking audit-store call in a thread, mapping store failures to 503."""
+    try:
+        return await asyncio.to_thread(fn)
+    except AuditUnavailableError as exc:
+        raise audit_unavailable(str(exc)) from exc
+
+
+def parse_time(field: str, value: str | None) -> float | None:
+    """An ISO 8601 date or date-time query parameter as epoch seconds (naive means UTC)."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise invalid(field, "must be an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from exc
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """The opaque cursor of a listing (the last seen position)."""
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or int(cursor) <= 0 or len(cursor) > 18:
+        raise invalid("cursor", "not a cursor returned by this route")
+    return int(cursor)
+
+
+def check_limit(limit: int) -> int:
+    """Enforce the page size range."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise invalid("limit", f"must be between 1 and {MAX_LIMIT}")
+    return limit
+
+
+def _page(rows: list[Any], limit: int) -> dict[str, Any]:
+    return {
+        "records": [record_view(r) for r in rows],
+        "next_cursor": str(rows[-1].seq) if len(rows) == limit and rows[-1].seq > 1 else None,
+        "request_id": current_request_id(),
+    }
+
+
+def _not_found(record_id: str) -> ApiError:
+    return ApiError(404, "audit_record_not_found", f"no audit record with id {record_id}", {"id": record_id})
+
+
+def _caller(request: Request[Any, Any, Any]) -> dict[str, str]:
+    principal = request.scope.get("candor_principal")
+    return {"key_id": principal.key_id, "role": principal.role} if isinstance(principal, Principal) else {}
+
+
+class AuditController(Controller):
+    """The audit log, for reviewers."""
+
+    path = "/audit"
+    guards = [require_roles("reviewer", "admin")]  # noqa: RUF012 - Litestar reads this class attribute
+    tags = ["governance"]  # noqa: RUF012
+
+    @get("/records", summary="List audit records (newest first) with filters and cursor pagination")
+    async def list_records(
+        self,
+        services: NamedDependency[Services],
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
+        endpoint: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        review_state: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        """Records in ``[since, until)``, optionally of one endpoint, kind or review states (comma-separated)."""
+        log = _log(services)
+        lo, hi = parse_time("since", since), parse_time("until", until)
+        if lo is not None and hi is not None and lo > hi:
+            raise invalid("since", "must not be after until")
+        if kind is not None and kind not in KINDS:
+            raise invalid("kind", f"must be one of {', '.join(KINDS)}")
+        states = tuple(s.strip() for s in review_state.split(",")) if review_state else ()
+        for state in states:
+            if state not in REVIEW_STATES:
+                raise invalid("review_state", f"must be one of {', '.join(REVIEW_STATES)}")
+        if endpoint is not None and (not endpoint.startswith("/") or len(endpoint) > 200):
+            raise invalid("endpoint", "must be a route such as /v1/search")
+        query = RecordQuery(
+            since=lo,
+            until=hi,
+            endpoint=endpoint,
+            kind=kind,
+            review_states=states,
+            before_seq=parse_cursor(cursor),
+            limit=check_limit(limit),
+        )
+        rows = await _run(lambda: log.find(query))
+        return _page(rows, query.limit)
+
+    @get("/records/{record_id:str}", summary="One audit record, with its review decisions")
+    async def read_record(self, record_id: FromPath[str], services: NamedDependency[Services]) -> dict[str, Any]:
+        """The chained record, its derived review state and the review records about it."""
+        log = _log(services)
+        stored = await _run(lambda: log.get(record_id))
+        if stored is None:
+            raise _not_found(record_id)
+        reviews = await _run(lambda: log.reviews_of(record_id))
+        return {**record_view(stored), "reviews": reviews, "request_id": current_request_id()}
+
+    @get("/records/{record_id:str}/explanation", summary="Explanation of a record's results")
+    async def explanation(
+        self, record_id: FromPath[str], services: NamedDependency[Services], method: FromQuery[str] = "stored"
+    ) -> dict[str, Any]:
+        """A record's explanation: as stored with the call, or query-token attributions on request.
+
+        ``integrated-gradients`` attributes the query's tokens for the top results (Captum
+        LayerIntegratedGradients on the encoder), computed once and cached with the record.
+        """
+        log = _log(services)
+        if method not in EXPLANATION_METHODS:
+            raise invalid("method", f"must be one of {', '.join(EXPLANATION_METHODS)}")
+        stored = await _run(lambda: log.get(record_id))
+        if stored is None:
+            raise _not_found(record_id)
+        if stored.body is None:
+            raise ApiError(410, "audit_record_purged", f"the content of {record_id} was purged under retention")
+        if method == "stored":
+            return {"id": record_id, "method": "stored", "explanation": stored.body.get("explanation")}
+        cached = await _run(lambda: log.cached_explanation(record_id, method))
+        if cached is not None:
+            return {"id": record_id, "method": method, "cached": True, **cached}
+        result = await attributions(services, stored.body)
+        await _run(lambda: log.cache_explanation(record_id, method, result))
+        return {"id": record_id, "method": method, "cached": False, **result}
+
+    @get("/verify", summary="Verify the audit log's hash chain and signed checkpoints")
+    async def verify(self, services: NamedDependency[Services]) -> dict[str, Any]:
+        """``ok`` with the count, or the first record that fails and why."""
+        log = _log(services)
+        report = await _run(log.verify)
+        out = dataclasses.asdict(report)
+        out["checked_at"] = report.checked_at.isoformat() if report.checked_at else None
+        return out
+
+    @get("/review-queue", summary="Records awaiting a human decision (abstained, low confidence, flagged)")
+    async def review_queue(
+        self, services: NamedDependency[Services], limit: FromQuery[int] = 50, cursor: FromQuery[str | None] = None
+    ) -> dict[str, Any]:
+        """Pending and escalated records, newest first."""
+        log = _log(services)
+        check_limit(limit)
+        before = parse_cursor(cursor)
+        rows = await _run(lambda: log.review_queue(limit=limit, before_seq=before))
+        return _page(rows, limit)
+
+    @post(
+        "/records/{record_id:str}/review",
+        status_code=201,
+        summary="Record a human-oversight decision (a new chained record)",
+        guards=[require_roles("reviewer")],
+    )
+    async def review(
+        self,
+        record_id: FromPath[str],
+        data: JSONBody[ReviewRequest],
+        services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
+    ) -> dict[str, Any]:
+        """Approve, reject or escalate a record; approve and reject take it out of the review queue."""
+        log = _log(services)
+        try:
+            review_id = await log.review(record_id, data.decision, data.note, _caller(request))
+        except AuditNotFoundError as exc:
+            raise _not_found(record_id) from exc
+        except AuditUnavailableError as exc:
+            raise audit_unavailable(str(exc)) from exc
+        stored = await _run(lambda: log.get(record_id))
+        return {
+            "review_id": review_id,
+            "record_id": record_id,
+            "decision": data.decision,
+            "review_state": stored.review_state if stored else None,
+            "request_id": current_request_id(),
+        }
+
+
+async def attributions(services: Services, body: dict[str, Any]) -> dict[str, Any]:
+    """Integrated-gradients token attributions of a record's query for its top results."""
+    from governance.explain import token_attributions
+
+    request = body.get("request") or {}
+    query = request.get("query") if isinstance(request, dict) else None
+    if not isinstance(query, str) or not query.strip():
+        raise ApiError(
+            422,
+            "no_query_text",
+            "integrated gradients attribute a query's tokens; this record has no query text",
+            {"endpoint": body.get("endpoint")},
+        )
+    engine = services.engine
+    if not engine.ready:
+        raise ApiError(503, "not_ready", "the service is starting; retry later", headers={"Retry-After": "5"})
+    docs = []
+    for entry in (body.get("retrieved") or [])[: services.settings.audit.ig_top_k]:
+        item = engine.get_item(str(entry.get("id")))
+        if item is not None:
+            docs.append((item.id, item.embedding_text()))
+    if not docs:
+        raise ApiError(422, "no_results", "the record has no retrieved items still in the catalog to attribute")
+    model, tokenizer = engine.encoder.torch_parts()
+    steps = services.settings.audit.ig_steps
+    started = time.perf_counter()
+    results = await asyncio.to_thread(token_attributions, model, tokenizer, query, docs, n_steps=steps)
+    return {
+        "query": query,
+        "n_steps": steps,
+        "results": results,
+        "compute_ms": round((time.perf_counter() - started) * 1000, 1),
+        "note": "query text as recorded (personal data redacted)",
+    }
+
+
+@post("/feedback", status_code=201, tags=["feedback"], guards=[require_roles("frontend", "admin")])
+async def feedback(
+    data: JSONBody[FeedbackRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> FeedbackResponse:
+    """What a shopper did with an audited response; ``report`` puts that response in the review queue."""
+    started = time.perf_counter()
+    log = _log(services)
+    target = await _run(lambda: log.get(data.audit_id))
+    if target is None or target.kind != "inference":
+        raise ApiError(
+            404, "audit_record_not_found", f"no audited response with id {data.audit_id}", {"audit_id": data.audit_id}
+        )
+    reported = data.event == "report"
+    update = (target.id, "pending") if reported and target.review_state == "not_required" else None
+    response = FeedbackResponse(accepted=True, target_id=target.id, request_id=current_request_id())
+    response.audit_id = await audit_call(
+        services,
+        request,
+        endpoint="/v1/feedback",
+        body=data,
+        output=response,
+        started=started,
+        retrieved=[],
+        ai_generated=False,
+        flags=["reported"] if reported else (),
+        target_id=target.id,
+        review_update=update,
+    )
+    return response

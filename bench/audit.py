@@ -1,0 +1,135 @@
+"""Audit benchmark: the audit log's write throughput, and the latency the audit step adds to search.
+
+Write throughput in sync and async modes, and the p50 latency the audit step adds to ``POST /v1/search`` at 32
+concurrent clients (audit on vs off). Prints one JSON document.
+
+Usage::
+
+    python -m bench audit [--duration 10] [--concurrency 32] [--writers 64] [--state-dir var] [--out FILE]
+
+Write throughput: ``--writers`` coroutines call ``AuditLog.record`` in a loop for ``--duration`` seconds against a
+fresh SQLite store (or ``--dsn`` for PostgreSQL), with realistic search-sized records; sync mode waits for each
+commit, async mode does not. Serving: ``candor serve`` runs twice over the same state (audit off, then on) and is
+driven as in the serving benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from app.auth import KeyStore
+from app.observability import configure_logging
+from app.settings import load_settings
+from bench.serving import make_queries, run_mode
+from governance.audit import AuditConfig, AuditLog
+
+GOAL_ADDED_P50 = 0.10
+
+
+async def write_rate(
+    mode: Literal["sync", "async"], writers: int, seconds: float, folder: Path, dsn: str
+) -> dict[str, Any]:
+    """Records/s committed by ``writers`` concurrent callers in one mode."""
+    config = AuditConfig(
+        backend="postgres" if dsn else "sqlite",
+        dsn=dsn,
+        path=folder / f"audit-{mode}.sqlite",
+        key_path=folder / "key.pem",
+        mode=mode,
+    )
+    log = AuditLog(config)
+    await log.start()
+    items = [{"id": f"item-{i}", "score": 0.8 - i / 100} for i in range(10)]
+    output = {"items": [{**it, "title": "Cotton bath towel, 500 GSM", "category": "Home"} for it in items]}
+    explanation = [{"id": it["id"], "method": "query_match", "summary": "matched title: cotton, towel"} for it in items]
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def writer(n: int) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await log.record(
+                endpoint="/v1/search",
+                caller={"key_id": "bench", "role": "frontend"},
+                request={"query": f"cotton bath towel {n}", "k": 10},
+                output=output,
+                retrieved=items,
+                explanation=explanation,
+                latency_ms=12.0,
+            )
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(n) for n in range(writers)))
+    await log.stop()  # async mode: the remaining queue is committed here and counted
+    elapsed = time.perf_counter() - started
+    committed = log.stats.committed
+    return {
+        "mode": mode,
+        "writers": writers,
+        "records_committed": committed,
+        "records_per_s": round(committed / elapsed, 1),
+        "mean_group_commit": round(committed / max(log.stats.batches, 1), 1),
+        "failed": log.stats.failed,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print (and optionally write) its JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each serving run")
+    parser.add_argument("--concurrency", type=int, default=32, help="HTTP clients for the serving runs")
+    parser.add_argument("--writers", type=int, default=64, help="concurrent callers for the write-rate runs")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--dsn", default="", help="measure write rates on this PostgreSQL instead of SQLite")
+    parser.add_argument("--skip-serving", action="store_true", help="only the write-rate runs")
+    parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    configure_logging("warning", "console")
+    with tempfile.TemporaryDirectory(prefix="candor-audit-bench-") as tmp:
+        writes = [
+            asyncio.run(write_rate(mode, args.writers, args.duration, Path(tmp), args.dsn))
+            for mode in ("sync", "async")
+        ]
+    report: dict[str, Any] = {
+        "benchmark": "audit",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "write_throughput": {"store": "postgres" if args.dsn else "sqlite", "runs": writes},
+    }
+    if not args.skip_serving:
+        settings = load_settings()
+        args.state_dir = (args.state_dir or settings.state_dir).resolve()
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        queries = make_queries(settings.pack_path, args.queries)
+        store = KeyStore(args.state_dir / "candor.sqlite")
+        key = store.create("frontend", label="bench-audit")
+        store.close()
+        off = run_mode("audit_off", {"CANDOR_AUDIT__ENABLED": "false"}, args, key, queries)
+        on = run_mode("audit_on", {"CANDOR_AUDIT__ENABLED": "true", "CANDOR_AUDIT__MODE": "sync"}, args, key, queries)
+        added = (on["latency_ms"]["p50"] - off["latency_ms"]["p50"]) / off["latency_ms"]["p50"]
+        report["serving"] = {
+            "endpoint": "POST /v1/search",
+            "k": 10,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "audit_off": off,
+            "audit_on_sync": on,
+            "p50_added_fraction": round(added, 3),
+            "goals": {f"p50_added<{GOAL_ADDED_P50}": added < GOAL_ADDED_P50},
+        }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")

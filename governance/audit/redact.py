@@ -1,0 +1,110 @@
+"""Personal data redaction for audit records: e-mail addresses, phone numbers, card numbers and given names.
+
+The chained record keeps the redacted request; what was taken out goes to a separate, erasable table keyed by the
+record id, so erasing it later does not touch any hashed content.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# 13 to 19 digits, optionally grouped by single spaces or dashes (card numbers); checked with Luhn.
+CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+# An optional +country code, then 7 to 15 digits in groups separated by spaces, dots, dashes or parentheses.
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])")
+MIN_PHONE_DIGITS = 7
+MAX_PHONE_DIGITS = 15
+
+
+def luhn_ok(digits: str) -> bool:
+    """Whether a digit string passes the Luhn check used by payment card numbers."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+@dataclass(slots=True)
+class Redactor:
+    """Replaces personal data in strings, remembering what it removed.
+
+    Args:
+        names: Names to remove wherever they appear (from ``context.user``), matched case-insensitively.
+    """
+
+    names: tuple[str, ...] = ()
+    found: list[dict[str, str]] = field(default_factory=list)
+
+    def _take(self, kind: str, path: str, value: str) -> str:
+        self.found.append({"kind": kind, "path": path, "value": value})
+        return f"[{kind}]"
+
+    def text(self, value: str, path: str) -> str:
+        """Redact one string found at ``path``."""
+        out = EMAIL.sub(lambda m: self._take("email", path, m.group()), value)
+
+        def card(m: re.Match[str]) -> str:
+            digits = re.sub(r"\D", "", m.group())
+            return self._take("card", path, m.group()) if 13 <= len(digits) <= 19 and luhn_ok(digits) else m.group()
+
+        out = CARD.sub(card, out)
+
+        def phone(m: re.Match[str]) -> str:
+            digits = re.sub(r"\D", "", m.group())
+            plausible = MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS and (
+                m.group().startswith(("+", "(")) or re.search(r"[ .()-]", m.group()) or len(digits) >= 10
+            )
+            return self._take("phone", path, m.group()) if plausible else m.group()
+
+        out = PHONE.sub(phone, out)
+        for name in self.names:
+            pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+            out = pattern.sub(lambda m: self._take("name", path, m.group()), out)
+        return out
+
+    def value(self, value: Any, path: str = "") -> Any:
+        """Redact every string inside a JSON-like value."""
+        if isinstance(value, str):
+            return self.text(value, path)
+        if isinstance(value, dict):
+            return {k: self.value(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+
+def user_names(request: Any) -> tuple[str, ...]:
+    """Names given in the request's optional ``context.user`` (a string, or an object with ``name``)."""
+    context = request.get("context") if isinstance(request, dict) else None
+    user = context.get("user") if isinstance(context, dict) else None
+    raw: Iterable[Any]
+    if isinstance(user, str):
+        raw = [user]
+    elif isinstance(user, dict):
+        raw = [user.get("name"), user.get("first_name"), user.get("last_name")]
+    else:
+        raw = []
+    names = {n.strip() for n in raw if isinstance(n, str) and n.strip()}
+    # Whole names first, then their parts of three letters or more ("Ada Lovelace" also hides "Lovelace").
+    parts = {p for n in names for p in n.split() if len(p) >= 3}
+    return tuple(sorted(names, key=len, reverse=True)) + tuple(sorted(parts - names, key=len, reverse=True))
+
+
+def redact_request(request: Any) -> tuple[Any, list[dict[str, str]]]:
+    """Redact a request body.
+
+    Args:
+        request: The JSON-like request body.
+
+    Returns:
+        The redacted body, and what was removed (kind, path, original value) for the erasable table.
+    """
+    redactor = Redactor(names=user_names(request))
+    return redactor.value(request), redactor.found
