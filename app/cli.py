@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from app.cli_eval import eval_group
+from app.cli_report import report_group
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,6 +42,7 @@ def main() -> None:
 
 
 main.add_command(eval_group)
+main.add_command(report_group)
 
 
 @main.command()
