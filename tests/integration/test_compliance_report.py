@@ -22,8 +22,6 @@ import pytest
 
 from app.compliance import AUDIT_NOT_CONFIGURED, AuditSource, facts_from_engine, model_card, parse_when
 from app.settings import Settings, load_settings
-from evals.runner import RunOptions, run_suite
-from evals.suite import load_suite
 from governance.model_card import model_card_to_json, render_model_card_markdown
 from governance.report import (
     NOT_YET_RUN,
@@ -49,29 +47,6 @@ SECTIONS = {
     "art50": "Article 50",
     "dsa27": "DSA Article 27",
 }
-
-TINY_SUITE = """
-[suite]
-name = "report-tiny"
-description = "compliance report tests: the demo shoppers with three recommenders"
-seed = 13
-bootstrap = 50
-
-[recommendation.shoppers]
-dataset = "{pack}"
-protocol = "leave-last-out"
-k = 10
-recommenders = ["most-popular", "item-knn", "embedding"]
-groups = ["gender"]
-group_metrics = ["hr"]
-min_group_size = 10
-
-[gates]
-rules = [
-    "hr@10[task=recommendation.shoppers, system=item-knn] >= 0.0",
-    "hr@10[task=recommendation.shoppers, system=most-popular] >= 0.99",
-]
-"""
 
 
 class FixedAudit:
@@ -113,16 +88,6 @@ class BrokenAudit:
 
     def summary(self, since: datetime | None, until: datetime | None) -> AuditSummary:
         raise OSError("database disk image is malformed")
-
-
-@pytest.fixture(scope="session")
-def eval_runs(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Path:
-    """A real evaluation run (demo shoppers, three recommenders, per-group figures and gates) under a runs folder."""
-    state = tmp_path_factory.mktemp("report-evals")
-    suite = state / "tiny.toml"
-    suite.write_text(TINY_SUITE.format(pack=DEMO_PACK.as_posix()), encoding="utf-8")
-    run_suite(load_suite(str(suite)), RunOptions(state_dir=state, progress=False, encoder=encoder))
-    return state / "runs"
 
 
 def report_settings(state: Path) -> Settings:
