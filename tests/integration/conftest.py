@@ -8,13 +8,12 @@ import pytest
 
 from evals.runner import RunOptions, run_suite
 from evals.suite import load_suite
-from retrieval.encoder import Encoder
 from tests.conftest import DEMO_PACK
 
 TINY_SUITE = """
 [suite]
 name = "report-tiny"
-description = "compliance report tests: the demo shoppers with three recommenders"
+description = "compliance report tests: the demo shoppers with two cheap recommenders (no catalog embedding)"
 seed = 13
 bootstrap = 50
 
@@ -22,7 +21,7 @@ bootstrap = 50
 dataset = "{pack}"
 protocol = "leave-last-out"
 k = 10
-recommenders = ["most-popular", "item-knn", "embedding"]
+recommenders = ["most-popular", "item-knn"]
 groups = ["gender"]
 group_metrics = ["hr"]
 min_group_size = 10
@@ -36,10 +35,10 @@ rules = [
 
 
 @pytest.fixture(scope="session")
-def eval_runs(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Path:
-    """A real evaluation run (demo shoppers, three recommenders, per-group figures and gates) under a runs folder."""
+def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real evaluation run (demo shoppers, two recommenders, per-group figures and gates) under a runs folder."""
     state = tmp_path_factory.mktemp("report-evals")
     suite = state / "tiny.toml"
     suite.write_text(TINY_SUITE.format(pack=DEMO_PACK.as_posix()), encoding="utf-8")
-    run_suite(load_suite(str(suite)), RunOptions(state_dir=state, progress=False, encoder=encoder))
+    run_suite(load_suite(str(suite)), RunOptions(state_dir=state, progress=False))
     return state / "runs"
