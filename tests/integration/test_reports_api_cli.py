@@ -82,6 +82,7 @@ def test_json_twin(served: Served) -> None:
     assert twin["audit"] is None
 
 
+@pytest.mark.usefixtures("pdf_renderer")
 def test_pdf(served: Served) -> None:
     response = served.get("reviewer", format="pdf")
     assert response.status_code == 200
@@ -113,6 +114,7 @@ def test_roles(served: Served) -> None:
     assert denied.json()["error"]["code"] == "forbidden"
 
 
+@pytest.mark.usefixtures("pdf_renderer")
 def test_cli_compliance_and_model_card(report_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANDOR_PATHS__STATE_DIR", str(report_state))
     monkeypatch.setenv("CANDOR_PATHS__PACK", str(DEMO_PACK))
