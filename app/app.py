@@ -29,6 +29,7 @@ from app.routes import ops
 from app.routes.audit import AuditController, feedback
 from app.routes.items import ItemController
 from app.routes.recommend import RecommendationController
+from app.routes.reports import compliance_report
 from app.settings import Settings
 from app.state import Services, provide_services
 from governance.audit import AuditLog
@@ -121,7 +122,7 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
 
     api = Router(
         path="/v1",
-        route_handlers=[RecommendationController, ItemController, AuditController, feedback, ops.info],
+        route_handlers=[RecommendationController, ItemController, AuditController, feedback, ops.info, compliance_report],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         before_request=require_json_body,

@@ -11,6 +11,7 @@ import click
 
 from app.cli_audit import audit_group
 from app.cli_eval import eval_group
+from app.cli_report import report_group
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,6 +44,7 @@ def main() -> None:
 
 main.add_command(eval_group)
 main.add_command(audit_group)
+main.add_command(report_group)
 
 
 @main.command()

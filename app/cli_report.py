@@ -1,0 +1,103 @@
+"""``candor report``: the compliance report and the model card, without a running server."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _settings(config_file: Path | None) -> Any:
+    from pydantic import ValidationError
+
+    from app.settings import load_settings
+
+    try:
+        return load_settings(config_file)
+    except (FileNotFoundError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _when(_: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    from app.compliance import parse_when
+
+    if value is None:
+        return None
+    try:
+        return parse_when(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def _facts(config_file: Path | None, since: datetime | None = None, until: datetime | None = None) -> Any:
+    from app.compliance import check_period, facts_offline
+    from app.observability import configure_logging
+    from retrieval.errors import RetrievalError
+
+    try:
+        check_period(since, until)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until") from exc
+    settings = _settings(config_file)
+    configure_logging("warning", "console")
+    try:
+        # The audit store opens here once it exists; until then the audit sections say it is not available.
+        return facts_offline(settings, audit=None, since=since, until=until)
+    except (FileNotFoundError, RetrievalError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _write(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    click.echo(f"written to {out} ({len(data)} bytes)", err=True)
+
+
+@click.group("report")
+def report_group() -> None:
+    """Compliance reports and model cards generated from what is serving, the audit log and the evaluations."""
+
+
+@report_group.command("compliance")
+@click.option("--format", "fmt", type=click.Choice(["html", "json", "pdf"]), default="html", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
+@click.option("--since", callback=_when, default=None, help="Period start (YYYY-MM-DD or ISO time, UTC).")
+@click.option("--until", callback=_when, default=None, help="Period end, exclusive (YYYY-MM-DD or ISO time, UTC).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def report_compliance(
+    fmt: str, out: Path, since: datetime | None, until: datetime | None, config_file: Path | None
+) -> None:
+    """Write the compliance report (EU AI Act articles 9-15 and 50, DSA article 27) as HTML, JSON or PDF.
+
+    Works without a running server: it loads the configured encoder for its identity and reads the published
+    index snapshot, the domain pack and the latest run under var/evals/runs.
+    """
+    from governance.report import render
+
+    facts = _facts(config_file, since, until)
+    try:
+        data = render(facts, fmt)  # type: ignore[arg-type]
+    except OSError as exc:  # WeasyPrint without its Pango libraries
+        raise click.ClickException(f"cannot render {fmt}: {exc}") from exc
+    _write(out, data)
+
+
+@report_group.command("model-card")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def report_model_card(fmt: str, out: Path, config_file: Path | None) -> None:
+    """Write the serving encoder's model card (Markdown or JSON)."""
+    import json
+
+    from app.compliance import model_card
+    from governance.model_card import model_card_to_json, render_model_card_markdown
+
+    card = model_card(_facts(config_file))
+    if fmt == "json":
+        data = json.dumps(model_card_to_json(card), indent=2, allow_nan=False) + "\n"
+    else:
+        data = render_model_card_markdown(card)
+    _write(out, data.encode("utf-8"))

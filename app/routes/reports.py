@@ -1,0 +1,69 @@
+"""``GET /v1/reports/compliance``: the compliance report for reviewers, as HTML, JSON or PDF."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio.to_thread
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
+
+from app.auth import require_roles
+from app.compliance import audit_source, check_period, facts_from_engine, parse_when
+from app.errors import ApiError, invalid
+from app.state import Services
+from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
+
+
+def _period_bound(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_when(value)
+    except ValueError as exc:
+        raise invalid(name, str(exc)) from exc
+
+
+@get(
+    "/reports/compliance",
+    tags=["governance"],
+    summary="Compliance report (EU AI Act articles 9-15 and 50, DSA article 27)",
+    guards=[require_roles("reviewer", "admin")],
+    media_type="application/octet-stream",
+)
+async def compliance_report(
+    services: NamedDependency[Services],
+    format: FromQuery[str] = "html",
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+) -> Response[bytes]:
+    """The report generated now from the serving versions, the audit log and the latest evaluation run.
+
+    ``format`` is ``html`` (plots embedded), ``json`` (the same facts) or ``pdf``; ``since`` and ``until``
+    (``YYYY-MM-DD`` or ISO time, UTC) bound the audit figures.
+    """
+    if format not in REPORT_FORMATS:
+        raise invalid("format", f"must be one of {', '.join(REPORT_FORMATS)}")
+    fmt: ReportFormat = format
+    start, end = _period_bound("since", since), _period_bound("until", until)
+    try:
+        check_period(start, end)
+    except ValueError as exc:
+        raise invalid("until", str(exc)) from exc
+    engine = services.engine
+    if not engine.ready:
+        raise ApiError(503, "not_ready", f"the service is {engine.status}", headers={"Retry-After": "5"})
+
+    def build() -> tuple[ComplianceFacts, bytes]:
+        facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=start, until=end)
+        return facts, render(facts, fmt)
+
+    # Reading the evaluation run, the git state and the audit log, plotting and PDF layout all block.
+    facts, body = await anyio.to_thread.run_sync(build)
+    stamp = facts.generated_at.strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        body,
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'inline; filename="candor-compliance-{stamp}.{fmt}"'},
+    )
