@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from app.auth import KeyStore
 from app.metrics import Metrics
 from app.settings import Settings
+from retrieval.answers import AnswerService
 from retrieval.engine import RetrievalEngine
 
 
@@ -20,6 +21,7 @@ class Services:
     engine: RetrievalEngine
     keys: KeyStore
     metrics: Metrics
+    answers: AnswerService
 
 
 def provide_services(state: State) -> Services:
