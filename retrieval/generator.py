@@ -165,9 +165,10 @@ class LocalGenerator:
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
         try:
             tokenizer = auto_tokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = auto_model.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            # De-quantised straight to float16: the copy is half the size and reloads with identical output.
+            model = auto_model.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float16)
             model.hf_quantizer = None  # otherwise save_pretrained refuses a "quantised" model
-            model.half().save_pretrained(str(staging))
+            model.save_pretrained(str(staging))
             tokenizer.save_pretrained(str(staging))
             os.replace(staging, folder)
         finally:
