@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.settings import load_settings
-from retrieval.answers import AnswerService, LocalBackend
+from retrieval.answers import AnswerService, ContextPassage, GroundedAnswer, LocalBackend
 from retrieval.batcher import BatcherConfig, BatchStats, NullObserver
 from retrieval.engine import RetrievalEngine
 from retrieval.generator import GenerationRequest, LocalGenerator, LocalGeneratorConfig
@@ -82,7 +82,7 @@ async def test_local_backend_answers_grounded_or_falls_back(
         questions = ["Can I return a gift card?", "How quickly are UPI refunds processed?"]
         retrieved = [await engine.retrieve_passages(q, 3) for q in questions]
 
-        async def ask(q: str, vector: np.ndarray, passages: Sequence) -> object:
+        async def ask(q: str, vector: np.ndarray, passages: Sequence[ContextPassage]) -> GroundedAnswer:
             return await service.answer(q, vector, passages, backend="local", max_tokens=32)
 
         results = await asyncio.gather(*(ask(q, v, p) for q, (v, p) in zip(questions, retrieved, strict=True)))
