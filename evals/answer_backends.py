@@ -47,9 +47,10 @@ class ServiceAnswerSystem:
         self._answer_text = str(options.get("answer_text", "span"))
         self._max_tokens = int(options.get("max_tokens", settings.answers.max_tokens))
         config: AnswerConfig = settings.answers.to_config()
-        for key in ("min_confidence", "min_retrieval_score"):
-            if key in options:
-                config = replace(config, **{key: float(options[key])})
+        if "min_confidence" in options:
+            config = replace(config, min_confidence=float(options["min_confidence"]))
+        if "min_retrieval_score" in options:
+            config = replace(config, min_retrieval_score=float(options["min_retrieval_score"]))
         generators: dict[str, Generator] = {}
         if backend == "local":
             local = settings.generator.local.to_config()
