@@ -119,10 +119,7 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 0.01) -> 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the engine on the bench state and run the chosen measurements."""
-    state = Path(args.state_dir)
-    settings: Settings = load_settings(
-        overrides={"paths": {"state_dir": str(state.resolve())}, "logging": {"level": "warning"}}
-    )
+    settings: Settings = load_settings(overrides={"paths": {"state_dir": args.state_dir}})
     configure_logging("warning", "console")
     engine = RetrievalEngine(settings.engine_config(show_progress=True))
     await engine.start()
@@ -210,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    args.state_dir = str(Path(args.state_dir).resolve())
     result = asyncio.run(run(args))
     text = json.dumps(result, indent=2)
     print(text)
