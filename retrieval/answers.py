@@ -388,10 +388,16 @@ class AnswerService:
     # -- shared steps ------------------------------------------------------------------------------------------
 
     async def _prepare(
-        self, question: str, question_vector: np.ndarray, passages: Sequence[ContextPassage], request_id: str
+        self,
+        question: str,
+        question_vector: np.ndarray,
+        passages: Sequence[ContextPassage],
+        request_id: str,
+        k: int | None = None,
     ) -> _Context:
-        kept = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
-        excluded = tuple(p.chunk_id for p in passages if p not in kept)
+        clean = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
+        excluded = tuple(p.chunk_id for p in passages if p not in clean)
+        kept = clean[:k] if k else clean  # the caller may over-fetch so exclusions do not shrink the context
         if excluded:
             logger.warning("passages_excluded_as_instructions", chunk_ids=list(excluded), request_id=request_id)
         sentences = passage_sentences([p.text for p in kept])
@@ -538,8 +544,9 @@ class AnswerService:
         backend: str | None = None,
         max_tokens: int = 128,
         request_id: str = "-",
+        k: int | None = None,
     ) -> GroundedAnswer:
-        """Answer from the given passages (best first).
+        """Answer from the given passages (best first), using the first ``k`` that are not excluded.
 
         Raises:
             BackendUnavailableError: The backend is not configured.
@@ -547,7 +554,7 @@ class AnswerService:
         """
         chosen = backend or self.config.default_backend
         self._check_backend(chosen)
-        ctx = await self._prepare(question, question_vector, passages, request_id)
+        ctx = await self._prepare(question, question_vector, passages, request_id, k)
         if chosen == "extractive":
             return self._extractive(ctx, chosen)
         if not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
@@ -568,6 +575,7 @@ class AnswerService:
         backend: str | None = None,
         max_tokens: int = 128,
         request_id: str = "-",
+        k: int | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """Answer as events: ``("delta", text)`` per checked sentence, then ``("final", GroundedAnswer)``.
 
@@ -577,7 +585,7 @@ class AnswerService:
         """
         chosen = backend or self.config.default_backend
         self._check_backend(chosen)
-        ctx = await self._prepare(question, question_vector, passages, request_id)
+        ctx = await self._prepare(question, question_vector, passages, request_id, k)
         if chosen == "extractive" or not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
             final = (
                 self._extractive(ctx, chosen)

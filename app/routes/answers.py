@@ -105,16 +105,17 @@ class AnswerController(Controller):
                 {"backend": backend, "available": list(answers.backends)},
             )
         request_id = current_request_id()
-        vector, passages = await services.engine.retrieve_passages(question, k, request_id)
+        # Twice k: passages kept out of the context (they address the model) must not shrink it.
+        vector, passages = await services.engine.retrieve_passages(question, 2 * k, request_id)
         if not data.stream:
             result = await answers.answer(
-                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id
+                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
             )
             return Response(answer_out(result, cfg.disclosure_notice, request_id))
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             async for kind, payload in answers.stream(
-                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id
+                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
             ):
                 if kind == "delta":
                     yield _event("delta", {"text": payload})

@@ -25,7 +25,7 @@ def test_answer_and_stream_from_a_running_service(server: Server) -> None:
         headers=headers,
         timeout=60,
     ) as response:
-        text = response.read().decode()
+        text = response.read().decode().replace("\r\n", "\n")
     final = json.loads(text.split("event: final\ndata: ", 1)[1].split("\n", 1)[0])
     assert final["abstained"] is True
     assert final["citations"] == []

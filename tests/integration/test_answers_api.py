@@ -78,7 +78,7 @@ def api(built_state: Path, encoder: Encoder, tmp_path_factory: pytest.TempPathFa
 
 def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
     events = []
-    for block in text.strip().split("\n\n"):
+    for block in text.replace("\r\n", "\n").strip().split("\n\n"):  # SSE allows CRLF, LF or CR line ends
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         if "data" in fields:
             events.append((fields.get("event", "message"), json.loads(fields["data"])))
