@@ -137,7 +137,8 @@ STOPWORDS = frozenset(
 _NEGATIONS = frozenset({"not", "no", "never", "cannot", "cant", "dont", "doesnt", "isnt", "arent", "wont", "nor"})
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b[^.]{0,60}\b(instructions?|prompts?|rules|guidelines|above|previous)\b"
-    r"|\b(system prompt|you are now|new instructions|act as an?|jailbreak)\b"
+    r"|\b(system prompt|you are now|new instructions|jailbreak)\b"
+    r"|\bact as (an? )?(ai|assistant|chatbot|language model|system)\b"
     r"|<\|?(im_start|im_end|system|assistant|endoftext)\|?>",
     re.IGNORECASE,
 )
