@@ -26,6 +26,7 @@ from app.errors import EXCEPTION_HANDLERS
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
 from app.routes import ops
+from app.routes.answers import AnswerController, DocumentController
 from app.routes.audit import AuditController, feedback
 from app.routes.items import ItemController
 from app.routes.recommend import RecommendationController
@@ -33,6 +34,8 @@ from app.routes.reports import compliance_report
 from app.settings import Settings
 from app.state import Services, provide_services
 from governance.audit import AuditLog
+from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
+from retrieval.batcher import BatchObserver
 from retrieval.encoder import Encoder
 from retrieval.engine import RetrievalEngine
 
@@ -67,6 +70,29 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         raise HTTPException(status_code=415, detail="send the body as application/json")
 
 
+def build_answer_service(
+    settings: Settings, engine: RetrievalEngine, observer: BatchObserver | None = None
+) -> AnswerService:
+    """The answer service with the backends the settings enable (``extractive`` always)."""
+    generators: dict[str, Generator] = {}
+    local = settings.generator.local
+    if local.enabled:
+        generators["local"] = LocalBackend(
+            local.to_config(),
+            settings.batching.generator.to_config(),
+            cache_root=settings.state_dir / "models",
+            observer=observer,
+        )
+    if settings.generator.openai.enabled:
+        generators["openai"] = RemoteBackend(settings.generator.openai.to_config())
+
+    def encoder_model() -> dict[str, str]:
+        info = engine.encoder_info
+        return {"name": info.name, "version": info.version, "device": info.device}
+
+    return AnswerService(settings.answers.to_config(), engine.embed_texts, generators, encoder_model)
+
+
 def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encoder | None = None) -> Litestar:
     """Build the service.
 
@@ -82,6 +108,7 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     engine = RetrievalEngine(settings.engine_config(show_progress=show_progress), observer=metrics, encoder=encoder)
+    answers = build_answer_service(settings, engine, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -95,6 +122,7 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
             keys=keys,
             metrics=metrics,
             audit=audit,
+            answers=answers,
             config_digest=settings.digest(),
         )
         app.state.background_tasks = set()
@@ -103,7 +131,14 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
             if created is not None:
                 print(f"candor: created a frontend and an admin API key in {created}", file=sys.stderr, flush=True)
                 logger.info("api_keys_bootstrapped", path=str(created))
-        startup = asyncio.create_task(engine.start())
+
+        async def start() -> None:
+            await engine.start()
+            local = answers.generators.get("local")
+            if local is not None and settings.generator.local.load == "startup":
+                await local.start()
+
+        startup = asyncio.create_task(start())
         # The task's failure is recorded on the engine (status "failed") and logged there.
         startup.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
@@ -114,6 +149,7 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
             await asyncio.gather(startup, return_exceptions=True)
             for task in list(app.state.background_tasks):
                 task.cancel()
+            await answers.stop()
             if engine.status == "ready":
                 await engine.stop()
             if audit is not None:
@@ -122,7 +158,16 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
 
     api = Router(
         path="/v1",
-        route_handlers=[RecommendationController, ItemController, AuditController, feedback, ops.info, compliance_report],
+        route_handlers=[
+            RecommendationController,
+            ItemController,
+            AnswerController,
+            DocumentController,
+            AuditController,
+            feedback,
+            ops.info,
+            compliance_report,
+        ],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         before_request=require_json_body,
@@ -136,7 +181,7 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
         openapi_config=OpenAPIConfig(
             title="Candor",
             version=ops.SERVICE_VERSION,
-            description="Recommendations and semantic search over a shop's catalog.",
+            description="Recommendations, semantic search and grounded answers over a shop's catalog.",
             path="/schema",
             components=Components(
                 security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="Candor API key")}

@@ -26,7 +26,9 @@ from litestar.types import ExceptionHandlersMap
 
 from app.observability import current_request_id
 from retrieval.errors import (
+    BackendUnavailableError,
     BatcherClosedError,
+    GeneratorError,
     InvalidQueryError,
     NotReadyError,
     OverloadedError,
@@ -123,6 +125,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return error_response(404, "user_not_found", str(exc), {"user_id": exc.user_id})
     if isinstance(exc, InvalidQueryError):
         return error_response(400, "validation_error", str(exc), [{"field": exc.field, "message": str(exc)}])
+    if isinstance(exc, GeneratorError):
+        return error_response(exc.status, exc.code, str(exc), {"backend": exc.backend})
+    if isinstance(exc, BackendUnavailableError):
+        return error_response(503, "backend_unavailable", str(exc), {"backend": exc.backend}, _retry_after(30))
     if isinstance(exc, QueueFullError):
         return error_response(
             429,

@@ -210,3 +210,98 @@ class ReviewRequest(Struct, forbid_unknown_fields=True):
 
     decision: Literal["approve", "reject", "escalate"]
     note: Annotated[str, Meta(max_length=4000)] = ""
+
+
+BackendName = Literal["extractive", "local", "openai"]
+
+
+class AnswerRequest(Struct, forbid_unknown_fields=True):
+    """``POST /v1/answers``; ``k_context`` and ``max_tokens`` default to the config's."""
+
+    question: str
+    k_context: Annotated[int, Meta(ge=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    backend: BackendName | None = None
+    stream: bool = False
+
+
+class CitationOut(Struct):
+    """A passage the answer cites."""
+
+    doc_id: str
+    chunk_id: str
+    title: str
+    text: str
+    score: float
+    kind: str
+
+
+class DisclosureOut(Struct):
+    """Machine-readable AI-generated content notice."""
+
+    ai_generated: bool
+    model: dict[str, Any]
+    notice: str
+
+
+class FallbackOut(Struct):
+    """Which backend's answer was replaced, and why."""
+
+    from_backend: str = msgspec.field(name="from")
+    reason: str = ""
+
+
+class AnswerResponse(Struct):
+    """Response of ``POST /v1/answers`` (also the ``final`` event of a stream)."""
+
+    answer: str
+    citations: list[CitationOut]
+    confidence: float
+    abstained: bool
+    backend: str
+    disclosure: DisclosureOut
+    request_id: str
+    span: str | None = None
+    reason: str | None = None
+    fallback: FallbackOut | None = None
+    excluded_passages: list[str] = msgspec.field(default_factory=list)
+
+
+class DocumentIn(Struct, forbid_unknown_fields=True):
+    """A knowledge-base document."""
+
+    id: ItemId
+    title: Annotated[str, Meta(min_length=1, max_length=1000)]
+    text: Annotated[str, Meta(min_length=1)]
+    source: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class DocumentsRequest(Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/documents``: documents to add or replace."""
+
+    documents: Annotated[list[DocumentIn], Meta(min_length=1)]
+
+
+class DocumentChangeOut(Struct):
+    """What happened to one document."""
+
+    id: str
+    created: bool
+    chunks: int
+
+
+class DocumentsResponse(Struct):
+    """Response of ``POST /v1/documents``."""
+
+    documents: list[DocumentChangeOut]
+    knowledge: dict[str, Any]
+    request_id: str
+
+
+class DocumentOut(Struct):
+    """A stored knowledge-base document."""
+
+    id: str
+    title: str
+    text: str
+    source: str | None

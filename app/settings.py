@@ -13,15 +13,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from governance.audit.log import AuditConfig
+from retrieval.answers import AnswerConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Device
 from retrieval.engine import EncoderConfig, EngineConfig
+from retrieval.generator import LocalGeneratorConfig
+from retrieval.grounding import ExtractiveConfig, SupportConfig
 from retrieval.index import IndexKind, IndexSpec
+from retrieval.knowledge import ChunkingConfig
 from retrieval.recommend import RecommenderConfig
+from retrieval.remote import OpenAIConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.toml"
@@ -78,6 +83,7 @@ class BatchingSettings(_Section):
 
     encoder: BatcherSettings
     index: BatcherSettings
+    generator: BatcherSettings
 
 
 class IndexSettings(_Section):
@@ -149,6 +155,120 @@ class AuditSettings(_Section):
     ig_top_k: int = Field(gt=0, le=20)
 
 
+class KnowledgeSettings(_Section):
+    """The knowledge base behind grounded answers."""
+
+    chunk_tokens: int = Field(gt=0)
+    overlap_tokens: int = Field(ge=0)
+    answer_items: bool
+    item_passage_chars: int = Field(gt=0)
+    max_documents_per_request: int = Field(gt=0)
+    max_document_chars: int = Field(gt=0)
+
+
+class ExtractiveSettings(_Section):
+    """Extractive sentence scoring."""
+
+    semantic_weight: float = Field(ge=0)
+    lexical_weight: float = Field(ge=0)
+    retrieval_weight: float = Field(ge=0)
+    max_sentences: int = Field(gt=0)
+    second_sentence_margin: float = Field(ge=0)
+
+
+AnswerBackendName = Literal["extractive", "local", "openai"]
+
+
+class AnswerSettings(_Section):
+    """Grounded answers: limits, grounding, abstention, disclosure."""
+
+    default_backend: AnswerBackendName
+    k_context: int = Field(gt=0)
+    max_k_context: int = Field(gt=0)
+    max_tokens: int = Field(gt=0)
+    max_tokens_limit: int = Field(gt=0)
+    max_question_chars: int = Field(gt=0)
+    min_retrieval_score: float
+    min_confidence: float = Field(ge=0, le=1)
+    confidence_weights: tuple[float, float]
+    confidence_bias: float
+    support_similarity: float
+    support_overlap: float = Field(ge=0, le=1)
+    support_min_supported: float = Field(ge=0, le=1)
+    ungrounded: Literal["extractive", "abstain"]
+    fallback: Literal["none", "extractive"]
+    abstain_message: str = Field(min_length=1)
+    disclosure_notice: str = Field(min_length=1)
+    extractive: ExtractiveSettings
+
+    def to_config(self) -> AnswerConfig:
+        """As the retrieval core's answer config."""
+        return AnswerConfig(
+            default_backend=self.default_backend,
+            min_retrieval_score=self.min_retrieval_score,
+            min_confidence=self.min_confidence,
+            ungrounded=self.ungrounded,
+            fallback=self.fallback,
+            abstain_message=self.abstain_message,
+            confidence_weights=self.confidence_weights,
+            confidence_bias=self.confidence_bias,
+            disclosure_notice=self.disclosure_notice,
+            extractive=ExtractiveConfig(**self.extractive.model_dump()),
+            support=SupportConfig(
+                min_similarity=self.support_similarity,
+                min_overlap=self.support_overlap,
+                min_supported=self.support_min_supported,
+            ),
+        )
+
+
+class LocalGeneratorSettings(_Section):
+    """The in-process LM."""
+
+    enabled: bool
+    load: Literal["lazy", "startup"]
+    name: str
+    path: str
+    cache_dir: str
+    device: Device
+
+    def to_config(self) -> LocalGeneratorConfig:
+        """As the retrieval core's generator config."""
+        return LocalGeneratorConfig(name=self.name, path=self.path, cache_dir=self.cache_dir, device=self.device)
+
+
+class OpenAISettings(_Section):
+    """An OpenAI-compatible chat-completions endpoint."""
+
+    base_url: str
+    model: str
+    api_key: SecretStr
+    timeout_s: float = Field(gt=0)
+    connect_timeout_s: float = Field(gt=0)
+    max_retries: int = Field(ge=0)
+    backoff_base_s: float = Field(ge=0)
+    backoff_max_s: float = Field(ge=0)
+    breaker_failures: int = Field(gt=0)
+    breaker_cooldown_s: float = Field(ge=0)
+    temperature: float = Field(ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an endpoint is configured."""
+        return bool(self.base_url and self.model)
+
+    def to_config(self) -> OpenAIConfig:
+        """As the retrieval core's client config."""
+        return OpenAIConfig(**{**self.model_dump(exclude={"api_key"}), "api_key": self.api_key.get_secret_value()})
+
+
+class GeneratorSettings(_Section):
+    """Generative answer backends."""
+
+    local: LocalGeneratorSettings
+    openai: OpenAISettings
+
+
 class Settings(BaseSettings):
     """All of Candor's settings (see ``configs/default.toml`` for each knob's meaning)."""
 
@@ -164,6 +284,9 @@ class Settings(BaseSettings):
     auth: AuthSettings
     logging: LoggingSettings
     audit: AuditSettings
+    knowledge: KnowledgeSettings
+    answers: AnswerSettings
+    generator: GeneratorSettings
 
     @classmethod
     def settings_customise_sources(
@@ -235,6 +358,9 @@ class Settings(BaseSettings):
             ),
             snapshot_delay_s=idx.snapshot_delay_s,
             show_progress=show_progress,
+            chunking=ChunkingConfig(self.knowledge.chunk_tokens, self.knowledge.overlap_tokens),
+            answer_items=self.knowledge.answer_items,
+            item_passage_chars=self.knowledge.item_passage_chars,
         )
 
 

@@ -10,6 +10,7 @@ from app.auth import KeyStore
 from app.metrics import Metrics
 from app.settings import Settings
 from governance.audit import AuditLog
+from retrieval.answers import AnswerService
 from retrieval.engine import RetrievalEngine
 
 
@@ -21,6 +22,7 @@ class Services:
     engine: RetrievalEngine
     keys: KeyStore
     metrics: Metrics
+    answers: AnswerService
     audit: AuditLog | None = None
     config_digest: str = ""
 

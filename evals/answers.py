@@ -3,8 +3,8 @@
 A backend is anything with a ``name``, a ``describe()`` and an ``answer(question, passages)`` that returns the
 answer text, the ids of the passages it cites and whether it abstained. The runner builds it with a factory
 registered under the name a suite gives in ``[system.answer] backend``; the factory receives the backend's
-options from the suite and a way to get the encoder under test. No backend ships with the evals package: until
-one is registered, answer tasks are skipped with a plain message.
+options from the suite and a way to get the encoder under test. The service's backends (``extractive``,
+``local``, ``openai``; :mod:`evals.answer_backends`) are built in; others can be registered at run time.
 """
 
 from __future__ import annotations
@@ -92,14 +92,10 @@ def unregister_answer_backend(name: str) -> None:
 
 
 def _builtin_backends() -> dict[str, AnswerFactory]:
-    """Backends that live in the project's own packages, imported lazily.
+    """The service's own backends (``extractive``, ``local``, ``openai``), imported lazily."""
+    from evals.answer_backends import factory
 
-    None exist yet. When ``retrieval`` gains its answer backends, add them here, e.g.::
-
-        from retrieval.answers import ExtractiveAnswerer
-        return {"extractive": lambda ctx: ExtractiveAnswerer(ctx.encoder(), **ctx.options)}
-    """
-    return {}
+    return {name: factory(name) for name in ("extractive", "local", "openai")}
 
 
 def available_backends() -> dict[str, AnswerFactory]:

@@ -19,12 +19,14 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
+from retrieval.answers import ContextPassage
 from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.catalog import ItemCatalog
 from retrieval.encoder import Device, Encoder, EncoderInfo
 from retrieval.errors import InvalidQueryError, NotReadyError, UnknownItemError, UnknownUserError
 from retrieval.index import IndexSpec, SnapshotManifest, SnapshotStore, VectorIndex, configure_faiss
-from retrieval.pack import DomainPack, load_pack
+from retrieval.knowledge import ChunkingConfig, DocumentChange, KnowledgeBase
+from retrieval.pack import Document, DomainPack, load_pack
 from retrieval.recommend import (
     FieldTerms,
     RecommenderConfig,
@@ -72,6 +74,9 @@ class EngineConfig:
         snapshot_delay_s: Writes are snapshotted this long after the last one (they are durable in the catalog
             at once).
         show_progress: Draw a progress bar while embedding a catalog.
+        chunking: How knowledge-base documents are cut into chunks.
+        answer_items: Whether item texts are answerable (searched beside the documents).
+        item_passage_chars: Longest item text given to an answer backend.
     """
 
     state_dir: Path
@@ -83,6 +88,9 @@ class EngineConfig:
     recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
     snapshot_delay_s: float = 2.0
     show_progress: bool = True
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    answer_items: bool = True
+    item_passage_chars: int = 1200
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,7 @@ class RetrievalEngine:
         self.failure: str | None = None
         self._encoder: Encoder | None = encoder
         self._catalog: ItemCatalog | None = None
+        self._knowledge: KnowledgeBase | None = None
         self._index: VectorIndex | None = None
         self._snapshots = SnapshotStore(config.state_dir / "index")
         self._manifest: SnapshotManifest | None = None
@@ -190,6 +199,8 @@ class RetrievalEngine:
             await asyncio.to_thread(self._save_snapshot)
         if self._catalog is not None:
             self._catalog.close()
+        if self._knowledge is not None:
+            self._knowledge.close()
         self.status = "stopped"
 
     def build_offline(self) -> dict[str, Any]:
@@ -202,8 +213,9 @@ class RetrievalEngine:
         """
         self.status = "loading"
         self._load(reset_from_pack=True)
-        info = self.index_info()
+        info = {**self.index_info(), "knowledge": self.knowledge_info()}
         self._require_catalog().close()
+        self._require_knowledge().close()
         self.status = "stopped"
         return info
 
@@ -235,8 +247,24 @@ class RetrievalEngine:
         if reset_from_pack or len(self._catalog) == 0:
             self._reset_catalog(self._pack.items)
         self._open_index(rebuild=reset_from_pack)
+        self._open_knowledge(self._pack.documents)
         for item in self._catalog.items()[: self._field_terms.capacity]:
             self._field_terms.get(item)  # explanations then cost no tokenising on the hot path
+
+    def _bulk_embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._require_encoder().encode(list(texts), batch_size=self.config.encoder.bulk_batch_size)
+
+    def _open_knowledge(self, documents: Sequence[Document]) -> None:
+        encoder = self._require_encoder()
+        self._knowledge = KnowledgeBase(
+            self.config.state_dir / "knowledge.sqlite",
+            encoder.dim,
+            encoder.info.version,
+            lambda text: max(0, len(encoder.token_ids(text)) - 2),  # without [CLS] and [SEP]
+            self.config.chunking,
+        )
+        self._knowledge.open(self._bulk_embed)
+        self._knowledge.sync_pack(documents, self._bulk_embed)
 
     def _embed_items(self, items: Sequence[Item], label: str) -> np.ndarray:
         encoder = self._require_encoder()
@@ -323,6 +351,11 @@ class RetrievalEngine:
             raise NotReadyError("catalog not open")
         return self._catalog
 
+    def _require_knowledge(self) -> KnowledgeBase:
+        if self._knowledge is None:
+            raise NotReadyError("knowledge base not open")
+        return self._knowledge
+
     def _require_index(self) -> VectorIndex:
         if self._index is None:
             raise NotReadyError("index not open")
@@ -353,6 +386,11 @@ class RetrievalEngine:
             "catalog_seq": self._require_catalog().seq,
         }
 
+    def knowledge_info(self) -> dict[str, Any]:
+        """Document and chunk counts of the knowledge base."""
+        kb = self._require_knowledge()
+        return {"documents": len(kb), "chunks": kb.chunk_count, "items_answerable": self.config.answer_items}
+
     def get_item(self, item_id: str) -> Item | None:
         """The catalog item with this id."""
         return self._require_catalog().get(item_id)
@@ -376,6 +414,64 @@ class RetrievalEngine:
         self._require_ready()
         assert self._encode_batcher is not None
         return await self._encode_batcher.submit(self._require_encoder().token_ids(text), request_id)
+
+    async def embed_texts(self, texts: Sequence[str], request_id: str = "-") -> np.ndarray:
+        """Embed several texts through the encoder's batcher (they join other requests' batches)."""
+        self._require_ready()
+        assert self._encode_batcher is not None
+        batcher, encoder = self._encode_batcher, self._require_encoder()
+        vectors = await asyncio.gather(*(batcher.submit(encoder.token_ids(t), request_id) for t in texts))
+        return np.stack(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
+
+    def _item_passage(self, item: Item, score: float) -> ContextPassage:
+        text = item.embedding_text()
+        limit = self.config.item_passage_chars
+        if len(text) > limit:  # cut at a word boundary
+            text = text[:limit].rsplit(" ", 1)[0]
+        return ContextPassage(item.id, f"{item.id}#0", item.title, text, score, "item")
+
+    async def retrieve_passages(
+        self, question: str, k: int, request_id: str = "-"
+    ) -> tuple[np.ndarray, list[ContextPassage]]:
+        """The question's vector and the ``k`` best passages: knowledge-base chunks and (by config) items.
+
+        Returns:
+            The question vector and passages, best first (one chunk per document at most).
+        """
+        vector = await self.embed_query(question, request_id)
+        kb = self._require_knowledge()
+        # Over-fetch chunks: overlapping chunks of one document are collapsed to its best.
+        chunk_hits = (await asyncio.to_thread(kb.search, vector.reshape(1, -1), k * 3))[0]
+        passages: dict[str, ContextPassage] = {}
+        for score, chunk in chunk_hits:
+            if chunk.doc_id not in passages:
+                passages[chunk.doc_id] = ContextPassage(chunk.doc_id, chunk.chunk_id, chunk.title, chunk.text, score)
+        if self.config.answer_items:
+            catalog = self._require_catalog()
+            for score, fid in (await self._neighbours([vector], k, request_id))[0]:
+                item = catalog.item_for_faiss_id(fid)
+                if item is not None and item.id not in passages:
+                    passages[item.id] = self._item_passage(item, score)
+        ranked = sorted(passages.values(), key=lambda p: -p.score)
+        return vector, ranked[:k]
+
+    async def upsert_documents(self, documents: Sequence[Document]) -> list[DocumentChange]:
+        """Add or replace knowledge-base documents; they are answerable when this returns."""
+        self._require_ready()
+        kb = self._require_knowledge()
+        async with self._write_lock:
+            return await asyncio.to_thread(kb.upsert, documents, self._bulk_embed)
+
+    async def delete_document(self, doc_id: str) -> bool:
+        """Remove a knowledge-base document; returns whether it existed."""
+        self._require_ready()
+        kb = self._require_knowledge()
+        async with self._write_lock:
+            return await asyncio.to_thread(kb.delete, doc_id)
+
+    def get_document(self, doc_id: str) -> Document | None:
+        """A stored knowledge-base document."""
+        return self._require_knowledge().get(doc_id)
 
     async def _neighbours(
         self, vectors: Sequence[np.ndarray], k: int, request_id: str

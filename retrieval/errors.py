@@ -88,3 +88,48 @@ class NotReadyError(RetrievalError):
 
 class IndexStoreError(RetrievalError):
     """The vector index on disk is missing, corrupt or incompatible."""
+
+
+class GeneratorError(RetrievalError):
+    """An answer generator failed; the service answers 502/504 or falls back to the extractive answer.
+
+    Attributes:
+        code: Stable machine-readable code (``upstream_error``, ``upstream_timeout``, ``upstream_unavailable``).
+        status: HTTP status the service maps it to.
+    """
+
+    code = "generator_error"
+    status = 502
+
+    def __init__(self, message: str, *, backend: str, upstream_status: int | None = None) -> None:
+        self.backend = backend
+        self.upstream_status = upstream_status
+        super().__init__(message)
+
+
+class UpstreamError(GeneratorError):
+    """The remote endpoint answered with an error (after retries, for retryable ones)."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(GeneratorError):
+    """The remote endpoint did not answer in time (after retries)."""
+
+    code = "upstream_timeout"
+    status = 504
+
+
+class CircuitOpenError(GeneratorError):
+    """Recent calls to the remote endpoint kept failing; calls are refused until the cool-down ends."""
+
+    code = "upstream_unavailable"
+
+
+class BackendUnavailableError(RetrievalError):
+    """An answer backend was asked for but is not configured or could not load."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        self.backend = backend
+        self.reason = reason
+        super().__init__(f"answer backend {backend!r} is not available: {reason}")

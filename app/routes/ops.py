@@ -65,10 +65,12 @@ async def info(state: State) -> Response[dict[str, Any]]:
                     "dim": enc.dim,
                     "max_seq_length": enc.max_seq_length,
                     "dtype": enc.dtype,
-                }
+                },
+                "answers": {name: services.answers.model_of(name) for name in services.answers.backends},
             },
             "device": enc.device,
             "index": engine.index_info(),
+            "knowledge": engine.knowledge_info(),
             "pack": {"path": str(services.settings.pack_path), **engine.pack_summary()},
             "config_digest": services.settings.digest(),
         }

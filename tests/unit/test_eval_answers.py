@@ -99,14 +99,14 @@ def _values(results: dict[str, Any]) -> dict[str, float]:
 
 
 def test_no_backend_is_said_plainly(tmp_path: Path) -> None:
-    suite = _suite(tmp_path, "extractive")
+    suite = _suite(tmp_path, "my-llm")
     result = CliRunner().invoke(main, ["eval", "run", str(suite), "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "no answer backend is available: 'extractive' is not registered" in result.stderr
+    assert "no answer backend is available: 'my-llm' is not registered" in result.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text("utf-8"))
     assert results["tasks"]["answers.mini"]["status"] == "skipped"
     assert results["metrics"] == []
-    assert results["system"]["answer_backend"] == {"name": "extractive", "available": False}
+    assert results["system"]["answer_backend"] == {"name": "my-llm", "available": False}
     assert results["datasets"][0]["name"].endswith("squad-mini")
     assert "Skipped: no answer backend is available" in (tmp_path / "run" / "report.html").read_text("utf-8")
     assert "gate FAILED" in result.stderr  # a gate on a skipped task cannot pass by accident

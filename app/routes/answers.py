@@ -1,0 +1,173 @@
+"""Grounded answers and the knowledge base's admin routes.
+
+``POST /v1/answers`` answers (optionally streamed as server-sent events); ``POST /v1/documents`` and
+``GET``/``DELETE /v1/documents/{id}`` manage the documents answers come from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from app.auth import require_roles
+from app.errors import ApiError, invalid
+from app.observability import current_request_id
+from app.routes.recommend import check_text
+from app.schemas import (
+    AnswerRequest,
+    AnswerResponse,
+    CitationOut,
+    DisclosureOut,
+    DocumentChangeOut,
+    DocumentOut,
+    DocumentsRequest,
+    DocumentsResponse,
+    FallbackOut,
+)
+from app.state import Services
+from retrieval.answers import GroundedAnswer
+from retrieval.errors import GeneratorError
+from retrieval.pack import Document
+
+logger = structlog.get_logger(__name__)
+
+
+def answer_out(answer: GroundedAnswer, notice: str, request_id: str) -> AnswerResponse:
+    """A grounded answer as returned to the caller, with its AI-generated content disclosure."""
+    return AnswerResponse(
+        answer=answer.answer,
+        citations=[
+            CitationOut(
+                doc_id=c.doc_id, chunk_id=c.chunk_id, title=c.title, text=c.text, score=round(c.score, 6), kind=c.kind
+            )
+            for c in answer.citations
+        ],
+        confidence=answer.confidence,
+        abstained=answer.abstained,
+        backend=answer.backend,
+        disclosure=DisclosureOut(ai_generated=True, model=dict(answer.model), notice=notice),
+        request_id=request_id,
+        span=answer.span,
+        reason=answer.reason,
+        fallback=FallbackOut(answer.fallback["from"], answer.fallback["reason"]) if answer.fallback else None,
+        excluded_passages=list(answer.excluded),
+    )
+
+
+def _event(name: str, payload: Any) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=msgspec.json.encode(payload).decode(), event=name)
+
+
+class AnswerController(Controller):
+    """Grounded answers for the frontend."""
+
+    path = "/"
+    tags = ["answers"]  # noqa: RUF012 - Litestar reads this class attribute
+
+    @post(
+        "/answers",
+        status_code=200,
+        guards=[require_roles("frontend", "admin")],
+        summary="Answer a question from the shop's documents and items, with citations",
+        responses={200: ResponseSpec(AnswerResponse, description="The answer (or, with stream, SSE events)")},
+    )
+    async def answer(self, data: JSONBody[AnswerRequest], services: NamedDependency[Services]) -> Response[Any]:
+        """Retrieve passages, answer with the chosen backend, check the answer against its citations.
+
+        With ``stream: true`` the answer arrives as server-sent events: ``delta`` events carry sentences that
+        passed the grounding check, and a ``final`` event carries the whole response (its ``answer`` is
+        authoritative); a failure without fallback ends with an ``error`` event in the error shape.
+        """
+        cfg = services.settings.answers
+        question = check_text("question", data.question, cfg.max_question_chars)
+        k = data.k_context or cfg.k_context
+        if k > cfg.max_k_context:
+            raise invalid("k_context", f"must be between 1 and {cfg.max_k_context}")
+        max_tokens = data.max_tokens or cfg.max_tokens
+        if max_tokens > cfg.max_tokens_limit:
+            raise invalid("max_tokens", f"must be between 1 and {cfg.max_tokens_limit}")
+        answers = services.answers
+        backend = data.backend or cfg.default_backend
+        if backend not in answers.backends:
+            raise ApiError(
+                400,
+                "backend_unavailable",
+                f"backend {backend!r} is not configured on this service",
+                {"backend": backend, "available": list(answers.backends)},
+            )
+        request_id = current_request_id()
+        # Twice k: passages kept out of the context (they address the model) must not shrink it.
+        vector, passages = await services.engine.retrieve_passages(question, 2 * k, request_id)
+        if not data.stream:
+            result = await answers.answer(
+                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
+            )
+            return Response(answer_out(result, cfg.disclosure_notice, request_id))
+
+        async def events() -> AsyncIterator[ServerSentEventMessage]:
+            async for kind, payload in answers.stream(
+                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
+            ):
+                if kind == "delta":
+                    yield _event("delta", {"text": payload})
+                elif kind == "final":
+                    yield _event("final", answer_out(payload, cfg.disclosure_notice, request_id))
+                elif isinstance(payload, GeneratorError):
+                    error = {"code": payload.code, "message": str(payload), "details": {"backend": payload.backend}}
+                    yield _event("error", {"error": error, "request_id": request_id})
+
+        return ServerSentEvent(events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class DocumentController(Controller):
+    """The knowledge base, for admins."""
+
+    path = "/documents"
+    guards = [require_roles("admin")]  # noqa: RUF012
+    tags = ["knowledge base"]  # noqa: RUF012
+
+    @post("/", status_code=200, summary="Add or replace knowledge-base documents")
+    async def upsert(self, data: JSONBody[DocumentsRequest], services: NamedDependency[Services]) -> DocumentsResponse:
+        """Chunk, embed and index the documents; they are answerable when the call returns."""
+        limits = services.settings.knowledge
+        if len(data.documents) > limits.max_documents_per_request:
+            raise invalid("documents", f"at most {limits.max_documents_per_request} per request")
+        seen: set[str] = set()
+        docs = []
+        for n, doc in enumerate(data.documents):
+            if doc.id in seen:
+                raise invalid(f"documents[{n}].id", f"duplicate id {doc.id!r}")
+            seen.add(doc.id)
+            text = check_text(f"documents[{n}].text", doc.text, limits.max_document_chars)
+            title = check_text(f"documents[{n}].title", doc.title, 1000)
+            docs.append(Document(id=doc.id, title=title, text=text, source=doc.source))
+        changes = await services.engine.upsert_documents(docs)
+        return DocumentsResponse(
+            documents=[DocumentChangeOut(c.id, c.created, c.chunks) for c in changes],
+            knowledge=services.engine.knowledge_info(),
+            request_id=current_request_id(),
+        )
+
+    @get("/{doc_id:str}", summary="Read a knowledge-base document")
+    async def read(self, doc_id: FromPath[str], services: NamedDependency[Services]) -> DocumentOut:
+        """The stored document."""
+        doc = services.engine.get_document(doc_id)
+        if doc is None:
+            raise ApiError(404, "document_not_found", f"no document {doc_id!r}", {"doc_id": doc_id})
+        return DocumentOut(id=doc.id, title=doc.title, text=doc.text, source=doc.source)
+
+    @delete("/{doc_id:str}", status_code=204, summary="Delete a knowledge-base document")
+    async def remove(self, doc_id: FromPath[str], services: NamedDependency[Services]) -> Response[None]:
+        """Gone from answers when the call returns."""
+        if not await services.engine.delete_document(doc_id):
+            raise ApiError(404, "document_not_found", f"no document {doc_id!r}", {"doc_id": doc_id})
+        return Response(None, status_code=204)

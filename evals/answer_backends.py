@@ -1,0 +1,120 @@
+"""The service's answer backends as the evaluation harness sees them (:class:`evals.answers.AnswerSystem`).
+
+The harness hands each question its passages; the adaptor scores them against the question with the encoder
+under test (what retrieval would have scored), runs the same :class:`retrieval.answers.AnswerService` the
+service runs, and reports the answer span when one was found (SQuAD's exact match rewards spans), else the
+answer sentences. Suite options (``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``),
+``max_tokens``, ``min_confidence``, ``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from evals.answers import AnswerBackendContext, Passage, SystemAnswer
+from evals.errors import SuiteError
+from retrieval.answers import AnswerConfig, AnswerService, ContextPassage, Generator, LocalBackend, RemoteBackend
+from retrieval.encoder import Encoder
+from retrieval.generator import LocalGeneratorConfig
+from retrieval.remote import OpenAIConfig
+
+_SERVICE_KEYS = {"answer_text", "max_tokens", "min_confidence", "min_retrieval_score", "device", "cache_dir"}
+
+
+class ServiceAnswerSystem:
+    """One of the service's backends, answering synchronously for the harness.
+
+    Args:
+        backend: ``extractive``, ``local`` or ``openai``.
+        encoder: The encoder under test.
+        options: Suite options (see the module docstring).
+    """
+
+    def __init__(self, backend: str, encoder: Encoder, options: Mapping[str, Any]) -> None:
+        from app.settings import load_settings  # the service's configured defaults, one place for them
+
+        settings = load_settings()
+        unknown = set(options) - _SERVICE_KEYS - set(OpenAIConfig.__dataclass_fields__)
+        if unknown:
+            raise SuiteError(f"[system.answer] options: unknown key(s) {sorted(unknown)}")
+        self.name = backend
+        self._encoder = encoder
+        self._answer_text = str(options.get("answer_text", "span"))
+        self._max_tokens = int(options.get("max_tokens", settings.answers.max_tokens))
+        config: AnswerConfig = settings.answers.to_config()
+        if "min_confidence" in options:
+            config = replace(config, min_confidence=float(options["min_confidence"]))
+        if "min_retrieval_score" in options:
+            config = replace(config, min_retrieval_score=float(options["min_retrieval_score"]))
+        generators: dict[str, Generator] = {}
+        if backend == "local":
+            local = settings.generator.local.to_config()
+            local = LocalGeneratorConfig(
+                name=local.name,
+                path=local.path,
+                cache_dir=str(options.get("cache_dir", local.cache_dir)),
+                device=options.get("device", local.device),
+            )
+            generators["local"] = LocalBackend(
+                local, settings.batching.generator.to_config(), cache_root=settings.state_dir / "models"
+            )
+        elif backend == "openai":
+            remote = {k: v for k, v in options.items() if k in OpenAIConfig.__dataclass_fields__}
+            generators["openai"] = RemoteBackend(replace(settings.generator.openai.to_config(), **remote))
+        elif backend != "extractive":
+            raise SuiteError(f"unknown answer backend {backend!r}")
+        self._loop = asyncio.new_event_loop()
+        self._config = config
+        info = encoder.info
+
+        async def embed(texts: Sequence[str], request_id: str) -> np.ndarray:
+            return encoder.encode(list(texts))
+
+        self._service = AnswerService(
+            config, embed, generators, lambda: {"name": info.name, "version": info.version, "device": info.device}
+        )
+
+    def describe(self) -> Mapping[str, Any]:
+        """The backend's model and the grounding settings."""
+        return {
+            "model": self._service.model_of(self.name),
+            "answer_text": self._answer_text,
+            "max_tokens": self._max_tokens,
+            "min_confidence": self._config.min_confidence,
+            "min_retrieval_score": self._config.min_retrieval_score,
+        }
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
+        """Answer from ``passages`` (scored against the question by the encoder, best first)."""
+        vectors = self._encoder.encode([question, *(f"{p.title}. {p.text}" if p.title else p.text for p in passages)])
+        scores = vectors[1:] @ vectors[0]
+        context = sorted(
+            (ContextPassage(p.id, p.id, p.title, p.text, float(s)) for p, s in zip(passages, scores, strict=True)),
+            key=lambda c: -c.score,
+        )
+        result = self._loop.run_until_complete(
+            self._service.answer(question, vectors[0], context, backend=self.name, max_tokens=self._max_tokens)
+        )
+        text = result.span if self._answer_text == "span" and result.span else result.answer
+        return SystemAnswer(text=text, cited_ids=tuple(c.doc_id for c in result.citations), abstained=result.abstained)
+
+    def close(self) -> None:
+        """Stop generators and the private event loop."""
+        self._loop.run_until_complete(self._service.stop())
+        self._loop.close()
+
+
+def factory(backend: str) -> Any:
+    """A harness factory for one backend."""
+
+    def build(ctx: AnswerBackendContext) -> ServiceAnswerSystem:
+        if ctx.encoder is None:
+            raise SuiteError("answer backends need the encoder under test")
+        return ServiceAnswerSystem(backend, ctx.encoder(), ctx.options)
+
+    return build

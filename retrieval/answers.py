@@ -1,0 +1,629 @@
+"""Grounded answers: retrieved passages in, an answer with checked citations (or a polite abstention) out.
+
+Three backends sit behind one interface: ``extractive`` (no LM: the best sentences of the retrieved passages),
+``local`` (a small LM in-process, batched) and ``openai`` (any OpenAI-compatible endpoint). Whatever the backend:
+
+1. passages that address the model (``ignore your instructions``) are kept out of the context and reported;
+2. when the best retrieval score is below ``min_retrieval_score`` the service abstains;
+3. a generated answer's ``[n]`` citations are checked against the passages given, and each of its sentences
+   must be supported by the cited passages (encoder similarity, content-word overlap, same negation); an
+   unsupported answer is replaced by the extractive one (or an abstention, by config);
+4. a remote failure becomes an error, or the extractive answer when ``fallback = "extractive"``;
+5. ``confidence`` is a logistic function of the retrieval score and the answer's support score, with weights
+   fitted on the demo pack's ``eval/qa.jsonl`` (``candor answers calibrate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import structlog
+
+from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
+from retrieval.chunking import split_sentences
+from retrieval.errors import BackendUnavailableError, GeneratorError
+from retrieval.generator import GenerationRequest, GenerationResult, LocalGenerator, LocalGeneratorConfig
+from retrieval.grounding import (
+    Extracted,
+    ExtractiveConfig,
+    SupportConfig,
+    SupportReport,
+    build_messages,
+    check_support,
+    extract_answer,
+    looks_like_injection,
+    parse_generation,
+    passage_sentences,
+)
+from retrieval.remote import OpenAIChatClient, OpenAIConfig
+
+logger = structlog.get_logger(__name__)
+
+BACKENDS = ("extractive", "local", "openai")
+Embed = Callable[[Sequence[str], str], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPassage:
+    """A retrieved passage the answer may cite.
+
+    Attributes:
+        doc_id: Parent document or item id.
+        chunk_id: ``<doc_id>#<n>``.
+        title: Parent title.
+        text: The passage text.
+        score: Retrieval score (cosine similarity to the question).
+        kind: ``document`` or ``item``.
+    """
+
+    doc_id: str
+    chunk_id: str
+    title: str
+    text: str
+    score: float
+    kind: str = "document"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerConfig:
+    """Grounding, abstention and disclosure (``[answers]`` in the config).
+
+    Attributes:
+        default_backend: Backend used when a request names none.
+        min_retrieval_score: Below this best passage score the service abstains.
+        min_confidence: Extractive answers with a lower calibrated confidence become abstentions.
+        ungrounded: What replaces an unsupported generated answer: ``extractive`` or ``abstain``.
+        fallback: On remote failures: ``none`` (502/504) or ``extractive``.
+        abstain_message: The fixed answer when abstaining.
+        confidence_weights: Logistic weights of (retrieval score, answer score).
+        confidence_bias: Logistic bias.
+        disclosure_notice: Human-readable AI-generated content notice.
+        extractive: Extractive sentence scoring.
+        support: Support thresholds.
+    """
+
+    default_backend: str = "extractive"
+    min_retrieval_score: float = 0.2
+    min_confidence: float = 0.5
+    ungrounded: Literal["extractive", "abstain"] = "extractive"
+    fallback: Literal["none", "extractive"] = "none"
+    abstain_message: str = "Sorry, I could not find an answer to that in our help centre or product information."
+    confidence_weights: tuple[float, float] = (2.49, 3.55)
+    confidence_bias: float = -2.39
+    disclosure_notice: str = "This answer was generated automatically from the shop's documents."
+    extractive: ExtractiveConfig = field(default_factory=ExtractiveConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class GroundedAnswer:
+    """An answer and everything needed to show, audit and trust it.
+
+    Attributes:
+        answer: The answer text (the abstention message when ``abstained``).
+        span: The short answer span inside ``answer`` (quantities), when one was found.
+        citations: Cited passages, most important first.
+        confidence: Calibrated probability that the answer is right (0 when abstaining).
+        abstained: Whether the service declined to answer.
+        backend: The backend that produced ``answer`` (``extractive`` after a fallback).
+        model: Model ids and versions behind the answer.
+        requested_backend: The backend the caller asked for.
+        fallback: ``{"from", "reason"}`` when another backend's answer was replaced.
+        reason: Why the service abstained (``low_retrieval``, ``low_confidence``, ``model_declined``, ...).
+        retrieval_score: Best passage score.
+        answer_score: Extractive score or support score of the answer.
+        grounding: The support check, for audits.
+        excluded: Passages kept out of the context because they address the model.
+        retrieved: Every passage considered, for audits.
+        tokens: Tokens generated (0 for extractive).
+    """
+
+    answer: str
+    span: str | None
+    citations: tuple[ContextPassage, ...]
+    confidence: float
+    abstained: bool
+    backend: str
+    model: Mapping[str, Any]
+    requested_backend: str
+    fallback: Mapping[str, str] | None = None
+    reason: str | None = None
+    retrieval_score: float = 0.0
+    answer_score: float = 0.0
+    grounding: Mapping[str, Any] = field(default_factory=dict)
+    excluded: tuple[str, ...] = ()
+    retrieved: tuple[ContextPassage, ...] = ()
+    tokens: int = 0
+
+
+class Generator(Protocol):
+    """A generative backend as the answer service sees it."""
+
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """Model id, version and device."""
+        ...
+
+    async def complete(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> GenerationResult:
+        """Complete a chat prompt."""
+        ...
+
+    def stream(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> AsyncIterator[str]:
+        """Stream a completion as text deltas."""
+        ...
+
+    async def start(self) -> None:
+        """Make ready (load weights, open connections)."""
+        ...
+
+    async def stop(self) -> None:
+        """Release resources."""
+        ...
+
+
+class LocalBackend:
+    """The in-process LM behind its own token-budgeted batcher; weights load on first use or at start.
+
+    Args:
+        config: Which model.
+        batching: Batcher knobs (``[batching.generator]``); a request costs prompt plus new tokens.
+        cache_root: Where a de-quantised GGUF copy is kept.
+        observer: Batch metrics.
+        max_prompt_tokens: Longest prompt accepted (longer contexts are cut passage by passage by the caller).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        config: LocalGeneratorConfig,
+        batching: BatcherConfig,
+        *,
+        cache_root: Any = None,
+        observer: BatchObserver | None = None,
+        generator: LocalGenerator | None = None,
+    ) -> None:
+        self.config = config
+        self._batching = batching
+        self._cache_root = cache_root
+        self._observer = observer
+        self._generator = generator
+        self._batcher: DynamicBatcher[GenerationRequest, GenerationResult] | None = None
+        self._lock = asyncio.Lock()
+        self._load_lock = threading.Lock()
+
+    def _load(self) -> LocalGenerator:
+        with self._load_lock:
+            if self._generator is None:
+                self._generator = LocalGenerator(self.config, self._cache_root)
+            return self._generator
+
+    async def start(self) -> None:
+        """Load the model (in a thread) and start the batcher; safe to call again."""
+        async with self._lock:
+            if self._batcher is not None:
+                return
+            try:
+                generator = await asyncio.to_thread(self._load)
+            except Exception as exc:
+                logger.exception("generator_load_failed")
+                raise BackendUnavailableError(
+                    self.name, f"the local model could not load ({type(exc).__name__})"
+                ) from exc
+            batcher: DynamicBatcher[GenerationRequest, GenerationResult] = DynamicBatcher(
+                "generator",
+                generator.generate_batch,
+                self._batching,
+                cost=lambda r: len(r.prompt_ids) + r.max_new_tokens,
+                observer=self._observer,
+            )
+            batcher.start()
+            self._batcher = batcher
+
+    async def stop(self) -> None:
+        """Drain and stop the batcher."""
+        if self._batcher is not None:
+            await self._batcher.stop()
+            self._batcher = None
+
+    @property
+    def generator(self) -> LocalGenerator | None:
+        """The loaded model, if loaded."""
+        return self._generator
+
+    def describe(self) -> dict[str, Any]:
+        """Model id, version and device (``loaded: false`` before first use)."""
+        if self._generator is None:
+            return {"name": self.config.name, "loaded": False}
+        info = self._generator.info
+        return {"name": info.name, "version": info.version, "device": info.device, "loaded": True}
+
+    async def complete(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> GenerationResult:
+        """Complete through the batcher (loading the model first if needed)."""
+        await self.start()
+        assert self._batcher is not None
+        assert self._generator is not None
+        request = GenerationRequest(self._generator.prompt_ids(messages), max_tokens)
+        return await self._batcher.submit(request, request_id)
+
+    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> AsyncIterator[str]:
+        """Batched generation finishes whole; the text comes as one delta."""
+        result = await self.complete(messages, max_tokens, request_id)
+        yield result.text
+
+
+class RemoteBackend:
+    """An OpenAI-compatible endpoint.
+
+    Args:
+        config: Endpoint and resilience settings.
+        client: A client to use instead of building one (tests).
+    """
+
+    name = "openai"
+
+    def __init__(self, config: OpenAIConfig, client: OpenAIChatClient | None = None) -> None:
+        self.config = config
+        self._client = client
+
+    def _require(self) -> OpenAIChatClient:
+        if self._client is None:
+            self._client = OpenAIChatClient(self.config)
+        return self._client
+
+    async def start(self) -> None:
+        """Build the client (raises :class:`BackendUnavailableError` when not configured)."""
+        self._require()
+
+    async def stop(self) -> None:
+        """Close connections."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def describe(self) -> dict[str, Any]:
+        """The remote model's name and endpoint host."""
+        return {"name": self.config.model or None, "endpoint": self.config.base_url or None, "remote": True}
+
+    async def complete(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> GenerationResult:
+        """One remote completion."""
+        return await self._require().complete(messages, max_tokens, request_id)
+
+    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str) -> AsyncIterator[str]:
+        """Remote deltas as they arrive."""
+        async for delta in self._require().stream(messages, max_tokens, request_id):
+            yield delta
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
+
+
+class SentenceCache:
+    """Vectors of passage sentences already embedded (passages repeat across questions)."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    async def embed(self, texts: Sequence[str], embed: Embed, request_id: str) -> np.ndarray:
+        """Vectors for ``texts``, embedding only the ones not seen recently."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._data))
+        if missing:
+            vectors = await embed(missing, request_id)
+            for text, vector in zip(missing, vectors, strict=True):
+                self._data[text] = vector
+                if len(self._data) > self.capacity:
+                    self._data.popitem(last=False)
+        out = []
+        for text in texts:
+            self._data.move_to_end(text)
+            out.append(self._data[text])
+        return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
+
+
+@dataclass(slots=True)
+class _Context:
+    question: str
+    question_vector: np.ndarray
+    passages: list[ContextPassage]
+    excluded: tuple[str, ...]
+    sentences: list[Any]
+    sentence_vectors: np.ndarray
+    extracted: Extracted | None
+
+
+class AnswerService:
+    """Answers questions from passages, with any backend, under the same grounding rules.
+
+    Args:
+        config: Grounding, abstention and disclosure settings.
+        embed: Embeds texts through the encoder (the service passes its batched encoder).
+        generators: Generative backends by name (``local``, ``openai``); ``extractive`` is built in.
+        extractive_model: Returns the encoder's identity, reported as the extractive backend's model.
+    """
+
+    def __init__(
+        self,
+        config: AnswerConfig,
+        embed: Embed,
+        generators: Mapping[str, Generator] | None = None,
+        extractive_model: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self._embed = embed
+        self.generators: dict[str, Generator] = dict(generators or {})
+        self._extractive_model = extractive_model or dict
+        self._cache = SentenceCache()
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Backend names a request may ask for."""
+        return ("extractive", *self.generators)
+
+    async def stop(self) -> None:
+        """Stop every generator."""
+        for generator in self.generators.values():
+            await generator.stop()
+
+    def confidence(self, retrieval_score: float, answer_score: float) -> float:
+        """Calibrated probability that an answer with these scores is right."""
+        w_retrieval, w_answer = self.config.confidence_weights
+        return _sigmoid(w_retrieval * retrieval_score + w_answer * answer_score + self.config.confidence_bias)
+
+    def model_of(self, backend: str) -> dict[str, Any]:
+        """Model identity for a backend (the encoder for ``extractive``)."""
+        if backend == "extractive":
+            return {"backend": "extractive", **self._extractive_model()}
+        return {"backend": backend, **self.generators[backend].describe()}
+
+    # -- shared steps ------------------------------------------------------------------------------------------
+
+    async def _prepare(
+        self,
+        question: str,
+        question_vector: np.ndarray,
+        passages: Sequence[ContextPassage],
+        request_id: str,
+        k: int | None = None,
+    ) -> _Context:
+        clean = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
+        excluded = tuple(p.chunk_id for p in passages if p not in clean)
+        kept = clean[:k] if k else clean  # the caller may over-fetch so exclusions do not shrink the context
+        if excluded:
+            logger.warning("passages_excluded_as_instructions", chunk_ids=list(excluded), request_id=request_id)
+        sentences = passage_sentences([p.text for p in kept])
+        vectors = await self._cache.embed([s.text for s in sentences], self._embed, request_id) if sentences else None
+        extracted = None
+        if sentences and vectors is not None:
+            extracted = extract_answer(
+                question, question_vector, sentences, vectors, [p.score for p in kept], self.config.extractive
+            )
+        return _Context(
+            question,
+            question_vector,
+            kept,
+            excluded,
+            sentences,
+            vectors if vectors is not None else np.zeros((0, 1)),
+            extracted,
+        )
+
+    def _abstain(self, ctx: _Context, backend: str, requested: str, reason: str, **extra: Any) -> GroundedAnswer:
+        top = ctx.passages[0].score if ctx.passages else 0.0
+        return GroundedAnswer(
+            answer=self.config.abstain_message,
+            span=None,
+            citations=(),
+            confidence=0.0,
+            abstained=True,
+            backend=backend,
+            model=self.model_of(backend),
+            requested_backend=requested,
+            reason=reason,
+            retrieval_score=top,
+            excluded=ctx.excluded,
+            retrieved=tuple(ctx.passages),
+            **extra,
+        )
+
+    def _extractive(self, ctx: _Context, requested: str, fallback: Mapping[str, str] | None = None) -> GroundedAnswer:
+        if not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
+            return self._abstain(ctx, "extractive", requested, "low_retrieval", fallback=fallback)
+        extracted = ctx.extracted
+        top = ctx.passages[0].score
+        if extracted is None or self.confidence(top, extracted.score) < self.config.min_confidence:
+            return self._abstain(ctx, "extractive", requested, "low_confidence", fallback=fallback)
+        return GroundedAnswer(
+            answer=extracted.text,
+            span=extracted.span,
+            citations=tuple(ctx.passages[i] for i in extracted.passages),
+            confidence=round(self.confidence(top, extracted.score), 4),
+            abstained=False,
+            backend="extractive",
+            model=self.model_of("extractive"),
+            requested_backend=requested,
+            fallback=fallback,
+            retrieval_score=top,
+            answer_score=extracted.score,
+            grounding={"method": "extractive", "copied_from": [ctx.passages[i].chunk_id for i in extracted.passages]},
+            excluded=ctx.excluded,
+            retrieved=tuple(ctx.passages),
+        )
+
+    async def _support(self, ctx: _Context, text: str, cited: Sequence[int], request_id: str) -> SupportReport:
+        answer_sentences = split_sentences(text)
+        chosen = [i for i, s in enumerate(ctx.sentences) if s.passage in set(cited)]
+        if not answer_sentences or not chosen:
+            return SupportReport((), False, 0.0)
+        vectors = await self._cache.embed(answer_sentences, self._embed, request_id)
+        return check_support(
+            answer_sentences,
+            vectors,
+            [ctx.sentences[i].text for i in chosen],
+            ctx.sentence_vectors[chosen],
+            self.config.support,
+        )
+
+    async def _finish_generated(
+        self, ctx: _Context, backend: str, raw: str, tokens: int, request_id: str
+    ) -> GroundedAnswer:
+        """Check a generated answer's citations and support; replace or abstain when it is not grounded."""
+        parsed = parse_generation(raw, len(ctx.passages))
+        top = ctx.passages[0].score
+        if parsed.declined:
+            return self._abstain(ctx, backend, backend, "model_declined", tokens=tokens)
+        cited = list(parsed.cited)
+        inferred = not cited
+        if inferred:  # the model cited nothing: accept support from any passage given, and say so
+            cited = list(range(len(ctx.passages)))
+        report = await self._support(ctx, parsed.text, cited, request_id)
+        grounding = {
+            "method": "support-check",
+            "raw_answer": raw,
+            "cited_positions": [i + 1 for i in parsed.cited],
+            "invalid_citations": list(parsed.invalid_citations),
+            "citations_inferred": inferred,
+            **report.to_dict(),
+        }
+        if not report.supported:
+            logger.info("generated_answer_not_grounded", backend=backend, request_id=request_id)
+            if self.config.ungrounded == "extractive":
+                answer = self._extractive(ctx, backend, {"from": backend, "reason": "ungrounded"})
+                return replace(answer, grounding={**answer.grounding, "replaced": grounding}, tokens=tokens)
+            return self._abstain(ctx, backend, backend, "ungrounded", grounding=grounding, tokens=tokens)
+        if inferred:  # keep only the passages that actually support a sentence
+            best = {
+                int(np.argmax(ctx.sentence_vectors @ v))
+                for v in await self._cache.embed([s.text for s in report.sentences], self._embed, request_id)
+            }
+            cited = sorted({ctx.sentences[i].passage for i in best})
+        return GroundedAnswer(
+            answer=parsed.text,
+            span=None,
+            citations=tuple(ctx.passages[i] for i in cited),
+            confidence=round(self.confidence(top, report.score), 4),
+            abstained=False,
+            backend=backend,
+            model=self.model_of(backend),
+            requested_backend=backend,
+            retrieval_score=top,
+            answer_score=report.score,
+            grounding=grounding,
+            excluded=ctx.excluded,
+            retrieved=tuple(ctx.passages),
+            tokens=tokens,
+        )
+
+    def _check_backend(self, backend: str) -> None:
+        if backend != "extractive" and backend not in self.generators:
+            raise BackendUnavailableError(backend, "not configured on this service")
+
+    def _fallback_or_raise(self, ctx: _Context, backend: str, exc: GeneratorError) -> GroundedAnswer:
+        if self.config.fallback != "extractive":
+            raise exc
+        logger.warning("generator_failed_falling_back", backend=backend, code=exc.code)
+        return self._extractive(ctx, backend, {"from": backend, "reason": exc.code})
+
+    # -- public API --------------------------------------------------------------------------------------------
+
+    async def answer(
+        self,
+        question: str,
+        question_vector: np.ndarray,
+        passages: Sequence[ContextPassage],
+        *,
+        backend: str | None = None,
+        max_tokens: int = 128,
+        request_id: str = "-",
+        k: int | None = None,
+    ) -> GroundedAnswer:
+        """Answer from the given passages (best first), using the first ``k`` that are not excluded.
+
+        Raises:
+            BackendUnavailableError: The backend is not configured.
+            GeneratorError: The generator failed and no fallback is configured.
+        """
+        chosen = backend or self.config.default_backend
+        self._check_backend(chosen)
+        ctx = await self._prepare(question, question_vector, passages, request_id, k)
+        if chosen == "extractive":
+            return self._extractive(ctx, chosen)
+        if not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
+            return self._abstain(ctx, chosen, chosen, "low_retrieval")
+        messages = build_messages(question, [(p.title, p.text) for p in ctx.passages])
+        try:
+            result = await self.generators[chosen].complete(messages, max_tokens, request_id)
+        except GeneratorError as exc:
+            return self._fallback_or_raise(ctx, chosen, exc)
+        return await self._finish_generated(ctx, chosen, result.text, result.tokens, request_id)
+
+    async def stream(
+        self,
+        question: str,
+        question_vector: np.ndarray,
+        passages: Sequence[ContextPassage],
+        *,
+        backend: str | None = None,
+        max_tokens: int = 128,
+        request_id: str = "-",
+        k: int | None = None,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Answer as events: ``("delta", text)`` per checked sentence, then ``("final", GroundedAnswer)``.
+
+        Deltas are sentences that passed the support check. The final answer is authoritative: when a generated
+        answer is replaced, it differs from the deltas. A failure without fallback ends with
+        ``("error", GeneratorError)``.
+        """
+        chosen = backend or self.config.default_backend
+        self._check_backend(chosen)
+        ctx = await self._prepare(question, question_vector, passages, request_id, k)
+        if chosen == "extractive" or not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
+            final = (
+                self._extractive(ctx, chosen)
+                if chosen == "extractive"
+                else self._abstain(ctx, chosen, chosen, "low_retrieval")
+            )
+            if not final.abstained:
+                for sentence in split_sentences(final.answer):
+                    yield "delta", sentence + " "
+            yield "final", final
+            return
+        messages = build_messages(question, [(p.title, p.text) for p in ctx.passages])
+        raw = ""
+        sent = 0  # sentences of ``raw`` already checked and sent
+        broken = False
+        all_passages = list(range(len(ctx.passages)))
+        try:
+            async for delta in self.generators[chosen].stream(messages, max_tokens, request_id):
+                raw += delta
+                complete = split_sentences(raw)[:-1]  # the last one may still grow
+                while not broken and sent < len(complete):
+                    clean = parse_generation(complete[sent], len(ctx.passages)).text
+                    if clean:
+                        report = await self._support(ctx, clean, all_passages, request_id)
+                        if not report.supported:
+                            broken = True  # stop sending; the final event carries the replacement
+                            break
+                        yield "delta", clean + " "
+                    sent += 1
+        except GeneratorError as exc:
+            if self.config.fallback != "extractive":
+                yield "error", exc
+                return
+            yield "final", self._fallback_or_raise(ctx, chosen, exc)
+            return
+        final = await self._finish_generated(ctx, chosen, raw, len(raw.split()), request_id)
+        if not broken and not final.abstained and final.backend == chosen:
+            rest = split_sentences(final.answer)[sent:]
+            for sentence in rest:
+                yield "delta", sentence + " "
+        yield "final", final

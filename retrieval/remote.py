@@ -1,0 +1,239 @@
+"""An OpenAI-compatible chat-completions client (vLLM, TGI, Ollama, hosted LLMs), for the ``openai`` backend.
+
+Calls are retried with exponential backoff and jitter on 429, 5xx, timeouts and connection errors (honouring
+``Retry-After``), and a circuit breaker refuses calls at once for a cool-down after several consecutive
+failures, so a dead endpoint does not hold every request for the full retry schedule. Streaming responses
+(server-sent events) are passed through as text deltas; a stream is retried only before its first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from retrieval.errors import BackendUnavailableError, CircuitOpenError, UpstreamError, UpstreamTimeoutError
+from retrieval.generator import GenerationResult
+
+logger = structlog.get_logger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+BACKEND = "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIConfig:
+    """The remote endpoint (``[generator.openai]``).
+
+    Attributes:
+        base_url: Up to and including ``/v1``, e.g. ``http://127.0.0.1:8001/v1``; empty: backend off.
+        model: Model name sent with each call.
+        api_key: Bearer token; empty: ``$OPENAI_API_KEY`` if set, else no header.
+        timeout_s: Read timeout per attempt.
+        connect_timeout_s: Connect timeout per attempt.
+        max_retries: Retries after the first attempt for retryable failures.
+        backoff_base_s: First backoff; doubled per retry, with full jitter.
+        backoff_max_s: Longest backoff (also caps ``Retry-After``).
+        breaker_failures: Consecutive failed calls that open the circuit.
+        breaker_cooldown_s: How long an open circuit refuses calls.
+        temperature: Sampling temperature sent with each call.
+    """
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = ""
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    max_retries: int = 2
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 5.0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    temperature: float = 0.0
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; after ``cooldown_s`` one trial call is let through.
+
+    Args:
+        threshold: Consecutive failures that open the circuit.
+        cooldown_s: Seconds the circuit stays open.
+        clock: Monotonic clock (tests pass their own).
+    """
+
+    def __init__(self, threshold: int, cooldown_s: float, clock: Any = time.monotonic) -> None:
+        self.threshold = max(1, threshold)
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        if self.opened_at is None:
+            return "closed"
+        return "open" if self._clock() - self.opened_at < self.cooldown_s else "half-open"
+
+    def check(self) -> None:
+        """Raise :class:`CircuitOpenError` while the circuit is open."""
+        if self.state == "open":
+            raise CircuitOpenError("the remote model endpoint is failing; calls are paused", backend=BACKEND)
+
+    def success(self) -> None:
+        """Record a successful call (closes the circuit)."""
+        self.failures = 0
+        self.opened_at = None
+
+    def failure(self) -> None:
+        """Record a failed call (opens the circuit at the threshold, or again after a failed trial)."""
+        self.failures += 1
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = self._clock()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIChatClient:
+    """Calls ``POST {base_url}/chat/completions``.
+
+    Args:
+        config: Endpoint, credentials, timeouts, retries and breaker.
+        transport: An httpx transport (tests may pass one; by default the network).
+    """
+
+    def __init__(self, config: OpenAIConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not config.base_url or not config.model:
+            raise BackendUnavailableError(BACKEND, "set [generator.openai] base_url and model")
+        self.config = config
+        key = config.api_key or os.environ.get("OPENAI_API_KEY", "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+
+    async def aclose(self) -> None:
+        """Close connections."""
+        await self._client.aclose()
+
+    def _body(self, messages: Sequence[dict[str, str]], max_tokens: int, stream: bool) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": self.config.temperature,
+            "stream": stream,
+        }
+
+    def _backoff(self, attempt: int, hint: float | None) -> float:
+        cap = self.config.backoff_max_s
+        if hint is not None:
+            return min(max(hint, 0.0), cap)
+        return random.uniform(0, min(cap, self.config.backoff_base_s * 2**attempt))  # noqa: S311 - jitter
+
+    async def _send(self, body: dict[str, Any], request_id: str, *, stream: bool) -> httpx.Response:
+        """Send with retries; return a successful response (a stream still open when ``stream``)."""
+        self.breaker.check()
+        cfg = self.config
+        headers = {"X-Request-ID": request_id}
+        last: Exception | None = None
+        for attempt in range(cfg.max_retries + 1):
+            hint = None
+            try:
+                request = self._client.build_request("POST", "/chat/completions", json=body, headers=headers)
+                response = await self._client.send(request, stream=stream)
+                if response.status_code < 400:
+                    self.breaker.success()
+                    return response
+                hint = _retry_after(response)
+                await response.aread()
+                await response.aclose()
+                last = UpstreamError(
+                    f"the remote model answered {response.status_code}",
+                    backend=BACKEND,
+                    upstream_status=response.status_code,
+                )
+                if response.status_code not in RETRYABLE_STATUS:
+                    break
+            except httpx.TimeoutException as exc:
+                last = UpstreamTimeoutError("the remote model did not answer in time", backend=BACKEND)
+                last.__cause__ = exc
+            except httpx.TransportError as exc:
+                last = UpstreamError(f"cannot reach the remote model ({type(exc).__name__})", backend=BACKEND)
+                last.__cause__ = exc
+            if attempt < cfg.max_retries:
+                delay = self._backoff(attempt, hint)
+                logger.warning("remote_generation_retry", attempt=attempt + 1, delay_s=round(delay, 3), error=str(last))
+                await asyncio.sleep(delay)
+        self.breaker.failure()
+        assert last is not None
+        raise last
+
+    async def complete(
+        self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str = "-"
+    ) -> GenerationResult:
+        """One chat completion.
+
+        Raises:
+            UpstreamError: Error status or unreadable body, after retries.
+            UpstreamTimeoutError: No answer in time, after retries.
+            CircuitOpenError: The circuit is open.
+        """
+        response = await self._send(self._body(messages, max_tokens, False), request_id, stream=False)
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            text = str(choice["message"]["content"] or "")
+            tokens = int((payload.get("usage") or {}).get("completion_tokens") or len(text.split()))
+            return GenerationResult(text.strip(), tokens, str(choice.get("finish_reason") or "stop"))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError("the remote model's answer could not be read", backend=BACKEND) from exc
+
+    async def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str = "-"
+    ) -> AsyncIterator[str]:
+        """Stream a chat completion as text deltas (server-sent events, ``data: [DONE]`` ends it).
+
+        Raises:
+            UpstreamError: Error status, or the stream broke off.
+            UpstreamTimeoutError: No answer in time.
+            CircuitOpenError: The circuit is open.
+        """
+        response = await self._send(self._body(messages, max_tokens, True), request_id, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise UpstreamError("the remote model sent an unreadable event", backend=BACKEND) from exc
+                if delta:
+                    yield str(delta)
+        except httpx.TimeoutException as exc:
+            self.breaker.failure()
+            raise UpstreamTimeoutError("the remote model stopped sending", backend=BACKEND) from exc
+        except httpx.TransportError as exc:
+            self.breaker.failure()
+            raise UpstreamError("the remote model's stream broke off", backend=BACKEND) from exc
+        finally:
+            await response.aclose()
