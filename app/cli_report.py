@@ -42,11 +42,42 @@ def _facts(config_file: Path | None, since: datetime | None = None, until: datet
         raise click.BadParameter(str(exc), param_hint="--until") from exc
     settings = _settings(config_file)
     configure_logging("warning", "console")
+    audit = _open_audit(settings)
     try:
-        # The audit store opens here once it exists; until then the audit sections say it is not available.
-        return facts_offline(settings, audit=None, since=since, until=until)
+        return facts_offline(settings, audit=audit, since=since, until=until)
     except (FileNotFoundError, RetrievalError) as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        close = getattr(audit, "close", None)
+        if close is not None:
+            close()
+
+
+class _UnreadableAudit:
+    """Stands in for an audit log that cannot be opened, so the report states why instead of omitting it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def verify(self) -> Any:
+        raise RuntimeError(self.reason)
+
+    def summary(self, since: datetime | None, until: datetime | None) -> Any:
+        raise RuntimeError(self.reason)
+
+
+def _open_audit(settings: Any) -> Any:
+    """The configured audit log opened read-side, ``None`` when auditing is off, or a stand-in saying why not."""
+    from governance.audit import AuditLog, AuditUnavailableError
+
+    if not settings.audit.enabled:
+        return None
+    log = AuditLog(settings.audit_config())
+    try:
+        log.open()
+    except AuditUnavailableError as exc:
+        return _UnreadableAudit(f"the audit log cannot be opened: {exc}")
+    return log
 
 
 def _write(out: Path, data: bytes) -> None:
