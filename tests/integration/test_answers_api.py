@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from retrieval.encoder import Encoder
+from tests.conftest import DEMO_PACK
 from tests.integration.fake_openai import HALLUCINATION, FakeOpenAI, fake_openai_server
 from tests.integration.test_app_limits import make_settings, serving
 
@@ -105,7 +106,7 @@ def test_quantity_questions_get_a_span(api: Api) -> None:
 
 
 def test_unanswerable_questions_abstain(api: Api) -> None:
-    rows = [json.loads(line) for line in (Path("data/demo/eval/qa.jsonl")).read_text().splitlines()]
+    rows = [json.loads(line) for line in (DEMO_PACK / "eval" / "qa.jsonl").read_text().splitlines()]
     unanswerable = [r["question"] for r in rows if not r["answerable"]]
     bodies = [api.ask(question=q).json() for q in unanswerable]
     abstained = [b for b in bodies if b["abstained"]]
