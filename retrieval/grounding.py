@@ -318,6 +318,7 @@ def extract_answer(
     text = " ".join(sentences[i].text for i in chosen)
     if text.endswith(";"):  # a clause cut at a semicolon reads as a sentence
         text = text[:-1] + "."
+    text = text[:1].upper() + text[1:]  # a clause after a semicolon starts in lower case
     return Extracted(
         text=text,
         span=find_span(question, sentences[best].text),

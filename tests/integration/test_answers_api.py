@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from retrieval.encoder import Encoder
+from tests.conftest import DEMO_PACK
 from tests.integration.fake_openai import HALLUCINATION, FakeOpenAI, fake_openai_server
 from tests.integration.test_app_limits import make_settings, serving
 
@@ -94,8 +95,8 @@ def test_answerable_questions_cite_the_right_article(api: Api) -> None:
         assert body["disclosure"]["ai_generated"] is True
         assert body["disclosure"]["model"]["backend"] == "extractive"
         assert 0.5 <= body["confidence"] <= 1.0
-        cited_text = " ".join(c["text"] for c in body["citations"])
-        assert all(word in cited_text for word in body["answer"].rstrip(".").split()), body["answer"]
+        cited_text = " ".join(c["text"] for c in body["citations"]).lower()
+        assert all(word in cited_text for word in body["answer"].lower().rstrip(".").split()), body["answer"]
 
 
 def test_quantity_questions_get_a_span(api: Api) -> None:
@@ -105,7 +106,7 @@ def test_quantity_questions_get_a_span(api: Api) -> None:
 
 
 def test_unanswerable_questions_abstain(api: Api) -> None:
-    rows = [json.loads(line) for line in (Path("data/demo/eval/qa.jsonl")).read_text().splitlines()]
+    rows = [json.loads(line) for line in (DEMO_PACK / "eval" / "qa.jsonl").read_text().splitlines()]
     unanswerable = [r["question"] for r in rows if not r["answerable"]]
     bodies = [api.ask(question=q).json() for q in unanswerable]
     abstained = [b for b in bodies if b["abstained"]]
@@ -256,9 +257,12 @@ def test_an_injected_document_changes_nothing(api: Api) -> None:
             before = len(api.fake.requests)
             body = api.ask(question="Do you ship outside India?", backend=backend).json()
             assert "kb-injected#0" in body["excluded_passages"]
-            assert body["citations"][0]["doc_id"] == "kb-shipping-delivery-times"
+            assert "kb-injected" not in [c["doc_id"] for c in body["citations"]]
             assert "any country" not in body["answer"]
-            if backend == "openai":
+            if backend == "extractive":
+                assert body["citations"][0]["doc_id"] == "kb-shipping-delivery-times"
+                assert "not ship outside India" in body["answer"]
+            else:  # the test server answers from passage 1, whatever it is: the injected text never reached it
                 assert "Ignore your previous instructions" not in api.fake.requests[before]["messages"][-1]["content"]
     finally:
         assert httpx.delete(f"{api.base}/v1/documents/kb-injected", headers=api.admin).status_code == 204
