@@ -223,6 +223,7 @@ class AnswerRequest(Struct, forbid_unknown_fields=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     backend: BackendName | None = None
     stream: bool = False
+    context: ContextIn | None = None
 
 
 class CitationOut(Struct):
@@ -265,6 +266,7 @@ class AnswerResponse(Struct):
     reason: str | None = None
     fallback: FallbackOut | None = None
     excluded_passages: list[str] = msgspec.field(default_factory=list)
+    audit_id: str | None = None
 
 
 class DocumentIn(Struct, forbid_unknown_fields=True):

@@ -153,6 +153,7 @@ class AuditSettings(_Section):
     busy_timeout_ms: int = Field(ge=0)
     ig_steps: int = Field(gt=0, le=512)
     ig_top_k: int = Field(gt=0, le=20)
+    review_confidence_below: float = Field(ge=0, le=1)
 
 
 class KnowledgeSettings(_Section):

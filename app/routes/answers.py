@@ -6,18 +6,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import structlog
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
+from app.auditing import audit_call
 from app.auth import require_roles
 from app.errors import ApiError, invalid
 from app.observability import current_request_id
@@ -63,6 +65,51 @@ def answer_out(answer: GroundedAnswer, notice: str, request_id: str) -> AnswerRe
     )
 
 
+def review_reason(answer: GroundedAnswer, below: float) -> str | None:
+    """Why an answer needs a human look: it abstained, or its confidence is under ``below``."""
+    if answer.abstained:
+        return f"abstained:{answer.reason or 'unknown'}"
+    if answer.confidence < below:
+        return "low_confidence"
+    return None
+
+
+async def audit_answer(
+    services: Services,
+    request: Request[Any, Any, Any],
+    data: AnswerRequest,
+    answer: GroundedAnswer,
+    response: AnswerResponse,
+    started: float,
+) -> str | None:
+    """Record an answer: every passage considered, the citations and grounding check as its explanation."""
+    return await audit_call(
+        services,
+        request,
+        endpoint="/v1/answers",
+        body=data,
+        output=response,
+        started=started,
+        retrieved=[{"id": f"{p.doc_id}#{p.chunk_id}", "score": round(p.score, 6)} for p in answer.retrieved],
+        explanation=msgspec.to_builtins(
+            {
+                "citations": [
+                    {"doc_id": c.doc_id, "chunk_id": c.chunk_id, "score": round(c.score, 6)} for c in answer.citations
+                ],
+                "confidence": answer.confidence,
+                "retrieval_score": answer.retrieval_score,
+                "answer_score": answer.answer_score,
+                "grounding": dict(answer.grounding),
+                "fallback": dict(answer.fallback) if answer.fallback else None,
+                "excluded_passages": list(answer.excluded),
+            }
+        ),
+        models={"answer": dict(answer.model), "backend": answer.backend},
+        needs_review=review_reason(answer, services.settings.audit.review_confidence_below),
+        abstained=answer.abstained,
+    )
+
+
 def _event(name: str, payload: Any) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=msgspec.json.encode(payload).decode(), event=name)
 
@@ -80,13 +127,21 @@ class AnswerController(Controller):
         summary="Answer a question from the shop's documents and items, with citations",
         responses={200: ResponseSpec(AnswerResponse, description="The answer (or, with stream, SSE events)")},
     )
-    async def answer(self, data: JSONBody[AnswerRequest], services: NamedDependency[Services]) -> Response[Any]:
+    async def answer(
+        self,
+        data: JSONBody[AnswerRequest],
+        services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
+    ) -> Response[Any]:
         """Retrieve passages, answer with the chosen backend, check the answer against its citations.
 
         With ``stream: true`` the answer arrives as server-sent events: ``delta`` events carry sentences that
         passed the grounding check, and a ``final`` event carries the whole response (its ``answer`` is
-        authoritative); a failure without fallback ends with an ``error`` event in the error shape.
+        authoritative, and it carries the ``audit_id``); a failure without fallback ends with an ``error`` event in
+        the error shape. Every answer is audited before it is sent; abstentions and low-confidence answers join the
+        review queue.
         """
+        started = time.perf_counter()
         cfg = services.settings.answers
         question = check_text("question", data.question, cfg.max_question_chars)
         k = data.k_context or cfg.k_context
@@ -111,7 +166,9 @@ class AnswerController(Controller):
             result = await answers.answer(
                 question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
             )
-            return Response(answer_out(result, cfg.disclosure_notice, request_id))
+            response = answer_out(result, cfg.disclosure_notice, request_id)
+            response.audit_id = await audit_answer(services, request, data, result, response, started)
+            return Response(response)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             async for kind, payload in answers.stream(
@@ -120,7 +177,14 @@ class AnswerController(Controller):
                 if kind == "delta":
                     yield _event("delta", {"text": payload})
                 elif kind == "final":
-                    yield _event("final", answer_out(payload, cfg.disclosure_notice, request_id))
+                    final = answer_out(payload, cfg.disclosure_notice, request_id)
+                    try:
+                        final.audit_id = await audit_answer(services, request, data, payload, final, started)
+                    except ApiError as exc:  # the stream has started: the failure travels as an error event
+                        error = {"code": exc.code, "message": exc.message, "details": exc.details}
+                        yield _event("error", {"error": error, "request_id": request_id})
+                        return
+                    yield _event("final", final)
                 elif isinstance(payload, GeneratorError):
                     error = {"code": payload.code, "message": str(payload), "details": {"backend": payload.backend}}
                     yield _event("error", {"error": error, "request_id": request_id})

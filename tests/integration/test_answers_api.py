@@ -232,6 +232,7 @@ def test_streaming_sends_checked_sentences_then_the_final_answer(api: Api) -> No
         assert final["backend"] == backend
         assert final["citations"][0]["doc_id"] == "kb-refunds"
         assert "".join(d["text"] for _, d in events[:-1]).strip() == final["answer"]
+        assert final["audit_id"].startswith("aud_")  # recorded before the final event is sent
 
 
 def test_streaming_remote_failure_ends_with_an_error_event(api: Api) -> None:

@@ -269,3 +269,29 @@ def test_corrupted_store_gives_503_and_the_service_keeps_serving(state_copy: Pat
         verify = client.call("GET", "/v1/audit/verify", client.reviewer)
         assert verify.status_code == 503
         assert client.call("GET", "/v1/info", client.frontend).status_code == 200
+
+
+def test_answers_are_audited_and_abstentions_wait_for_review(api: Client) -> None:
+    answered = api.call(
+        "POST",
+        "/v1/answers",
+        api.frontend,
+        json={"question": "Can I return a gift card? I am Ada Lovelace", "context": {"user": "Ada Lovelace"}},
+    )
+    assert answered.status_code == 200, answered.text
+    body = answered.json()
+    record = api.call("GET", f"/v1/audit/records/{body['audit_id']}", api.reviewer).json()
+    chained = record["record"]
+    assert chained["endpoint"] == "/v1/answers"
+    assert "Lovelace" not in json.dumps(chained)
+    cited = [(c["doc_id"], c["chunk_id"]) for c in chained["explanation"]["citations"]]
+    assert cited == [(c["doc_id"], c["chunk_id"]) for c in body["citations"]]
+    assert {r["id"] for r in chained["retrieved"]} >= {f"{d}#{c}" for d, c in cited}
+    assert chained["models"]["backend"] == body["backend"]
+
+    unknown = api.call("POST", "/v1/answers", api.frontend, json={"question": "Who is the chief executive?"})
+    assert unknown.status_code == 200, unknown.text
+    assert unknown.json()["abstained"] is True
+    queue = api.call("GET", "/v1/audit/review-queue", api.reviewer).json()
+    assert unknown.json()["audit_id"] in {r["id"] for r in queue["records"]}
+    assert api.call("GET", "/v1/audit/verify", api.reviewer).json()["ok"] is True
