@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -50,22 +51,32 @@ class CheckpointSigner:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.exists():
-            key = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{self.path} is not an Ed25519 private key")
-            self._key = key
-        else:
-            self._key = Ed25519PrivateKey.generate()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            pem = self._key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
+        if not self.path.exists():
+            self._create()
+        key = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{self.path} is not an Ed25519 private key")
+        self._key = key
         self.public = self._key.public_key()
         self.key_id = key_id(self.public)
+
+    def _create(self) -> None:
+        """Write a new key, published whole: replicas starting together must all end up with the same key."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path)  # atomic and never replaces: the first writer's key wins
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def sign_bytes(self, message: bytes) -> str:
         """Base64 signature of ``message``."""

@@ -487,13 +487,35 @@ class SqliteBackend(_SqlBackend):
             self._conn = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            for ddl in _DDL:
-                self._conn.execute(ddl)
+            self._create_schema(busy_timeout_ms / 1000)
             self._conn.execute("PRAGMA quick_check(1)").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise AuditStoreError(f"cannot open the audit database {self.path}: {exc}") from exc
+
+    def _create_schema(self, timeout_s: float) -> None:
+        """WAL mode and the tables, retried while another process is doing the same.
+
+        Switching the journal mode does not wait on SQLite's busy handler, so replicas opening a new file together
+        would otherwise fail with "database is locked"; the tables are created in one write transaction.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for ddl in _DDL:
+                        self._conn.execute(ddl)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _begin_write(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")

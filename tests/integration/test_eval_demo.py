@@ -69,7 +69,9 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     assert encoder["version"].startswith("sha256:")
     assert results["system"]["index"]["kind"] == "flat"
     assert results["system"]["recommender"]["half_life_days"] == 30.0
-    assert results["system"]["answer_backend"]["available"] is False
+    assert results["system"]["answer_backend"]["available"] is True
+    assert results["system"]["answer_backend"]["name"] == "extractive"
+    assert results["system"]["recommender"]["rating_neutral"] == 3.0
     assert set(results["system"]["recommenders"]["recommendation.shoppers"]) == {
         "most-popular",
         "item-knn",
@@ -84,9 +86,9 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     tasks = results["tasks"]
     assert tasks["retrieval.search"]["status"] == "done"
     assert tasks["recommendation.shoppers"]["status"] == "done"
-    if not (DEMO_PACK / "eval" / "qa.jsonl").is_file():
-        assert tasks["answers.pack"]["status"] == "skipped"
-        assert "qa.jsonl" in tasks["answers.pack"]["skipped_reason"]
+    assert tasks["answers.pack"]["status"] == "done"
+    answer_metrics = {m["name"] for m in results["metrics"] if m["task"] == "answers.pack"}
+    assert {"em", "f1", "abstention_accuracy"} <= answer_metrics
     assert tasks["retrieval.search"]["primary_metric"] == "ndcg@10"
     assert tasks["retrieval.search"]["greater_is_better"] is True
     for metric in results["metrics"]:

@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -56,7 +57,21 @@ def served(report_state: Path, encoder: Encoder) -> Iterator[Served]:
         finally:
             store.close()
         keys = {"frontend": initial["CANDOR_FRONTEND_KEY"], "admin": initial["CANDOR_ADMIN_KEY"], "reviewer": reviewer}
+        # Traffic for the audit sections: one audited search.
+        search = httpx.post(
+            f"{base}/v1/search",
+            json={"query": "baby bath towel", "k": 3},
+            headers={"Authorization": f"Bearer {keys['frontend']}"},
+            timeout=120,
+        )
+        assert search.status_code == 200, search.text
         yield Served(base, report_state, keys)
+
+
+def _period() -> tuple[str, str]:
+    """A period around now, so the audited traffic falls inside it whenever the tests run."""
+    today = datetime.now(UTC).date()
+    return (today - timedelta(days=1)).isoformat(), f"{(today + timedelta(days=1)).isoformat()}T00:00:00Z"
 
 
 def test_html_for_reviewers_and_admins(served: Served) -> None:
@@ -67,19 +82,22 @@ def test_html_for_reviewers_and_admins(served: Served) -> None:
         for anchor in SECTIONS:
             assert f'id="{anchor}"' in response.text
         assert "report-tiny" in response.text  # the evaluation run in the state folder
-        assert "Audit log not available" in response.text
+        assert "Audit log not available" not in response.text  # the service's audit log is read
 
 
 def test_json_twin(served: Served) -> None:
-    response = served.get("reviewer", format="json", since="2026-11-01", until="2026-12-01T00:00:00Z")
+    since, until = _period()
+    response = served.get("reviewer", format="json", since=since, until=until)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
     twin = response.json()
     assert twin["schema"] == "candor.compliance/1"
-    assert twin["period"]["since"] == "2026-11-01T00:00:00+00:00"
+    assert twin["period"]["since"] == f"{since}T00:00:00+00:00"
     assert twin["manifest"]["index"]["size"] == 1050
     assert twin["evaluation"]["suite"] == "report-tiny"
-    assert twin["audit"] is None
+    assert twin["audit"]["records"] >= 1
+    assert "/v1/search" in {e["endpoint"] for e in twin["audit"]["endpoints"]}
+    assert twin["verification"]["ok"] is True
 
 
 @pytest.mark.usefixtures("pdf_renderer")
@@ -122,14 +140,16 @@ def test_cli_compliance_and_model_card(report_state: Path, tmp_path: Path, monke
     runner = CliRunner()
     for fmt in ("json", "html", "pdf"):
         out = tmp_path / f"report.{fmt}"
-        args = ["report", "compliance", "--format", fmt, "--out", str(out), "--since", "2026-11-01"]
+        args = ["report", "compliance", "--format", fmt, "--out", str(out), "--since", _period()[0]]
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
         assert out.stat().st_size > 0
     twin = json.loads((tmp_path / "report.json").read_text("utf-8"))
     assert twin["evaluation"]["suite"] == "report-tiny"
     assert twin["manifest"]["index"]["kind"] == "flat"
-    assert twin["period"]["since"] == "2026-11-01T00:00:00+00:00"
+    assert twin["period"]["since"] == f"{_period()[0]}T00:00:00+00:00"
+    assert twin["verification"]["ok"] is True  # the CLI reads the service's audit log too
+    assert twin["audit"]["records"] >= 1
     assert twin["manifest"]["config_hash"] in (tmp_path / "report.html").read_text("utf-8")
     assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF-")
 

@@ -351,19 +351,27 @@ async def test_concurrent_writers_keep_one_chain(audit_store: AuditStoreHandle) 
     """Two logs on the same store (as two replicas would be), each with many concurrent callers."""
     first, second = AuditLog(audit_store.config), AuditLog(audit_store.config)
 
+    errors: list[BaseException] = []
+
     def replica(log: AuditLog, n: int) -> None:
         async def run() -> None:
             await log.start()
-            await asyncio.gather(*(write(log, 5) for _ in range(n)))
-            await log.stop()
+            try:
+                await asyncio.gather(*(write(log, 5) for _ in range(n)))
+            finally:
+                await log.stop()
 
-        asyncio.run(run())
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # a thread's failure must fail the test, not vanish
+            errors.append(exc)
 
     threads = [threading.Thread(target=replica, args=(log, 8)) for log in (first, second)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     check = reopen(audit_store)
     report = check.verify()
     assert report.ok, report
