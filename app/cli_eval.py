@@ -16,15 +16,35 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 GATE_FAILED_EXIT = 3
 
 
-def _state_dir(config_file: Path | None) -> Path:
+def _settings(config_file: Path | None) -> Any:
     from pydantic import ValidationError
 
     from app.settings import load_settings
 
     try:
-        return Path(load_settings(config_file).state_dir) / "evals"
+        return load_settings(config_file)
     except (FileNotFoundError, ValidationError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _state_dir(config_file: Path | None) -> Path:
+    return Path(_settings(config_file).state_dir) / "evals"
+
+
+def service_answer_backends(settings: Any) -> dict[str, Any]:
+    """The service's answer backends as evaluation factories, configured as the service would run them."""
+    from evals.answer_backends import ServiceAnswerDefaults, service_backends
+
+    return service_backends(
+        ServiceAnswerDefaults(
+            answer=settings.answers.to_config(),
+            max_tokens=settings.answers.max_tokens,
+            local=settings.generator.local.to_config(),
+            local_batching=settings.batching.generator.to_config(),
+            openai=settings.generator.openai.to_config(),
+            models_dir=Path(settings.state_dir) / "models",
+        )
+    )
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
@@ -74,11 +94,13 @@ def eval_run(
     Runs go to var/evals/runs/<run id>/ unless --out is given; corpus embeddings are cached in var/evals/cache.
     """
     from app.observability import configure_logging
+    from evals.answers import available_backends
     from evals.errors import EvalError
     from evals.runner import RunOptions, run_suite
     from evals.suite import load_suite
 
-    state_dir = _state_dir(config_file)
+    settings = _settings(config_file)
+    state_dir = Path(settings.state_dir) / "evals"
     configure_logging("warning", "console")
     try:
         loaded = load_suite(suite, overrides)
@@ -93,6 +115,7 @@ def eval_run(
                 cache_dir=cache_dir,
                 baseline=baseline,
                 progress=progress,
+                answer_backends=available_backends(service_answer_backends(settings)),
             ),
         )
     except EvalError as exc:

@@ -5,25 +5,53 @@ under test (what retrieval would have scored), runs the same :class:`retrieval.a
 service runs, and reports the answer span when one was found (SQuAD's exact match rewards spans), else the
 answer sentences. Suite options (``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``),
 ``max_tokens``, ``min_confidence``, ``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
+
+The service's configured answer settings come in as :class:`ServiceAnswerDefaults` (the app builds them from its
+settings, so ``configs/default.toml`` stays the one place defaults live); :func:`service_backends` turns them into
+harness factories.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evals.answers import AnswerBackendContext, Passage, SystemAnswer
+from evals.answers import AnswerBackendContext, AnswerFactory, Passage, SystemAnswer
 from evals.errors import SuiteError
 from retrieval.answers import AnswerConfig, AnswerService, ContextPassage, Generator, LocalBackend, RemoteBackend
+from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Encoder
 from retrieval.generator import LocalGeneratorConfig
 from retrieval.remote import OpenAIConfig
 
+BACKENDS = ("extractive", "local", "openai")
 _SERVICE_KEYS = {"answer_text", "max_tokens", "min_confidence", "min_retrieval_score", "device", "cache_dir"}
+
+
+@dataclass(frozen=True)
+class ServiceAnswerDefaults:
+    """The service's answer settings, as the backends under test start from.
+
+    Attributes:
+        answer: Grounding, abstention and calibration settings.
+        max_tokens: Generated tokens per answer.
+        local: The in-process LM.
+        local_batching: The LM's batcher.
+        openai: The OpenAI-compatible endpoint.
+        models_dir: Where the local LM keeps its converted copy.
+    """
+
+    answer: AnswerConfig
+    max_tokens: int
+    local: LocalGeneratorConfig
+    local_batching: BatcherConfig
+    openai: OpenAIConfig
+    models_dir: Path
 
 
 class ServiceAnswerSystem:
@@ -33,39 +61,37 @@ class ServiceAnswerSystem:
         backend: ``extractive``, ``local`` or ``openai``.
         encoder: The encoder under test.
         options: Suite options (see the module docstring).
+        defaults: The service's answer settings.
     """
 
-    def __init__(self, backend: str, encoder: Encoder, options: Mapping[str, Any]) -> None:
-        from app.settings import load_settings  # the service's configured defaults, one place for them
-
-        settings = load_settings()
+    def __init__(
+        self, backend: str, encoder: Encoder, options: Mapping[str, Any], defaults: ServiceAnswerDefaults
+    ) -> None:
         unknown = set(options) - _SERVICE_KEYS - set(OpenAIConfig.__dataclass_fields__)
         if unknown:
             raise SuiteError(f"[system.answer] options: unknown key(s) {sorted(unknown)}")
         self.name = backend
         self._encoder = encoder
         self._answer_text = str(options.get("answer_text", "span"))
-        self._max_tokens = int(options.get("max_tokens", settings.answers.max_tokens))
-        config: AnswerConfig = settings.answers.to_config()
+        self._max_tokens = int(options.get("max_tokens", defaults.max_tokens))
+        config: AnswerConfig = defaults.answer
         if "min_confidence" in options:
             config = replace(config, min_confidence=float(options["min_confidence"]))
         if "min_retrieval_score" in options:
             config = replace(config, min_retrieval_score=float(options["min_retrieval_score"]))
         generators: dict[str, Generator] = {}
         if backend == "local":
-            local = settings.generator.local.to_config()
+            local = defaults.local
             local = LocalGeneratorConfig(
                 name=local.name,
                 path=local.path,
                 cache_dir=str(options.get("cache_dir", local.cache_dir)),
                 device=options.get("device", local.device),
             )
-            generators["local"] = LocalBackend(
-                local, settings.batching.generator.to_config(), cache_root=settings.state_dir / "models"
-            )
+            generators["local"] = LocalBackend(local, defaults.local_batching, cache_root=defaults.models_dir)
         elif backend == "openai":
             remote = {k: v for k, v in options.items() if k in OpenAIConfig.__dataclass_fields__}
-            generators["openai"] = RemoteBackend(replace(settings.generator.openai.to_config(), **remote))
+            generators["openai"] = RemoteBackend(replace(defaults.openai, **remote))
         elif backend != "extractive":
             raise SuiteError(f"unknown answer backend {backend!r}")
         self._loop = asyncio.new_event_loop()
@@ -109,12 +135,17 @@ class ServiceAnswerSystem:
         self._loop.close()
 
 
-def factory(backend: str) -> Any:
-    """A harness factory for one backend."""
+def factory(backend: str, defaults: ServiceAnswerDefaults) -> AnswerFactory:
+    """A harness factory for one of the service's backends."""
 
     def build(ctx: AnswerBackendContext) -> ServiceAnswerSystem:
         if ctx.encoder is None:
             raise SuiteError("answer backends need the encoder under test")
-        return ServiceAnswerSystem(backend, ctx.encoder(), ctx.options)
+        return ServiceAnswerSystem(backend, ctx.encoder(), ctx.options, defaults)
 
     return build
+
+
+def service_backends(defaults: ServiceAnswerDefaults) -> dict[str, AnswerFactory]:
+    """Harness factories for the service's backends (``extractive``, ``local``, ``openai``)."""
+    return {name: factory(name, defaults) for name in BACKENDS}

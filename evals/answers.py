@@ -4,7 +4,8 @@ A backend is anything with a ``name``, a ``describe()`` and an ``answer(question
 answer text, the ids of the passages it cites and whether it abstained. The runner builds it with a factory
 registered under the name a suite gives in ``[system.answer] backend``; the factory receives the backend's
 options from the suite and a way to get the encoder under test. The service's backends (``extractive``,
-``local``, ``openai``; :mod:`evals.answer_backends`) are built in; others can be registered at run time.
+``local``, ``openai``; :mod:`evals.answer_backends`) are handed in by ``candor eval`` with the service's settings;
+others can be registered at run time.
 """
 
 from __future__ import annotations
@@ -91,13 +92,6 @@ def unregister_answer_backend(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _builtin_backends() -> dict[str, AnswerFactory]:
-    """The service's own backends (``extractive``, ``local``, ``openai``), imported lazily."""
-    from evals.answer_backends import factory
-
-    return {name: factory(name) for name in ("extractive", "local", "openai")}
-
-
-def available_backends() -> dict[str, AnswerFactory]:
-    """Every backend a suite can name: the built-in ones and those registered at run time."""
-    return {**_builtin_backends(), **_REGISTRY}
+def available_backends(builtin: Mapping[str, AnswerFactory] | None = None) -> dict[str, AnswerFactory]:
+    """Every backend a suite can name: ``builtin`` (the service's, handed in by the app) and those registered."""
+    return {**(builtin or {}), **_REGISTRY}

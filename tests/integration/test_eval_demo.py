@@ -17,6 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.cli_eval import service_answer_backends
+from app.settings import load_settings
 from evals.answers import AnswerSystem, Passage, SystemAnswer
 from evals.datasets import read_qrels
 from evals.ir_metrics import read_trec_run
@@ -48,7 +50,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Iterator
         second = state / "evals" / "runs" / "second"
         run_suite(
             load_suite("demo"),
-            RunOptions(state_dir=state / "evals", out_dir=second, progress=False, encoder=encoder),
+            RunOptions(
+                state_dir=state / "evals",
+                out_dir=second,
+                progress=False,
+                encoder=encoder,
+                answer_backends=service_answer_backends(load_settings()),
+            ),
         )
         yield DemoRuns(state, first, second, result.output)
 
