@@ -159,7 +159,9 @@ def test_compare_and_a_failing_gate(demo: DemoRuns) -> None:
         same = runner.invoke(main, ["eval", "compare", str(demo.first), str(demo.second), "--bootstrap", "200"])
         assert same.exit_code == 0, same.output
         assert "paired interval" in same.stdout
-        assert "worse" not in same.stdout
+        # Identical reruns: only timings may move (they are measured, not reproducible).
+        worse_rows = [line for line in same.stdout.splitlines() if line.rstrip().endswith("worse")]
+        assert [line for line in worse_rows if "latency" not in line.split()[0]] == []
         assert list((demo.state / "evals" / "compare").glob("*.html"))
         worse = demo.state / "evals" / "runs" / "worse"
         gated = runner.invoke(
