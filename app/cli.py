@@ -10,31 +10,13 @@ from typing import Any
 import click
 
 from app.cli_audit import audit_group
+from app.cli_common import CONFIG_OPTION, load_settings_or_fail
 from app.cli_eval import eval_group
 from app.cli_report import report_group
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML file merged over configs/default.toml (default: $CANDOR_CONFIG).",
-)
-
-
-def _settings(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Any:
-    from pydantic import ValidationError
-
-    from app.settings import load_settings
-
-    try:
-        return load_settings(config_file, overrides)
-    except (FileNotFoundError, ValidationError) as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -63,7 +45,7 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
         server["host"] = host
     if port is not None:
         server["port"] = port
-    settings = _settings(config_file, {"server": server} if server else None)
+    settings = load_settings_or_fail(config_file, {"server": server} if server else None)
     configure_logging(settings.logging.level, settings.logging.format)
     app = create_app(settings)
     uvicorn.run(
@@ -93,7 +75,7 @@ def index_build(config_file: Path | None) -> None:
     from retrieval.engine import RetrievalEngine
     from retrieval.errors import RetrievalError
 
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     configure_logging(settings.logging.level, "console")
     engine = RetrievalEngine(settings.engine_config(show_progress=True))
     try:
@@ -118,7 +100,7 @@ def keys_create(role: str, label: str, config_file: Path | None) -> None:
     """Create a key and print it (and nothing else) on stdout. It works at once, also in a running service."""
     from app.auth import KeyStore
 
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     store = KeyStore(settings.state_dir / "candor.sqlite")
     try:
         click.echo(store.create(role, label=label))  # type: ignore[arg-type]
@@ -132,7 +114,7 @@ def keys_list(config_file: Path | None) -> None:
     """List active keys (ids and roles, never the keys themselves)."""
     from app.auth import KeyStore
 
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     store = KeyStore(settings.state_dir / "candor.sqlite")
     try:
         for row in store.list():
@@ -148,7 +130,7 @@ def keys_revoke(key_id: str, config_file: Path | None) -> None:
     """Revoke a key by its id (the part after ``cnd_``)."""
     from app.auth import KeyStore
 
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     store = KeyStore(settings.state_dir / "candor.sqlite")
     try:
         if not store.revoke(key_id):

@@ -11,33 +11,18 @@ from typing import Any
 
 import click
 
-VERIFY_FAILED_EXIT = 2
+from app.cli_common import CONFIG_OPTION, load_settings_or_fail, open_audit_log
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML file merged over configs/default.toml (default: $CANDOR_CONFIG).",
-)
+VERIFY_FAILED_EXIT = 2
 
 
 def _open(config_file: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from app.settings import load_settings
-    from governance.audit import AuditLog, AuditUnavailableError
+    from governance.audit import AuditUnavailableError
 
     try:
-        settings = load_settings(config_file)
-    except (FileNotFoundError, ValidationError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    log = AuditLog(settings.audit_config())
-    try:
-        log.open()
+        return open_audit_log(load_settings_or_fail(config_file))
     except AuditUnavailableError as exc:
         raise click.ClickException(f"audit log unavailable: {exc}") from exc
-    return log
 
 
 def _report_json(report: Any) -> str:

@@ -10,25 +10,16 @@ from typing import Any
 
 import click
 
+from app.cli_common import CONFIG_OPTION, load_settings_or_fail
+
 # implicit's ALS asks for a single BLAS thread; the variable must be set before numpy loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 GATE_FAILED_EXIT = 3
 
 
-def _settings(config_file: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from app.settings import load_settings
-
-    try:
-        return load_settings(config_file)
-    except (FileNotFoundError, ValidationError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _state_dir(config_file: Path | None) -> Path:
-    return Path(_settings(config_file).state_dir) / "evals"
+    return Path(load_settings_or_fail(config_file).state_dir) / "evals"
 
 
 def service_answer_backends(settings: Any) -> dict[str, Any]:
@@ -77,7 +68,7 @@ def eval_group() -> None:
 @click.option("--baseline", default=None, help="Run to compare gates with (folder, results.json or run id).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Embedding cache.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@CONFIG_OPTION
 def eval_run(
     suite: str,
     data_root: Path | None,
@@ -99,7 +90,7 @@ def eval_run(
     from evals.runner import RunOptions, run_suite
     from evals.suite import load_suite
 
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     state_dir = Path(settings.state_dir) / "evals"
     configure_logging("warning", "console")
     try:
@@ -141,7 +132,7 @@ def eval_run(
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="HTML diff.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Paired resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@CONFIG_OPTION
 def eval_compare(
     run_a: str, run_b: str, out_file: Path | None, bootstrap: int, seed: int, config_file: Path | None
 ) -> None:

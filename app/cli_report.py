@@ -8,16 +8,7 @@ from typing import Any
 
 import click
 
-
-def _settings(config_file: Path | None) -> Any:
-    from pydantic import ValidationError
-
-    from app.settings import load_settings
-
-    try:
-        return load_settings(config_file)
-    except (FileNotFoundError, ValidationError) as exc:
-        raise click.ClickException(str(exc)) from exc
+from app.cli_common import CONFIG_OPTION, load_settings_or_fail, open_audit_log
 
 
 def _when(_: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -40,7 +31,7 @@ def _facts(config_file: Path | None, since: datetime | None = None, until: datet
         check_period(since, until)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--until") from exc
-    settings = _settings(config_file)
+    settings = load_settings_or_fail(config_file)
     configure_logging("warning", "console")
     audit = _open_audit(settings)
     try:
@@ -68,16 +59,14 @@ class _UnreadableAudit:
 
 def _open_audit(settings: Any) -> Any:
     """The configured audit log opened read-side, ``None`` when auditing is off, or a stand-in saying why not."""
-    from governance.audit import AuditLog, AuditUnavailableError
+    from governance.audit import AuditUnavailableError
 
     if not settings.audit.enabled:
         return None
-    log = AuditLog(settings.audit_config())
     try:
-        log.open()
+        return open_audit_log(settings)
     except AuditUnavailableError as exc:
         return _UnreadableAudit(f"the audit log cannot be opened: {exc}")
-    return log
 
 
 def _write(out: Path, data: bytes) -> None:
@@ -96,7 +85,7 @@ def report_group() -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
 @click.option("--since", callback=_when, default=None, help="Period start (YYYY-MM-DD or ISO time, UTC).")
 @click.option("--until", callback=_when, default=None, help="Period end, exclusive (YYYY-MM-DD or ISO time, UTC).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@CONFIG_OPTION
 def report_compliance(
     fmt: str, out: Path, since: datetime | None, until: datetime | None, config_file: Path | None
 ) -> None:
@@ -118,7 +107,7 @@ def report_compliance(
 @report_group.command("model-card")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@CONFIG_OPTION
 def report_model_card(fmt: str, out: Path, config_file: Path | None) -> None:
     """Write the serving encoder's model card (Markdown or JSON)."""
     import json

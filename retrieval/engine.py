@@ -37,6 +37,7 @@ from retrieval.recommend import (
     history_scores,
     merge_history,
     mmr,
+    query_stems,
     seen_item_ids,
 )
 from retrieval.types import Filters, HistoryEntry, Interaction, Item, ScoredItem
@@ -564,8 +565,10 @@ class RetrievalEngine:
         """
         vector = await self.embed_query(query, request_id)
         chosen = await self._nearest(vector, k, filters or Filters(), set(exclude), diversity, request_id)
-        terms = self._field_terms
-        return Ranked([ScoredItem(c.item, c.score, explain_query_match(query, c.item, c.score, terms)) for c in chosen])
+        stems, fields = query_stems(query), self._field_terms
+        return Ranked(
+            [ScoredItem(c.item, c.score, explain_query_match(stems, c.item, c.score, fields)) for c in chosen]
+        )
 
     async def more_like_this(
         self,

@@ -144,11 +144,18 @@ class FieldTerms:
         return fields
 
 
-def explain_query_match(query: str, item: Item, score: float, field_terms: FieldTerms | None = None) -> Explanation:
+def query_stems(query: str) -> dict[str, str]:
+    """The query's stemmed terms, each mapped to the term as the shopper wrote it (computed once per request)."""
+    return {_stem(t): t for t in terms(query)}
+
+
+def explain_query_match(
+    query: str | Mapping[str, str], item: Item, score: float, field_terms: FieldTerms | None = None
+) -> Explanation:
     """Which of the item's fields contain the query's terms, strongest first.
 
     Args:
-        query: The shopper's query.
+        query: The shopper's query, or its :func:`query_stems` when several results are explained.
         item: The returned item.
         score: Cosine similarity of query and item.
         field_terms: Cache of the items' field terms (computed on the fly if not given).
@@ -156,8 +163,7 @@ def explain_query_match(query: str, item: Item, score: float, field_terms: Field
     Returns:
         A ``query-field-match`` explanation; a field's score is the share of query terms it contains.
     """
-    wanted = terms(query)
-    stems = {_stem(t): t for t in wanted}
+    stems = query_stems(query) if isinstance(query, str) else query
     fields = (field_terms or FieldTerms(capacity=1)).get(item)
     contributions: list[Contribution] = []
     for name, present in fields.items():
