@@ -47,6 +47,7 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
         server["port"] = port
     settings = load_settings_or_fail(config_file, {"server": server} if server else None)
     configure_logging(settings.logging.level, settings.logging.format)
+    sys.setswitchinterval(settings.server.switch_interval_ms / 1000.0)
     app = create_app(settings)
     uvicorn.run(
         app,

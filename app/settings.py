@@ -42,6 +42,7 @@ class ServerSettings(_Section):
     host: str
     port: int = Field(ge=0, le=65535)
     max_body_bytes: int = Field(gt=0)
+    switch_interval_ms: float = Field(gt=0, le=100)
 
 
 class PathSettings(_Section):
