@@ -7,6 +7,11 @@ respect ``max_batch_size`` and ``max_batch_tokens`` (padded: batch size times th
 caller gave up or that waited past ``queue_timeout_ms`` are dropped before they cost compute. Beyond
 ``max_queue`` waiting items, ``submit`` refuses at once with :class:`~retrieval.errors.QueueFullError`.
 
+With ``workers > 1``, several worker threads take batches from the one queue and run them side by side (on
+the CPU, two single-threaded batches beat one two-threaded batch of small texts by about 40% here). A worker
+then keeps only the batch of its window that holds the oldest item and hands the rest back, so an idle worker
+takes it at once.
+
 The event loop never runs model code: results come back through ``loop.call_soon_threadsafe``.
 """
 
@@ -45,6 +50,7 @@ class BatcherConfig:
         queue_timeout_ms: Items that waited longer are dropped unrun (0 disables).
         batch_overhead_tokens: Fixed cost of one batch, in padded-token equivalents; used to decide where to
             cut a length-sorted window (0: always fill batches to the caps).
+        workers: Worker threads running batches side by side from the one queue.
     """
 
     max_batch_size: int = 32
@@ -53,10 +59,11 @@ class BatcherConfig:
     max_queue: int = 1024
     queue_timeout_ms: float = 2000.0
     batch_overhead_tokens: int = 0
+    workers: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1:
-            raise ValueError("max_batch_size, max_batch_tokens and max_queue must be >= 1")
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:
+            raise ValueError("max_batch_size, max_batch_tokens, max_queue and workers must be >= 1")
         if self.max_wait_ms < 0 or self.queue_timeout_ms < 0 or self.batch_overhead_tokens < 0:
             raise ValueError("max_wait_ms, queue_timeout_ms and batch_overhead_tokens must be >= 0")
 
@@ -138,6 +145,7 @@ class DynamicBatcher(Generic[In, Out]):
         cost: Cost of one payload in tokens (1 per item if not given).
         observer: Receives batch statistics and rejections.
         clock: Monotonic clock in seconds (tests pass a controllable one).
+        thread_init: Called first on each worker thread (e.g. to set the thread's torch thread count).
     """
 
     def __init__(
@@ -149,6 +157,7 @@ class DynamicBatcher(Generic[In, Out]):
         cost: Callable[[In], int] | None = None,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._clock = clock
@@ -159,14 +168,20 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue: deque[_Pending[In, Out]] = deque()
         self._held = 0  # taken into the worker's window, batch not started yet: still waiting
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._thread_init = thread_init
+        self._threads: list[threading.Thread] = []
         self._stopping = False
         self._seconds_per_item = 0.01  # running estimate, used for Retry-After hints
 
     @property
     def running(self) -> bool:
-        """Whether the worker thread is alive and accepting work."""
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        """Whether a worker thread is alive and the batcher accepts work."""
+        return any(t.is_alive() for t in self._threads) and not self._stopping
+
+    @property
+    def alive_workers(self) -> int:
+        """Worker threads still alive."""
+        return sum(t.is_alive() for t in self._threads)
 
     @property
     def depth(self) -> int:
@@ -174,22 +189,25 @@ class DynamicBatcher(Generic[In, Out]):
         return len(self._queue) + self._held
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+        """Start the worker threads (idempotent)."""
+        if any(t.is_alive() for t in self._threads):
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batcher-{self.name}-{n}", daemon=True)
+            for n in range(self.config.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        """Stop accepting work, finish what is queued, and join the worker."""
+        """Stop accepting work, finish what is queued, and join the workers."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        thread = self._thread
-        if thread is not None:
+        for thread in self._threads:
             await asyncio.to_thread(thread.join)
-        self._thread = None
+        self._threads = []
 
     def retry_after_s(self) -> float:
         """Estimate of how long the current queue takes to clear, at least one second."""
@@ -214,7 +232,7 @@ class DynamicBatcher(Generic[In, Out]):
         future: asyncio.Future[Out] = loop.create_future()
         pending = _Pending(payload, max(1, self._cost(payload)), self._clock(), request_id, loop, future)
         with self._cond:
-            if self._stopping or self._thread is None:
+            if self._stopping or not self._threads:
                 raise BatcherClosedError(f"{self.name} batcher is not running")
             if self.depth >= self.config.max_queue:
                 self._observer.on_reject(self.name, QueueFullError.reason)
@@ -231,16 +249,19 @@ class DynamicBatcher(Generic[In, Out]):
         """Block until work is due; return the oldest waiting items, or ``None`` when stopped and drained."""
         cfg = self.config
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            # Wait for companions, but never past max_wait from the oldest arrival.
-            while not self._stopping and len(self._queue) < cfg.max_batch_size:
-                remaining = self._queue[0].arrival + cfg.max_wait_ms / 1000.0 - self._clock()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                # Wait for companions, but never past max_wait from the oldest arrival.
+                while self._queue and not self._stopping and len(self._queue) < cfg.max_batch_size:
+                    remaining = self._queue[0].arrival + cfg.max_wait_ms / 1000.0 - self._clock()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._queue:
+                    break  # else another worker took them while this one waited: wait for more
             window_size = cfg.max_batch_size * WINDOW_BATCHES
             window = [self._queue.popleft() for _ in range(min(window_size, len(self._queue)))]
             self._held += len(window)
@@ -363,12 +384,29 @@ class DynamicBatcher(Generic[In, Out]):
             )
         )
 
+    def _give_back(self, batches: list[list[_Pending[In, Out]]]) -> None:
+        """Return planned but unstarted batches to the front of the queue, oldest first, for another worker."""
+        items = sorted((item for batch in batches for item in batch), key=lambda p: p.arrival)
+        with self._cond:
+            self._held -= len(items)
+            self._queue.extendleft(reversed(items))
+            self._cond.notify_all()
+
     def _run(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         while True:
             window = self._take_window()
             if window is None:
                 return
-            for batch in self._plan(window):
+            batches = self._plan(window)
+            if self.config.workers > 1 and len(batches) > 1:
+                # Keep the batch holding the oldest item, so a long text is never passed over for ever by
+                # shorter newcomers; the other workers take the rest.
+                oldest = min(range(len(batches)), key=lambda n: min(item.arrival for item in batches[n]))
+                self._give_back(batches[:oldest] + batches[oldest + 1 :])
+                batches = [batches[oldest]]
+            for batch in batches:
                 with self._cond:
                     self._held -= len(batch)
                     depth = self.depth

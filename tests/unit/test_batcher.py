@@ -251,3 +251,76 @@ def test_invalid_config_is_rejected() -> None:
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="must be >= 0"):
         BatcherConfig(max_wait_ms=-1)
+
+
+async def test_workers_run_batches_side_by_side() -> None:
+    # Each batch waits at a two-party barrier: it passes only if a second worker runs a batch at the same time.
+    barrier = threading.Barrier(2, timeout=30)
+    threads: list[str] = []
+    started: list[str] = []
+
+    def handler(batch: Sequence[str]) -> list[str]:
+        threads.append(threading.current_thread().name)
+        barrier.wait()
+        return [f"done:{x}" for x in batch]
+
+    batcher = DynamicBatcher(
+        "m",
+        handler,
+        config(max_batch_size=1, workers=2),
+        thread_init=lambda: started.append(threading.current_thread().name),
+    )
+    batcher.start()
+    results = await asyncio.gather(batcher.submit("a"), batcher.submit("b"))
+    await batcher.stop()
+    assert sorted(results) == ["done:a", "done:b"]
+    assert len(set(threads)) == 2
+    assert sorted(started) == ["batcher-m-0", "batcher-m-1"]
+
+
+async def test_workers_racing_for_the_queue_all_survive() -> None:
+    # Several workers wait for companions on the same queue; one that wakes to find it emptied by another must
+    # go back to waiting, not fail.
+    def handler(batch: Sequence[int]) -> list[int]:
+        return [x * 2 for x in batch]
+
+    batcher = DynamicBatcher("m", handler, config(max_batch_size=4, max_wait_ms=1.0, workers=4))
+    batcher.start()
+    for round_ in range(20):
+        values = list(range(round_ * 50, round_ * 50 + 50))
+        assert await asyncio.gather(*(batcher.submit(v) for v in values)) == [v * 2 for v in values]
+    assert batcher.alive_workers == 4
+    await batcher.stop()
+    assert batcher.alive_workers == 0
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        BatcherConfig(workers=0)
+
+
+async def test_workers_never_pass_over_the_oldest_item() -> None:
+    # A long item at the head of the queue must run next, not wait while shorter newcomers jump ahead of it.
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+    order: list[str] = []
+
+    def handler(batch: Sequence[str]) -> list[str]:
+        order.extend(batch)
+        entered.release()
+        gate.wait(timeout=30)
+        return list(batch)
+
+    batcher = DynamicBatcher("m", handler, config(max_batch_size=1, workers=2), cost=len)
+    batcher.start()
+    busy = [asyncio.create_task(batcher.submit(x)) for x in ("a", "b")]
+    for _ in range(2):
+        assert await asyncio.to_thread(entered.acquire, True, 30)
+    long_item = "L" * 50
+    waiting = [asyncio.create_task(batcher.submit(long_item))]
+    waiting += [asyncio.create_task(batcher.submit(f"s{i}")) for i in range(10)]
+    await wait_until(lambda: batcher.depth == 11, "eleven items queued")
+    gate.set()
+    await asyncio.gather(*busy, *waiting)
+    await batcher.stop()
+    assert order.index(long_item) <= 3, order
