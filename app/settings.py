@@ -59,6 +59,7 @@ class EncoderSettings(_Section):
     path: str
     device: Device
     threads: int = Field(ge=0)
+    workers: int = Field(ge=0)
     max_seq_length: int = Field(ge=0)
     bulk_batch_size: int = Field(gt=0)
     trace: bool

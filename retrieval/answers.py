@@ -224,6 +224,7 @@ class LocalBackend:
                 self._batching,
                 cost=lambda r: len(r.prompt_ids) + r.max_new_tokens,
                 observer=self._observer,
+                thread_init=generator.use_all_cores,
             )
             batcher.start()
             self._batcher = batcher

@@ -265,6 +265,29 @@ class Encoder:
             out = self._model({"input_ids": ids, "attention_mask": attention, "token_type_ids": types})
             return self._to_numpy(torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=-1))
 
+    def plan_workers(self, workers: int = 0, threads: int = 0) -> tuple[int, int]:
+        """How many batch workers to run side by side, and torch threads for each.
+
+        Args:
+            workers: Wanted workers (``0``: one per free core on the CPU); always one on CUDA, where one
+                stream of large batches keeps the GPU busy.
+            threads: Torch threads shared out among CPU workers (``0``: the free cores).
+
+        Returns:
+            ``(workers, threads per worker)``. On the CPU, small batches scale poorly across threads, so
+            several single-threaded batches side by side beat one batch using every core.
+        """
+        if self._device != "cpu":
+            return 1, 1
+        cores = threads or free_cores()
+        count = workers or cores
+        return count, max(1, cores // count)
+
+    def use_threads(self, threads: int) -> None:
+        """Set the calling thread's torch thread count (CPU only; batch workers call it as they start)."""
+        if self._device == "cpu":
+            torch.set_num_threads(max(1, threads))
+
     @property
     def traced(self) -> bool:
         """Whether batches run through the traced graph."""

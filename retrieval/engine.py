@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +55,7 @@ class EncoderConfig:
     path: str = ""
     device: Device = "auto"
     threads: int = 0
+    workers: int = 1
     max_seq_length: int = 0
     bulk_batch_size: int = 32
     trace: bool = True
@@ -169,13 +170,16 @@ class RetrievalEngine:
         try:
             await asyncio.to_thread(self._load)
             encoder = self._require_encoder()
+            workers, threads = encoder.plan_workers(self.config.encoder.workers, self.config.encoder.threads)
             self._encode_batcher = DynamicBatcher(
                 "encoder",
                 lambda batch: list(encoder.embed_token_batch(batch)),
-                self.config.encoder_batching,
+                replace(self.config.encoder_batching, workers=workers),
                 cost=len,
                 observer=self._observer,
+                thread_init=lambda: encoder.use_threads(threads),
             )
+            logger.info("encoder_workers", workers=workers, threads_each=threads, device=encoder.info.device)
             self._search_batcher = DynamicBatcher(
                 "index", self._search_batch, self.config.search_batching, observer=self._observer
             )

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 import torch
 
-from retrieval.encoder import Device, resolve_device
+from retrieval.encoder import Device, free_cores, resolve_device
 
 logger = structlog.get_logger(__name__)
 
@@ -179,6 +179,14 @@ class LocalGenerator:
         text = self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return tuple(ids)
+
+    def use_all_cores(self) -> None:
+        """Give the calling thread every free core for torch (its batch worker calls it as it starts).
+
+        The encoder's CPU workers run single-threaded, and a new thread inherits the last count set.
+        """
+        if self._device == "cpu":
+            torch.set_num_threads(free_cores())
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Complete a batch of prompts greedily (runs on the generator's worker thread).

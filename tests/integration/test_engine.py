@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.encoder import Encoder
+from retrieval.encoder import Encoder, free_cores
 from retrieval.engine import RetrievalEngine
 from retrieval.errors import InvalidQueryError, UnknownItemError, UnknownUserError
 from retrieval.types import Filters, HistoryEntry, Item
@@ -180,3 +180,32 @@ def test_traced_encoder_matches_sentence_transformers(encoder: Encoder) -> None:
     assert encoder.traced
     assert np.abs(ours - reference).max() < 1e-4
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_worker_layout_on_the_cpu(encoder: Encoder) -> None:
+    cores = free_cores()
+    assert encoder.plan_workers(1, 0) == (1, cores)
+    assert encoder.plan_workers(0, 0) == (cores, 1)
+    assert encoder.plan_workers(2, 4) == (2, 2)
+    assert encoder.plan_workers(4, 2) == (4, 1)
+
+
+async def test_encoder_workers_side_by_side_give_the_same_results(state_copy: Path, encoder: Encoder) -> None:
+    queries = [f"{what} for {who}" for what in ("cotton towel", "steel watch", "leather wallet") for who in "abcdef"]
+    single = RetrievalEngine(engine_config(state_copy), encoder=encoder)
+    await single.start()
+    try:
+        expected = [[s.item.id for s in (await single.search(q, k=5)).items] for q in queries]
+    finally:
+        await single.stop()
+    multi = RetrievalEngine(engine_config(state_copy, encoder={"workers": 2}), encoder=encoder)
+    await multi.start()
+    try:
+        assert multi._encode_batcher is not None
+        assert multi._encode_batcher.config.workers == 2
+        results = await asyncio.gather(*(multi.search(q, k=5) for q in queries))
+        assert multi._encode_batcher.alive_workers == 2
+    finally:
+        await multi.stop()
+        encoder.use_threads(free_cores())  # new threads inherit the last count set; leave the default behind
+    assert [[s.item.id for s in r.items] for r in results] == expected
