@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -216,27 +217,57 @@ def run_mode(
     return result
 
 
-def raw_encoder(queries: list[str], batch_size: int, seconds: float) -> dict[str, Any]:
-    """Texts/s of the encoder in-process: length-sorted batches of ``batch_size``, and one at a time."""
+def raw_encoder(queries: list[str], batch_size: int, seconds: float, workers: int, threads: int) -> dict[str, Any]:
+    """Texts/s of the encoder in-process on length-sorted batches of ``batch_size``.
+
+    Timed in the service's own layout (``workers`` streams of batches side by side, each with its share of
+    ``threads``, as :meth:`Encoder.plan_workers` resolves them), which is what the service is held to, and in
+    the other layout (one stream using every core, or one single-threaded stream per core) for comparison.
+    Every stream runs on its own thread, like the service's workers.
+    """
     from retrieval.encoder import Encoder
 
-    encoder = Encoder()
+    encoder = Encoder(threads=threads)
     encoder.warmup()
     tokenised = sorted((encoder.token_ids(q) for q in queries), key=len)
+    service = encoder.plan_workers(workers, threads)
+    cores = service[0] * service[1]
+    other = encoder.plan_workers(0, threads) if service[0] == 1 else (1, cores)
 
-    def rate(size: int) -> float:
-        done = 0
+    def rate(size: int, streams: int, threads_each: int) -> float:
+        batches = [tokenised[i : i + size] for i in range(0, len(tokenised), size)]
+        done = [0] * streams
         started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for i in range(0, len(tokenised), size):
-                encoder.embed_token_batch(tokenised[i : i + size])
-                done += len(tokenised[i : i + size])
-        return done / (time.perf_counter() - started)
+
+        def stream(n: int) -> None:
+            encoder.use_threads(threads_each)
+            encoder.embed_token_batch(batches[0])  # this thread's first call pays its thread-pool start
+            i = n * len(batches) // streams
+            while time.perf_counter() - started < seconds:
+                batch = batches[i % len(batches)]
+                encoder.embed_token_batch(batch)
+                done[n] += len(batch)
+                i += 1
+
+        pool = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        return sum(done) / (time.perf_counter() - started)
+
+    def layout(streams: int, threads_each: int) -> dict[str, Any]:
+        return {
+            "workers": streams,
+            "threads_per_worker": threads_each,
+            "sorted_texts_per_s": round(rate(batch_size, streams, threads_each), 1),
+            "one_at_a_time_texts_per_s": round(rate(1, streams, threads_each), 1),
+        }
 
     return {
         "batch_size": batch_size,
-        "sorted_texts_per_s": round(rate(batch_size), 1),
-        "one_at_a_time_texts_per_s": round(rate(1), 1),
+        "service_layout": layout(*service),
+        "other_layout": layout(*other) if other != service else None,
         "mean_tokens": round(float(np.mean([len(t) for t in tokenised])), 1),
     }
 
@@ -263,9 +294,9 @@ def main() -> None:
     batched = run_mode("batched", {}, args, key, queries)
     unbatched = run_mode("unbatched", {"CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE": "1"}, args, key, queries)
     size = max(1, round(batched["mean_batch_size"] or 1))
-    raw = raw_encoder(queries, size, seconds=min(10.0, args.duration))
+    raw = raw_encoder(queries, size, min(10.0, args.duration), settings.encoder.workers, settings.encoder.threads)
     speedup = batched["throughput_rps"] / max(unbatched["throughput_rps"], 1e-9)
-    vs_raw = batched["throughput_rps"] / max(raw["sorted_texts_per_s"], 1e-9)
+    vs_raw = batched["throughput_rps"] / max(raw["service_layout"]["sorted_texts_per_s"], 1e-9)
     report = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
