@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 import torch
 
+from bench.load import Window
 from retrieval.batcher import BatcherConfig, BatchStats, DynamicBatcher
 from retrieval.encoder import Encoder, resolve_device
 
@@ -187,26 +188,20 @@ async def drive_batcher(
     batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(
         "encoder", lambda batch: list(encoder.embed_token_batch(batch)), config, cost=len, observer=recorder
     )
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    start = time.perf_counter()
-    measure_from = start + warmup
-    stop_at = measure_from + seconds
+    window = Window(warmup, seconds)
 
     async def client(offset: int) -> None:
         i = offset
         while True:
             sent = time.perf_counter()
-            if sent >= stop_at:
+            if sent >= window.stop_at:
                 return
+            error = None
             try:
                 await batcher.submit(encoder.token_ids(queries[i % len(queries)]), request_id=f"c{offset}")
             except Exception as exc:  # counted, not fatal: overload errors are part of the measurement
-                if sent >= measure_from:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            else:
-                if sent >= measure_from:
-                    latencies.append(time.perf_counter() - sent)
+                error = type(exc).__name__
+            window.record(sent, time.perf_counter(), error)
             i += concurrency
 
     batcher.start()
@@ -214,25 +209,12 @@ async def drive_batcher(
         await asyncio.gather(*(client(n) for n in range(concurrency)))
     finally:
         await batcher.stop()
-    ordered = sorted(latencies)
-    sizes = [size for done, size in recorder.batches if measure_from <= done <= stop_at]
-
-    def pct(p: float) -> float | None:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else None
-
+    sizes = [size for done, size in recorder.batches if window.measure_from <= done <= window.stop_at]
     return {
         "max_batch_size": config.max_batch_size,
         "max_wait_ms": config.max_wait_ms,
-        "requests": len(ordered),
-        "errors": errors,
+        **window.summary(),
         "rejects": recorder.rejects,
-        "throughput_rps": round(len(ordered) / seconds, 1),
-        "latency_ms": {
-            "p50": pct(0.50),
-            "p95": pct(0.95),
-            "p99": pct(0.99),
-            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
-        },
         "batches": len(sizes),
         "mean_batch_size": round(statistics.fmean(sizes), 2) if sizes else None,
         "max_batch_size_seen": max(sizes) if sizes else None,

@@ -22,7 +22,6 @@ import platform
 import random
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ import numpy as np
 from app.auth import KeyStore
 from app.observability import configure_logging
 from app.settings import load_settings
+from bench.load import Window
 from retrieval.pack import load_pack
 
 GOAL_BATCHED_SPEEDUP = 2.0
@@ -114,11 +114,7 @@ async def drive(
 ) -> dict[str, Any]:
     """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``."""
     bodies = [json.dumps({"query": q, "k": 10}).encode() for q in queries]
-    latencies: list[float] = []
-    errors: dict[int, int] = {}
-    start = time.perf_counter()
-    measure_from = start + warmup
-    stop_at = measure_from + duration
+    window = Window(warmup, duration)
 
     async def worker(offset: int) -> None:
         client = RawClient("127.0.0.1", port, key)
@@ -127,36 +123,16 @@ async def drive(
         try:
             while True:
                 sent = time.perf_counter()
-                if sent >= stop_at:
+                if sent >= window.stop_at:
                     return
                 status, _ = await client.post("/v1/search", bodies[i % len(bodies)])
-                done = time.perf_counter()
+                window.record(sent, time.perf_counter(), None if status == 200 else str(status))
                 i += concurrency
-                if sent >= measure_from:
-                    if status == 200:
-                        latencies.append(done - sent)
-                    else:
-                        errors[status] = errors.get(status, 0) + 1
         finally:
             await client.close()
 
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else float("nan")
-
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "throughput_rps": round(len(latencies) / duration, 1),
-        "latency_ms": {
-            "p50": pct(0.50),
-            "p95": pct(0.95),
-            "p99": pct(0.99),
-            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
-        },
-    }
+    return window.summary()
 
 
 def scrape_batches(port: int, model: str = "encoder") -> tuple[float, float]:

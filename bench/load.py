@@ -1,0 +1,66 @@
+"""Closed-loop load bookkeeping shared by the benchmarks: a measurement window and its summary.
+
+It imports nothing heavy, so in-process benchmarks that must not load the service can use it too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Window:
+    """Requests sent after ``warmup`` seconds and before ``warmup + duration`` are measured.
+
+    Attributes:
+        warmup: Unmeasured seconds from the start.
+        duration: Measured seconds.
+        start: ``time.perf_counter()`` at the start.
+    """
+
+    warmup: float
+    duration: float
+    start: float = field(default_factory=time.perf_counter)
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def measure_from(self) -> float:
+        """When measurement begins (``perf_counter`` seconds)."""
+        return self.start + self.warmup
+
+    @property
+    def stop_at(self) -> float:
+        """When clients stop sending (``perf_counter`` seconds)."""
+        return self.measure_from + self.duration
+
+    def record(self, sent: float, done: float, error: str | None = None) -> None:
+        """Count one request that was sent at ``sent`` and finished at ``done`` (failed with ``error`` if given)."""
+        if sent < self.measure_from:
+            return
+        if error is None:
+            self.latencies.append(done - sent)
+        else:
+            self.errors[error] = self.errors.get(error, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """Successful requests, errors by kind, throughput and latency percentiles of the measured part."""
+        ordered = sorted(self.latencies)
+
+        def pct(p: float) -> float | None:
+            return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else None
+
+        return {
+            "requests": len(ordered),
+            "errors": dict(self.errors),
+            "throughput_rps": round(len(ordered) / self.duration, 1),
+            "latency_ms": {
+                "p50": pct(0.50),
+                "p95": pct(0.95),
+                "p99": pct(0.99),
+                "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+            },
+        }
