@@ -110,21 +110,17 @@ timeout -k 10 100 python3 -m pytest --noconftest -p no:cacheprovider -m gpu test
 record gpu-tests "${PIPESTATUS[0]}" $((SECONDS - t))
 
 # -- 5. hot-path benchmark on CUDA, then the same machine's CPU as a baseline ----------------------------------------
-t=$SECONDS
-timeout -k 10 80 python3 -m bench.hotpath --device cuda "${MODEL_ARGS[@]}" --seconds 8 --concurrency 64 \
-    >"$OUT/hotpath_cuda.json" 2>"$OUT/hotpath_cuda.err"
-rc=$?
-tail -n 5 "$OUT/hotpath_cuda.err"
-cat "$OUT/hotpath_cuda.json"
-record hotpath-cuda $rc $((SECONDS - t))
-
-t=$SECONDS
-timeout -k 10 75 python3 -m bench.hotpath --device cpu "${MODEL_ARGS[@]}" --seconds 4 --concurrency 64 \
-    >"$OUT/hotpath_cpu_there.json" 2>"$OUT/hotpath_cpu_there.err"
-rc=$?
-tail -n 5 "$OUT/hotpath_cpu_there.err"
-cat "$OUT/hotpath_cpu_there.json"
-record hotpath-cpu $rc $((SECONDS - t))
+hotpath() {  # hotpath STAGE DEVICE SECONDS CAP OUTNAME
+    local t=$SECONDS rc
+    timeout -k 10 "$4" python3 -m bench.hotpath --device "$2" "${MODEL_ARGS[@]}" --seconds "$3" --concurrency 64 \
+        >"$OUT/$5.json" 2>"$OUT/$5.err"
+    rc=$?
+    tail -n 5 "$OUT/$5.err"
+    cat "$OUT/$5.json"
+    record "$1" $rc $((SECONDS - t))
+}
+hotpath hotpath-cuda cuda 8 80 hotpath_cuda
+hotpath hotpath-cpu cpu 4 75 hotpath_cpu_there
 
 echo "=== summary ($((SECONDS - STARTED)) s in all; files in $OUT)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
