@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -93,13 +93,20 @@ def build_answer_service(
     return AnswerService(settings.answers.to_config(), engine.embed_texts, generators, encoder_model)
 
 
-def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encoder | None = None) -> Litestar:
+def create_app(
+    settings: Settings,
+    *,
+    show_progress: bool = True,
+    encoder: Encoder | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> Litestar:
     """Build the service.
 
     Args:
         settings: The effective settings.
         show_progress: Draw a progress bar when the first start embeds the catalog.
         encoder: An already loaded encoder to serve with (tests); by default the configured one is loaded.
+        on_ready: Called on the event loop once the engine (and a local generator loaded at startup) is ready.
 
     Returns:
         The Litestar app; serve it with any ASGI server.
@@ -137,6 +144,8 @@ def create_app(settings: Settings, *, show_progress: bool = True, encoder: Encod
             local = answers.generators.get("local")
             if local is not None and settings.generator.local.load == "startup":
                 await local.start()
+            if on_ready is not None:
+                on_ready()
 
         startup = asyncio.create_task(start())
         # The task's failure is recorded on the engine (status "failed") and logged there.

@@ -39,6 +39,7 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
 
     from app.app import create_app
     from app.observability import configure_logging
+    from app.runtime import tune_gc, tune_interpreter
 
     server: dict[str, Any] = {}
     if host is not None:
@@ -47,8 +48,8 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
         server["port"] = port
     settings = load_settings_or_fail(config_file, {"server": server} if server else None)
     configure_logging(settings.logging.level, settings.logging.format)
-    sys.setswitchinterval(settings.server.switch_interval_ms / 1000.0)
-    app = create_app(settings)
+    tune_interpreter(settings.server)
+    app = create_app(settings, on_ready=lambda: tune_gc(settings.server))
     uvicorn.run(
         app,
         host=settings.server.host,

@@ -43,6 +43,8 @@ class ServerSettings(_Section):
     port: int = Field(ge=0, le=65535)
     max_body_bytes: int = Field(gt=0)
     switch_interval_ms: float = Field(gt=0, le=100)
+    gc_freeze_after_start: bool
+    gc_thresholds: tuple[int, int, int] | tuple[()] = ()
 
 
 class PathSettings(_Section):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,12 @@ def make_settings(state: Path, pack: Path = DEMO_PACK, **overrides: Any) -> Sett
 
 
 @contextmanager
-def serving(settings: Settings, encoder: Encoder, *, wait_ready: bool = True) -> Iterator[str]:
+def serving(
+    settings: Settings, encoder: Encoder, *, wait_ready: bool = True, on_ready: Callable[[], None] | None = None
+) -> Iterator[str]:
     """Run the app on a free loopback port in a background thread; yield its base URL."""
     port = free_port()
-    app = create_app(settings, show_progress=False, encoder=encoder)
+    app = create_app(settings, show_progress=False, encoder=encoder, on_ready=on_ready)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -104,3 +106,12 @@ def test_failed_start_keeps_the_service_live_but_not_ready(tmp_path: Path, encod
         assert search.status_code == 503
         assert search.json()["error"]["code"] == "not_ready"
         assert "retry-after" in search.headers
+
+
+def test_on_ready_runs_once_the_engine_is_ready(state_copy: Path, encoder: Encoder) -> None:
+    # candor serve freezes what startup built out of the garbage collector from this hook (app/runtime.py).
+    seen: list[str] = []
+    settings = make_settings(state_copy)
+    with serving(settings, encoder, on_ready=lambda: seen.append("ready")) as base:
+        assert httpx.get(f"{base}/health/ready").status_code == 200
+    assert seen == ["ready"]
