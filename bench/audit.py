@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from app.auth import KeyStore
 from app.observability import configure_logging
-from app.settings import load_settings
-from bench.serving import make_queries, run_mode
+from bench.serving import machine, prepare_load, run_mode
 from governance.audit import AuditConfig, AuditLog
 
 GOAL_ADDED_P50 = 0.10
@@ -106,17 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "benchmark": "audit",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "write_throughput": {"store": "postgres" if args.dsn else "sqlite", "runs": writes},
     }
     if not args.skip_serving:
-        settings = load_settings()
-        args.state_dir = (args.state_dir or settings.state_dir).resolve()
-        args.state_dir.mkdir(parents=True, exist_ok=True)
-        queries = make_queries(settings.pack_path, args.queries)
-        store = KeyStore(args.state_dir / "candor.sqlite")
-        key = store.create("frontend", label="bench-audit")
-        store.close()
+        queries, key = prepare_load(args, "bench-audit")
         # Alternate off/on runs so that load from elsewhere on a shared machine hits both alike.
         offs, ons = [], []
         for _ in range(args.rounds):

@@ -24,7 +24,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -199,45 +198,28 @@ def raw_encoder(queries: list[str], batch_size: int, seconds: float, workers: in
     Timed in the service's own layout (``workers`` streams of batches side by side, each with its share of
     ``threads``, as :meth:`Encoder.plan_workers` resolves them), which is what the service is held to, and in
     the other layout (one stream using every core, or one single-threaded stream per core) for comparison.
-    Every stream runs on its own thread, like the service's workers.
+    Every stream runs on its own thread, like the service's workers (:func:`bench.hotpath.raw_rate`).
     """
+    from bench.hotpath import raw_rate
     from retrieval.encoder import Encoder
 
     encoder = Encoder(threads=threads)
     encoder.warmup()
-    tokenised = sorted((encoder.token_ids(q) for q in queries), key=len)
+    tokenised = [encoder.token_ids(q) for q in queries]
     service = encoder.plan_workers(workers, threads)
     cores = service[0] * service[1]
     other = encoder.plan_workers(0, threads) if service[0] == 1 else (1, cores)
-
-    def rate(size: int, streams: int, threads_each: int) -> float:
-        batches = [tokenised[i : i + size] for i in range(0, len(tokenised), size)]
-        done = [0] * streams
-        started = time.perf_counter()
-
-        def stream(n: int) -> None:
-            encoder.use_threads(threads_each)
-            encoder.embed_token_batch(batches[0])  # this thread's first call pays its thread-pool start
-            i = n * len(batches) // streams
-            while time.perf_counter() - started < seconds:
-                batch = batches[i % len(batches)]
-                encoder.embed_token_batch(batch)
-                done[n] += len(batch)
-                i += 1
-
-        pool = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        return sum(done) / (time.perf_counter() - started)
 
     def layout(streams: int, threads_each: int) -> dict[str, Any]:
         return {
             "workers": streams,
             "threads_per_worker": threads_each,
-            "sorted_texts_per_s": round(rate(batch_size, streams, threads_each), 1),
-            "one_at_a_time_texts_per_s": round(rate(1, streams, threads_each), 1),
+            "sorted_texts_per_s": round(
+                raw_rate(encoder, tokenised, batch_size, seconds, streams=streams, threads_each=threads_each), 1
+            ),
+            "one_at_a_time_texts_per_s": round(
+                raw_rate(encoder, tokenised, 1, seconds, streams=streams, threads_each=threads_each), 1
+            ),
         }
 
     return {
@@ -246,6 +228,27 @@ def raw_encoder(queries: list[str], batch_size: int, seconds: float, workers: in
         "other_layout": layout(*other) if other != service else None,
         "mean_tokens": round(float(np.mean([len(t) for t in tokenised])), 1),
     }
+
+
+def machine() -> dict[str, Any]:
+    """The machine a report was measured on."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def prepare_load(args: argparse.Namespace, label: str) -> tuple[list[str], str]:
+    """Resolve ``args.state_dir``, draw the queries and create a frontend key for the load generator.
+
+    Returns:
+        ``(queries, key)``.
+    """
+    settings = load_settings()
+    args.state_dir = (args.state_dir or settings.state_dir).resolve()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    queries = make_queries(settings.pack_path, args.queries)
+    store = KeyStore(args.state_dir / "candor.sqlite")
+    key = store.create("frontend", label=label)
+    store.close()
+    return queries, key
 
 
 def main() -> None:
@@ -260,12 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("warning", "console")  # stdout carries only the JSON report
     settings = load_settings()
-    args.state_dir = (args.state_dir or settings.state_dir).resolve()
-    args.state_dir.mkdir(parents=True, exist_ok=True)
-    queries = make_queries(settings.pack_path, args.queries)
-    store = KeyStore(args.state_dir / "candor.sqlite")
-    key = store.create("frontend", label="bench")
-    store.close()
+    queries, key = prepare_load(args, "bench")
 
     batched = run_mode("batched", {}, args, key, queries)
     unbatched = run_mode("unbatched", {"CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE": "1"}, args, key, queries)
@@ -276,7 +274,7 @@ def main() -> None:
     report = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "workload": {
             "endpoint": "POST /v1/search",
             "k": 10,

@@ -99,6 +99,12 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def envelope(kind: str, endpoint: str = "") -> dict[str, Any]:
+    """The fields every chained record starts with: a fresh time-ordered id, its kind, the time and the route."""
+    now = time.time()
+    return {"id": new_record_id(now), "kind": kind, "ts": iso(now), "ts_epoch": round(now, 6), "endpoint": endpoint}
+
+
 def record_view(stored: Stored) -> dict[str, Any]:
     """A stored record as shown to reviewers: its chained body plus the derived review state."""
     return {
@@ -347,16 +353,10 @@ class AuditLog:
         Raises:
             AuditUnavailableError: The record could not be committed (``sync``) or queued.
         """
-        now = time.time()
-        record_id = new_record_id(now)
         redacted, found = redact_request(request)
         salt = secrets.token_hex(16)
         body: dict[str, Any] = {
-            "id": record_id,
-            "kind": "feedback" if target_id else "inference",
-            "ts": iso(now),
-            "ts_epoch": round(now, 6),
-            "endpoint": endpoint,
+            **envelope("feedback" if target_id else "inference", endpoint),
             "caller": dict(caller),
             "request_hash": "sha256:" + sha256_hex(salt.encode() + canonical_json(request)),
             "request": redacted,
@@ -376,7 +376,7 @@ class AuditLog:
         personal = json.dumps({"salt": salt, "found": found})
         pending = Pending(body, personal, review_update)
         await self._submit(pending, wait=self.config.mode == "sync")
-        return record_id
+        return str(body["id"])
 
     async def review(self, record_id: str, decision: Decision, note: str, caller: Mapping[str, str]) -> str:
         """Record a reviewer's decision on a record as a chained record, and move the record's review state.
@@ -391,15 +391,9 @@ class AuditLog:
         target = await asyncio.to_thread(self.get, record_id)
         if target is None:
             raise AuditNotFoundError(record_id)
-        now = time.time()
-        review_id = new_record_id(now)
         state = DECISION_STATE[decision]
         body = {
-            "id": review_id,
-            "kind": "review",
-            "ts": iso(now),
-            "ts_epoch": round(now, 6),
-            "endpoint": f"/v1/audit/records/{record_id}/review",
+            **envelope("review", f"/v1/audit/records/{record_id}/review"),
             "caller": dict(caller),
             "target_id": record_id,
             "decision": decision,
@@ -408,7 +402,7 @@ class AuditLog:
             "review": {"state": "not_required", "reason": None},
         }
         await self._submit(Pending(body, None, (record_id, state)), wait=True)
-        return review_id
+        return str(body["id"])
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -556,13 +550,8 @@ class AuditLog:
         if last_seq == 0:
             return {"purged": 0, "last_seq": 0, "purge_id": None}
         last = self.find(RecordQuery(before_seq=last_seq + 1, limit=1))[0]
-        ts = time.time()
         body = {
-            "id": new_record_id(ts),
-            "kind": "purge",
-            "ts": iso(ts),
-            "ts_epoch": round(ts, 6),
-            "endpoint": "",
+            **envelope("purge"),
             "before": before.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "last_seq": last_seq,
             "last_hash": last.hash,
@@ -589,13 +578,8 @@ class AuditLog:
         """
         if self.get(record_id) is None:
             raise AuditNotFoundError(record_id)
-        ts = time.time()
         body = {
-            "id": new_record_id(ts),
-            "kind": "erase",
-            "ts": iso(ts),
-            "ts_epoch": round(ts, 6),
-            "endpoint": "",
+            **envelope("erase"),
             "target_id": record_id,
             "reason": reason,
             "review": {"state": "not_required", "reason": None},
