@@ -336,6 +336,7 @@ def load_encoder_info(settings: Settings) -> EncoderInfo:
         threads=enc.threads,
         max_seq_length=enc.max_seq_length,
         trace=False,
+        packed=False,
     ).info
 
 

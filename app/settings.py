@@ -65,6 +65,7 @@ class EncoderSettings(_Section):
     max_seq_length: int = Field(ge=0)
     bulk_batch_size: int = Field(gt=0)
     trace: bool
+    packed: bool
 
 
 class BatcherSettings(_Section):

@@ -327,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": encoder.info.device,
         "dtype": encoder.info.dtype,
         "traced": encoder.traced,
+        "packed": encoder.packed,
         "model": {"name": encoder.info.name, "version": encoder.info.version, "path": encoder.info.path},
         "machine": machine(device),
         "workload": {

@@ -86,6 +86,7 @@ class RunContext:
                         threads=spec.threads,
                         max_seq_length=spec.max_seq_length,
                         trace=spec.trace,
+                        packed=spec.packed,
                     )
                 except (FileNotFoundError, ValueError) as exc:
                     raise SuiteError(f"system.encoder: {exc}") from exc
@@ -107,6 +108,7 @@ class RunContext:
             "dtype": info.dtype,
             "max_seq_length": info.max_seq_length,
             "traced": encoder.traced,
+            "packed": encoder.packed,
             "batch_size": self.loaded.suite.system.encoder.batch_size,
         }
 

@@ -57,6 +57,7 @@ class EncoderSpec(_Model):
     max_seq_length: int = Field(default=0, ge=0)
     batch_size: int = Field(default=32, gt=0)
     trace: bool = True
+    packed: bool = True
 
 
 class IndexSpecModel(_Model):

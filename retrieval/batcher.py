@@ -3,7 +3,8 @@
 Batches form from the oldest waiting item: the worker waits at most ``max_wait_ms`` counted from that item's
 arrival (so an idle worker takes work that has already waited at once), then takes a window of waiting items,
 sorts it by cost (token length) so each batch holds items of similar length, and cuts it into batches that
-respect ``max_batch_size`` and ``max_batch_tokens`` (padded: batch size times the longest item). Items whose
+respect ``max_batch_size`` and ``max_batch_tokens`` (padded: batch size times the longest item; with ``packed``,
+for handlers that spend nothing on padding, the sum of the items' costs). Items whose
 caller gave up or that waited past ``queue_timeout_ms`` are dropped before they cost compute. Beyond
 ``max_queue`` waiting items, ``submit`` refuses at once with :class:`~retrieval.errors.QueueFullError`.
 
@@ -44,13 +45,17 @@ class BatcherConfig:
 
     Attributes:
         max_batch_size: Most items in one batch; 1 turns batching off.
-        max_batch_tokens: Most padded tokens (size times the longest item's cost) in one batch.
+        max_batch_tokens: Most padded tokens (size times the longest item's cost) in one batch; with
+            ``packed``, most tokens (the sum of the items' costs).
         max_wait_ms: Longest an item waits for companions, from its arrival.
         max_queue: Most items waiting; more are refused at once.
         queue_timeout_ms: Items that waited longer are dropped unrun (0 disables).
         batch_overhead_tokens: Fixed cost of one batch, in padded-token equivalents; used to decide where to
             cut a length-sorted window (0: always fill batches to the caps).
         workers: Worker threads running batches side by side from the one queue.
+        packed: The handler spends no compute on padding (it runs the items unpadded), so a batch costs the
+            sum of its items' costs: windows are filled to the caps instead of cut where lengths jump, and
+            batch statistics count no padding.
     """
 
     max_batch_size: int = 32
@@ -60,6 +65,7 @@ class BatcherConfig:
     queue_timeout_ms: float = 2000.0
     batch_overhead_tokens: int = 0
     workers: int = 1
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:
@@ -279,7 +285,7 @@ class DynamicBatcher(Generic[In, Out]):
         """
         cfg = self.config
         ordered = sorted(window, key=lambda p: p.cost)
-        if cfg.batch_overhead_tokens == 0:
+        if cfg.batch_overhead_tokens == 0 or cfg.packed:  # packed: padding is free, so fewer batches is cheaper
             return self._fill(ordered)
         n = len(ordered)
         best = [0.0] + [float("inf")] * n
@@ -306,13 +312,16 @@ class DynamicBatcher(Generic[In, Out]):
         cfg = self.config
         batches: list[list[_Pending[In, Out]]] = []
         current: list[_Pending[In, Out]] = []
+        summed = 0
         for item in ordered:
             # Sorted ascending, so the newcomer is the longest: padded size is (n + 1) * its cost.
-            full = len(current) >= cfg.max_batch_size or (len(current) + 1) * item.cost > cfg.max_batch_tokens
+            tokens = summed + item.cost if cfg.packed else (len(current) + 1) * item.cost
+            full = len(current) >= cfg.max_batch_size or tokens > cfg.max_batch_tokens
             if current and full:
                 batches.append(current)
-                current = []
+                current, summed = [], 0
             current.append(item)
+            summed += item.cost
         if current:
             batches.append(current)
         return batches
@@ -376,7 +385,7 @@ class DynamicBatcher(Generic[In, Out]):
                 model=self.name,
                 size=len(batch),
                 tokens=sum(costs),
-                padded_tokens=max(costs) * len(batch),
+                padded_tokens=sum(costs) if self.config.packed else max(costs) * len(batch),
                 queue_waits_s=tuple(started - item.arrival for item in batch),
                 compute_s=elapsed,
                 request_ids=tuple(item.request_id for item in batch),

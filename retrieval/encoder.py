@@ -19,6 +19,8 @@ import structlog
 import torch
 from tokenizers import Tokenizer
 
+from retrieval.packed import PackedBert, pack, pool_packed, unit_rows, unpackable_reason
+
 logger = structlog.get_logger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -91,6 +93,9 @@ class Encoder:
         device: ``auto``, ``cpu`` or ``cuda``; fp16 is used on CUDA.
         threads: Torch intra-op threads on CPU (``0``: the free cores).
         max_seq_length: Token limit per text (``0``: the model's own).
+        trace: Run the transformer as a TorchScript trace (checked against eager output on probe batches).
+        packed: On the CPU, run batches of mixed lengths without padding when the model allows it
+            (:mod:`retrieval.packed`; also checked against eager output, and only with ``trace``).
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class Encoder:
         threads: int = 0,
         max_seq_length: int = 0,
         trace: bool = True,
+        packed: bool = True,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -142,6 +148,7 @@ class Encoder:
         self._fast.enable_truncation(self.info.max_seq_length)
         self._pooling_mode = self._numpy_pooling_mode()
         self._traced: Any = self._trace_transformer() if trace else None
+        self._packed: Any = self._trace_packed() if trace and packed else None
         logger.info(
             "encoder_loaded",
             name=name,
@@ -149,6 +156,7 @@ class Encoder:
             device=self._device,
             dim=self.info.dim,
             traced=self._traced is not None,
+            packed=self._packed is not None,
         )
 
     def _inputs(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,30 +196,64 @@ class Encoder:
             def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
                 return self.inner(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state  # type: ignore[no-any-return]
 
-        cls_id, sep_id = self._fast.token_to_id("[CLS]") or 101, self._fast.token_to_id("[SEP]") or 102
-        word = self._fast.encode("product", add_special_tokens=False).ids[:1] or [1000]
-
-        def probe(*lengths: int) -> list[list[int]]:
-            return [[cls_id, *(word * max(0, n - 2)), sep_id] for n in lengths]
-
-        limit = self.info.max_seq_length
-        probes = [probe(3), probe(12, 5, 30), probe(limit, limit // 2), probe(9, 9)]
-        tolerance = 1e-2 if self._device == "cuda" else 1e-4
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about constants the probe check below covers
                 jit: Any = torch.jit  # trace() is untyped
-                traced = jit.freeze(jit.trace(_Body(body).eval(), self._inputs(probe(12, 5)), check_trace=False))
-                for batch in probes:
-                    eager = self._embed_eager(batch)
-                    fast = self._embed_traced(traced, batch)
-                    if eager.shape != fast.shape or float(np.abs(eager - fast).max()) > tolerance:
-                        logger.warning("encoder_trace_mismatch", shape=[len(b) for b in batch])
-                        return None
+                example = self._inputs(self._probe(12, 5))
+                traced = jit.freeze(jit.trace(_Body(body).eval(), example, check_trace=False))
+                if not self._matches_eager("trace", lambda batch: self._embed_traced(traced, batch)):
+                    return None
         except Exception as exc:  # tracing is an optimisation; never fail loading over it
             logger.warning("encoder_trace_failed", error=f"{type(exc).__name__}: {exc}")
             return None
         return traced
+
+    def _trace_packed(self) -> Any:
+        """Trace the padding-free forward pass (:mod:`retrieval.packed`) when this model and device allow it.
+
+        Only on the CPU, where padding slots cost as much compute as tokens; on a GPU a padded batch runs in
+        parallel and the packed path was never measured there. Kept only if it matches eager output on the
+        probe batches, like the padded trace.
+        """
+        body = getattr(self._model[0], "auto_model", None)
+        if self._device != "cpu" or self._pooling_mode is None or body is None:
+            return None
+        reason = unpackable_reason(body)
+        if reason is not None:
+            logger.info("encoder_not_packed", reason=reason)
+            return None
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                jit: Any = torch.jit
+                example = pack(self._probe(12, 5)).tensors()
+                traced = jit.freeze(jit.trace(PackedBert(body).eval(), example, check_trace=False))
+                if not self._matches_eager("packed", lambda batch: self._embed_packed(traced, batch)):
+                    return None
+        except Exception as exc:  # an optimisation too
+            logger.warning("encoder_packing_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        return traced
+
+    def _probe(self, *lengths: int) -> list[list[int]]:
+        """A batch of well-formed token id lists of the given lengths (special tokens included)."""
+        cls_id, sep_id = self._fast.token_to_id("[CLS]") or 101, self._fast.token_to_id("[SEP]") or 102
+        word = self._fast.encode("product", add_special_tokens=False).ids[:1] or [1000]
+        return [[cls_id, *(word * max(0, n - 2)), sep_id] for n in lengths]
+
+    def _matches_eager(self, what: str, run: Callable[[Sequence[Sequence[int]]], np.ndarray]) -> bool:
+        """Whether ``run`` gives the eager model's vectors on probe batches of several shapes."""
+        limit = self.info.max_seq_length
+        probes = [self._probe(3), self._probe(12, 5, 30), self._probe(limit, limit // 2), self._probe(9, 9)]
+        tolerance = 1e-2 if self._device == "cuda" else 1e-4
+        for batch in probes:
+            eager = self._embed_eager(batch)
+            fast = run(batch)
+            if eager.shape != fast.shape or float(np.abs(eager - fast).max()) > tolerance:
+                logger.warning("encoder_probe_mismatch", path=what, shape=[len(b) for b in batch])
+                return False
+        return True
 
     def _numpy_pooling_mode(self) -> str | None:
         """The pooling mode when the model is transformer + one plain Pooling (+ Normalize), else ``None``."""
@@ -241,9 +283,7 @@ class Encoder:
             else:
                 weights = mask.astype(np.float32)
                 pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), np.float32(1e-9))
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            unit: np.ndarray = (pooled / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
-            return unit
+            return unit_rows(pooled)
         features: dict[str, torch.Tensor] = {"token_embeddings": token_embeddings, "attention_mask": attention}
         for module in list(self._model)[1:]:
             features = module(features)
@@ -260,6 +300,13 @@ class Encoder:
         # 57 with it off, before cuDNN attention was turned off too; on the CPU it makes no difference).
         with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
             return self._pool(traced(ids, attention, types), attention)
+
+    def _embed_packed(self, packed: Any, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        inputs = pack(batch)
+        with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
+            hidden = packed(*inputs.tensors()).numpy()
+        assert self._pooling_mode is not None  # packing is only set up when pooling runs here
+        return pool_packed(hidden, inputs, self._pooling_mode)
 
     def _embed_eager(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         ids, attention, types = self._inputs(batch)
@@ -296,6 +343,11 @@ class Encoder:
         return self._traced is not None
 
     @property
+    def packed(self) -> bool:
+        """Whether batches of mixed lengths run without padding (so padding costs no compute)."""
+        return self._packed is not None
+
+    @property
     def dim(self) -> int:
         """Embedding dimension."""
         return self.info.dim
@@ -313,7 +365,10 @@ class Encoder:
         return ids
 
     def embed_token_batch(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Run one padded batch of token id lists through the model.
+        """Run one batch of token id lists through the model.
+
+        Texts of mixed lengths run packed when :attr:`packed` (no compute on padding); otherwise, and for
+        texts of one length, as a padded batch.
 
         Args:
             batch: Token id lists as returned by :meth:`token_ids`.
@@ -321,6 +376,8 @@ class Encoder:
         Returns:
             ``(len(batch), dim)`` float32 array of unit vectors.
         """
+        if self._packed is not None and len({len(ids) for ids in batch}) > 1:
+            return self._embed_packed(self._packed, batch)
         if self._traced is not None:
             return self._embed_traced(self._traced, batch)
         return self._embed_eager(batch)

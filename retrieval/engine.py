@@ -59,6 +59,7 @@ class EncoderConfig:
     max_seq_length: int = 0
     bulk_batch_size: int = 32
     trace: bool = True
+    packed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +175,18 @@ class RetrievalEngine:
             self._encode_batcher = DynamicBatcher(
                 "encoder",
                 lambda batch: list(encoder.embed_token_batch(batch)),
-                replace(self.config.encoder_batching, workers=workers),
+                replace(self.config.encoder_batching, workers=workers, packed=encoder.packed),
                 cost=len,
                 observer=self._observer,
                 thread_init=lambda: encoder.use_threads(threads),
             )
-            logger.info("encoder_workers", workers=workers, threads_each=threads, device=encoder.info.device)
+            logger.info(
+                "encoder_workers",
+                workers=workers,
+                threads_each=threads,
+                device=encoder.info.device,
+                packed=encoder.packed,
+            )
             self._search_batcher = DynamicBatcher(
                 "index", self._search_batch, self.config.search_batching, observer=self._observer
             )
@@ -239,6 +246,7 @@ class RetrievalEngine:
                 threads=enc.threads,
                 max_seq_length=enc.max_seq_length,
                 trace=enc.trace,
+                packed=enc.packed,
             )
         self._encoder.warmup()
         self._catalog = ItemCatalog(cfg.state_dir / "catalog.sqlite", self._encoder.dim)

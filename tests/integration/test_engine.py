@@ -182,6 +182,28 @@ def test_traced_encoder_matches_sentence_transformers(encoder: Encoder) -> None:
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_packed_batches_match_the_padded_model(encoder: Encoder) -> None:
+    assert encoder.packed
+    texts = [
+        "baby bath towel",
+        "x",
+        "Titan analog watch with a leather strap " * 60,  # past the token limit: truncated
+        "cotton kurta for women in clothing under 900 rupees",
+        "baby bath towel",
+    ]
+    batch = [encoder.token_ids(t) for t in texts]
+    assert len({len(ids) for ids in batch}) > 1  # mixed lengths: the packed path
+    packed = encoder.embed_token_batch(batch)
+    reference = encoder._model.encode(texts, normalize_embeddings=True)
+    assert np.abs(packed - reference).max() < 1e-5
+    assert np.abs(packed[0] - packed[4]).max() < 1e-6  # a text does not depend on its neighbours
+
+
+async def test_the_encoder_batcher_knows_padding_is_free(engine: RetrievalEngine) -> None:
+    assert engine._encode_batcher is not None
+    assert engine._encode_batcher.config.packed is engine._require_encoder().packed is True
+
+
 def test_worker_layout_on_the_cpu(encoder: Encoder) -> None:
     cores = free_cores()
     assert encoder.plan_workers(1, 0) == (1, cores)

@@ -150,6 +150,41 @@ async def test_overhead_aware_cuts_split_mixed_lengths() -> None:
     assert sorted(len(b) for b in handler.batches[1:]) == [4, 4]
 
 
+async def test_packed_batches_fill_to_the_caps_and_count_real_tokens() -> None:
+    handler = GatedHandler()
+    observer = RecordingObserver()
+    cfg = config(batch_overhead_tokens=10, packed=True, max_batch_tokens=170)
+    batcher = DynamicBatcher("m", handler, cfg, cost=len, observer=observer)
+    batcher.start()
+    first = await start_blocked(batcher, handler)
+    words = ["ab"] * 4 + ["x" * 40] * 4
+    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
+    await wait_until(lambda: batcher.depth == len(words), "words queued")
+    handler.gate.set()
+    await asyncio.gather(first, *rest)
+    await batcher.stop()
+    # Padding costs nothing, so the window is not cut where lengths jump (as it is unpacked, above); the
+    # token cap holds the sum of lengths: 4 * 2 + 4 * 40 = 168 fits in 170, one more long word would not.
+    assert [len(b) for b in handler.batches[1:]] == [8]
+    stats = observer.stats[-1]
+    assert stats.tokens == stats.padded_tokens == 168
+    assert stats.padding_ratio == 0.0
+
+
+async def test_packed_token_cap_is_on_the_sum_of_costs() -> None:
+    handler = GatedHandler()
+    batcher = DynamicBatcher("m", handler, config(packed=True, max_batch_tokens=100), cost=len)
+    batcher.start()
+    first = await start_blocked(batcher, handler)
+    words = ["x" * 30] * 5
+    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
+    await wait_until(lambda: batcher.depth == len(words), "words queued")
+    handler.gate.set()
+    await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert [len(b) for b in handler.batches[1:]] == [3, 2]
+
+
 async def test_overflow_is_refused_at_once() -> None:
     handler = GatedHandler()
     observer = RecordingObserver()
