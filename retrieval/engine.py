@@ -493,7 +493,10 @@ class RetrievalEngine:
         results = await asyncio.gather(
             *(self._search_batcher.submit(SearchQuery(vec, k), request_id) for vec in vectors)
         )
-        return [[(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0] for scores, ids in results]
+        # tolist() converts in C; per-element float()/int() on numpy scalars cost more than the search here.
+        return [
+            [(s, i) for s, i in zip(scores.tolist(), ids.tolist(), strict=True) if i >= 0] for scores, ids in results
+        ]
 
     def _admit(
         self, hits: Sequence[tuple[float, int]], filters: Filters, skip: set[str], seen: dict[str, _Candidate]

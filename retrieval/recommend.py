@@ -167,9 +167,10 @@ def explain_query_match(
     fields = (field_terms or FieldTerms(capacity=1)).get(item)
     contributions: list[Contribution] = []
     for name, present in fields.items():
+        if present.isdisjoint(stems):  # the common case, checked in C: this runs for every result served
+            continue
         matched = tuple(stems[s] for s in stems if s in present)
-        if matched:
-            contributions.append(Contribution(source=name, score=len(matched) / len(stems), matched_terms=matched))
+        contributions.append(Contribution(source=name, score=len(matched) / len(stems), matched_terms=matched))
     contributions.sort(key=lambda c: -c.score)
     if contributions:
         best = contributions[0]

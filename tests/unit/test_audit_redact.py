@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 from governance.audit.chain import canonical_json, record_hash
 from governance.audit.redact import luhn_ok, redact_request
 
@@ -46,3 +49,31 @@ def test_canonical_json_is_order_independent() -> None:
     b = {"a": [1, 2, {"y": None, "z": "é"}], "b": 1}
     assert canonical_json(a) == canonical_json(b) == '{"a":[1,2,{"y":null,"z":"é"}],"b":1}'.encode()
     assert record_hash(a) == record_hash(b)
+
+
+def python_canonical(value: object) -> bytes:
+    """The definition canonical JSON must match byte for byte."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def test_canonical_json_is_byte_for_byte_the_json_module_s() -> None:
+    rng = random.Random(5)
+    floats = [0.0, -0.0, 1.0, 0.1, 1 / 3, 1e-4, 9.99e-5, 1e-5, 1e15, 1e16, 1.2345678901234567e16, 5e-324, 1e308]
+    floats += [rng.uniform(-1, 1) * 10.0 ** rng.randint(-12, 22) for _ in range(3000)]
+    floats += [round(rng.uniform(-1000, 1000), rng.randint(0, 7)) for _ in range(3000)]
+    text = "".join(chr(c) for c in range(0x250)) + '\u2028\u2029\ufeff\U0001f600 "quoted" back\\slash'
+    values: list[object] = [
+        {"scores": floats, "text": text, "n": [0, -1, 2**63 - 1, -(2**63)], "flags": [True, False, None]},
+        {"nested": {"z": {"b": [1, {"y": 2.5, "x": "é"}]}, "a": ()}, "": "empty key", "B": 1, "a": 2, "é": 3},
+        [2**64, 10**30, 1.5],  # past msgspec's integers: the json module writes them
+        {"hash": "sha256:1e5f", "title": "Rs. 1e6, 0.00001 off"},  # number-like strings
+    ]
+    values += [{"v": f} for f in floats]
+    for value in values:
+        assert canonical_json(value) == python_canonical(value), value
+
+
+def test_canonical_json_writes_nan_and_infinity_as_null() -> None:
+    body = {"score": float("nan"), "hi": float("inf"), "lo": [float("-inf"), 1e-7]}
+    assert canonical_json(body) == b'{"hi":null,"lo":[null,1e-07],"score":null}'
+    assert canonical_json({"score": float("nan")}) == b'{"score":null}'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,9 @@ from retrieval.packed import PackedBert, pack, pool_packed, unpackable_reason
 LENGTHS = [5, 1, 9, 9, 3]
 
 
-def tiny_bert(**overrides: object) -> BertModel:
+def tiny_bert(**overrides: Any) -> Any:
     torch.manual_seed(0)
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "vocab_size": 50,
         "hidden_size": 32,
         "num_hidden_layers": 2,
@@ -23,7 +25,8 @@ def tiny_bert(**overrides: object) -> BertModel:
         "max_position_embeddings": 16,
     }
     values.update(overrides)
-    return BertModel(BertConfig(**values)).eval()
+    model: Any = BertModel(BertConfig(**values))
+    return model.eval()
 
 
 def token_batch(lengths: list[int], seed: int = 1) -> list[list[int]]:
@@ -31,7 +34,7 @@ def token_batch(lengths: list[int], seed: int = 1) -> list[list[int]]:
     return [rng.integers(1, 50, size=n).tolist() for n in lengths]
 
 
-def padded_hidden(model: BertModel, batch: list[list[int]]) -> list[np.ndarray]:
+def padded_hidden(model: Any, batch: list[list[int]]) -> list[np.ndarray]:
     """Each text's real-token rows of the model's own padded forward pass."""
     longest = max(len(ids) for ids in batch)
     ids = torch.zeros(len(batch), longest, dtype=torch.long)
@@ -53,8 +56,10 @@ def test_pack_lays_tokens_end_to_end_and_maps_them_into_the_padded_block() -> No
     assert packed.mask.shape == (3, 1, 1, 3)
     keys = packed.mask[:, 0, 0, :]
     assert keys[0].tolist() == [0.0, 0.0, 0.0]
-    assert keys[1, 0] == 0.0 and torch.isinf(keys[1, 1:]).all()
-    assert keys[2, :2].tolist() == [0.0, 0.0] and torch.isinf(keys[2, 2])
+    assert keys[1, 0] == 0.0
+    assert torch.isinf(keys[1, 1:]).all()
+    assert keys[2, :2].tolist() == [0.0, 0.0]
+    assert torch.isinf(keys[2, 2])
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
@@ -70,7 +75,7 @@ def test_packed_forward_matches_the_padded_model(act: str) -> None:
 
 def test_traced_packed_forward_handles_other_batch_shapes() -> None:
     model = tiny_bert()
-    jit = torch.jit
+    jit: Any = torch.jit  # trace() is untyped
     with torch.inference_mode():
         traced = jit.freeze(jit.trace(PackedBert(model).eval(), pack(token_batch([4, 2])).tensors()))
         for lengths in ([1], [3, 3, 3], LENGTHS, [16, 2, 7]):
@@ -86,8 +91,8 @@ def test_pooling_packed_rows_matches_pooling_each_text(mode: str) -> None:
     rng = np.random.default_rng(2)
     hidden = rng.standard_normal((sum(LENGTHS), 6)).astype(np.float32)
     rows = np.split(hidden, np.cumsum(LENGTHS)[:-1])
-    reduce = {"mean": lambda r: r.mean(axis=0), "cls": lambda r: r[0], "max": lambda r: r.max(axis=0)}[mode]
-    expected = np.stack([reduce(r) for r in rows])
+    pick = {"mean": lambda r: r.mean(axis=0), "cls": lambda r: r[0], "max": lambda r: r.max(axis=0)}
+    expected = np.stack([pick[mode](r) for r in rows])
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     pooled = pool_packed(hidden, packed, mode)
     assert pooled.dtype == np.float32
