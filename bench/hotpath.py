@@ -246,12 +246,13 @@ async def drive_batcher(
     }
 
 
-def batcher_config(max_batch_size: int, concurrency: int) -> BatcherConfig:
+def batcher_config(max_batch_size: int, concurrency: int, packed: bool = False) -> BatcherConfig:
     """The service's encoder batcher defaults (``configs/default.toml``) with the given batch size cap.
 
     Args:
         max_batch_size: Most texts in one batch (1 turns batching off).
         concurrency: Number of clients; the queue holds at least twice as many.
+        packed: Whether the encoder runs batches unpadded (the service sets this from the encoder).
 
     Returns:
         The batcher configuration.
@@ -263,6 +264,7 @@ def batcher_config(max_batch_size: int, concurrency: int) -> BatcherConfig:
         max_queue=max(512, 2 * concurrency),
         queue_timeout_ms=5000.0,
         batch_overhead_tokens=48,
+        packed=packed,
     )
 
 
@@ -310,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batched_cap = 128 if device == "cuda" else 32
     modes: dict[str, dict[str, Any]] = {}
     for name, cap in (("batched", batched_cap), ("unbatched", 1)):
-        config = batcher_config(cap, args.concurrency)
+        config = batcher_config(cap, args.concurrency, encoder.packed)
         modes[name] = asyncio.run(drive_batcher(encoder, queries, config, args.concurrency, args.seconds, warmup))
         mean = modes[name]["mean_batch_size"]
         at = max(1, round(mean)) if mean else 1
