@@ -48,19 +48,29 @@ class Window:
 
     def summary(self) -> dict[str, Any]:
         """Successful requests, errors by kind, throughput and latency percentiles of the measured part."""
-        ordered = sorted(self.latencies)
+        return summarize([self])
 
-        def pct(p: float) -> float | None:
-            return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else None
 
-        return {
-            "requests": len(ordered),
-            "errors": dict(self.errors),
-            "throughput_rps": round(len(ordered) / self.duration, 1),
-            "latency_ms": {
-                "p50": pct(0.50),
-                "p95": pct(0.95),
-                "p99": pct(0.99),
-                "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
-            },
-        }
+def summarize(windows: list[Window]) -> dict[str, Any]:
+    """The :meth:`Window.summary` of several measured windows taken together (their durations add up)."""
+    ordered = sorted(latency for window in windows for latency in window.latencies)
+    errors: dict[str, int] = {}
+    for window in windows:
+        for kind, count in window.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    duration = sum(window.duration for window in windows)
+
+    def pct(p: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else None
+
+    return {
+        "requests": len(ordered),
+        "errors": errors,
+        "throughput_rps": round(len(ordered) / duration, 1),
+        "latency_ms": {
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        },
+    }

@@ -4,12 +4,17 @@ Prints one JSON document.
 
 Usage::
 
-    python -m bench [--duration 20] [--concurrency 32] [--state-dir var] [--out bench/results/serving.json]
+    python -m bench [--duration 20] [--rounds 4] [--concurrency 32] [--state-dir var] [--out FILE]
 
 Each mode starts ``candor serve`` as a subprocess on a free loopback port (sharing one state folder, so the
 index is built at most once), drives ``POST /v1/search`` from ``--concurrency`` keep-alive connections for
 ``--duration`` seconds after a warm-up, and reads the batch-size histogram from ``/metrics``. The load generator
 is a minimal asyncio HTTP/1.1 client so that it takes as little of the shared CPU as possible.
+
+With batching on, the measured time is split into ``--rounds`` rounds, and after each one (the server idle) the
+encoder is timed in this process at that round's mean batch size. A shared machine's speed drifts by more than
+10 % over a minute, so each round's service figure is compared with the encoder figure taken right after it,
+and the report gives every round's ratio and their median.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import platform
 import random
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ import numpy as np
 from app.auth import KeyStore
 from app.observability import configure_logging
 from app.settings import load_settings
-from bench.load import Window
+from bench.load import Window, summarize
 from retrieval.pack import load_pack
 
 GOAL_BATCHED_SPEEDUP = 2.0
@@ -108,9 +115,7 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-async def drive(
-    port: int, key: str, queries: list[str], concurrency: int, duration: float, warmup: float
-) -> dict[str, Any]:
+async def drive(port: int, key: str, queries: list[str], concurrency: int, duration: float, warmup: float) -> Window:
     """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``."""
     bodies = [json.dumps({"query": q, "k": 10}).encode() for q in queries]
     window = Window(warmup, duration)
@@ -131,7 +136,7 @@ async def drive(
             await client.close()
 
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return window.summary()
+    return window
 
 
 def scrape_batches(port: int, model: str = "encoder") -> tuple[float, float]:
@@ -160,10 +165,34 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -
     raise TimeoutError("server did not become ready")
 
 
+ROUND_WARMUP_S = 2.0  # refills the pipeline after the pause between rounds
+
+
 def run_mode(
-    name: str, env_overrides: dict[str, str], args: argparse.Namespace, key: str, queries: list[str]
+    name: str,
+    env_overrides: dict[str, str],
+    args: argparse.Namespace,
+    key: str,
+    queries: list[str],
+    *,
+    rounds: int = 1,
+    after_round: Callable[[float | None], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Start a server with ``env_overrides``, load it, and stop it."""
+    """Start a server with ``env_overrides``, load it, and stop it.
+
+    Args:
+        name: The mode's name in the report.
+        env_overrides: Settings for this server (``CANDOR_...`` variables).
+        args: ``duration``, ``warmup``, ``concurrency`` and ``state_dir``.
+        key: A frontend API key.
+        queries: The query texts, sent round-robin.
+        rounds: Measured rounds splitting ``args.duration`` (a short warm-up before each after the first).
+        after_round: Called with each round's mean batch size while the server idles; what it returns is kept
+            under the round's ``encoder_in_process``.
+
+    Returns:
+        Throughput and latency over all rounds, the mean batch size, and each round when there are several.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -178,56 +207,84 @@ def run_mode(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    windows: list[Window] = []
+    per_round: list[dict[str, Any]] = []
+    batches = items = 0.0
     try:
         wait_ready(port, proc)
-        before = scrape_batches(port)
-        result = asyncio.run(drive(port, key, queries, args.concurrency, args.duration, args.warmup))
-        after = scrape_batches(port)
+        for number in range(rounds):
+            warmup = args.warmup if number == 0 else min(args.warmup, ROUND_WARMUP_S)
+            before = scrape_batches(port)
+            window = asyncio.run(drive(port, key, queries, args.concurrency, args.duration / rounds, warmup))
+            after = scrape_batches(port)
+            # The histogram also counts warm-up batches: a close enough mean for sizing the in-process run.
+            size = (after[1] - before[1]) / (after[0] - before[0]) if after[0] > before[0] else None
+            batches, items = batches + after[0] - before[0], items + after[1] - before[1]
+            windows.append(window)
+            entry = {**window.summary(), "mean_batch_size": round(size, 2) if size else None}
+            if after_round is not None:
+                entry["encoder_in_process"] = after_round(size)
+            per_round.append(entry)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    batches = after[0] - before[0]
-    result["mean_batch_size"] = round((after[1] - before[1]) / batches, 2) if batches else None
+    result = summarize(windows)
+    result["mean_batch_size"] = round(items / batches, 2) if batches else None
     result["mode"] = name
+    if rounds > 1:
+        result["rounds"] = per_round
     return result
 
 
-def raw_encoder(queries: list[str], batch_size: int, seconds: float, workers: int, threads: int) -> dict[str, Any]:
-    """Texts/s of the encoder in-process on length-sorted batches of ``batch_size``.
+class InProcessEncoder:
+    """The service's encoder loaded in this process, timed on length-sorted batches (:func:`~bench.hotpath.raw_rate`).
 
-    Timed in the service's own layout (``workers`` streams of batches side by side, each with its share of
-    ``threads``, as :meth:`Encoder.plan_workers` resolves them), which is what the service is held to, and in
-    the other layout (one stream using every core, or one single-threaded stream per core) for comparison.
-    Every stream runs on its own thread, like the service's workers (:func:`bench.hotpath.raw_rate`).
+    Streams are laid out as the service lays out its workers (:meth:`Encoder.plan_workers`), each on its own
+    thread; the other layout (one stream using every core, or one single-threaded stream per core) is timed for
+    comparison.
     """
-    from bench.hotpath import raw_rate
-    from retrieval.encoder import Encoder
 
-    encoder = Encoder(threads=threads)
-    encoder.warmup()
-    tokenised = [encoder.token_ids(q) for q in queries]
-    service = encoder.plan_workers(workers, threads)
-    cores = service[0] * service[1]
-    other = encoder.plan_workers(0, threads) if service[0] == 1 else (1, cores)
+    def __init__(self, queries: list[str], workers: int, threads: int) -> None:
+        from retrieval.encoder import Encoder
 
-    def layout(streams: int, threads_each: int) -> dict[str, Any]:
+        self.encoder = Encoder(threads=threads)
+        self.encoder.warmup()
+        self.tokenised = [self.encoder.token_ids(q) for q in queries]
+        self.service = self.encoder.plan_workers(workers, threads)
+        cores = self.service[0] * self.service[1]
+        self.other = self.encoder.plan_workers(0, threads) if self.service[0] == 1 else (1, cores)
+
+    def rate(self, batch_size: int, seconds: float, layout: tuple[int, int] | None = None) -> float:
+        """Texts/s on sorted batches of ``batch_size`` in ``layout`` (streams, threads each; the service's)."""
+        from bench.hotpath import raw_rate
+
+        streams, threads_each = layout or self.service
+        return round(
+            raw_rate(self.encoder, self.tokenised, batch_size, seconds, streams=streams, threads_each=threads_each), 1
+        )
+
+    def round_figure(self, mean_batch_size: float | None, seconds: float) -> dict[str, Any]:
+        """The service layout's texts/s at a round's mean batch size."""
+        size = max(1, round(mean_batch_size or 1))
+        return {"batch_size": size, "sorted_texts_per_s": self.rate(size, seconds)}
+
+    def layouts(self, batch_size: int, seconds: float) -> dict[str, Any]:
+        """Both layouts at ``batch_size`` and one text at a time."""
+
+        def layout(streams: int, threads_each: int) -> dict[str, Any]:
+            return {
+                "workers": streams,
+                "threads_per_worker": threads_each,
+                "sorted_texts_per_s": self.rate(batch_size, seconds, (streams, threads_each)),
+                "one_at_a_time_texts_per_s": self.rate(1, seconds, (streams, threads_each)),
+            }
+
         return {
-            "workers": streams,
-            "threads_per_worker": threads_each,
-            "sorted_texts_per_s": round(
-                raw_rate(encoder, tokenised, batch_size, seconds, streams=streams, threads_each=threads_each), 1
-            ),
-            "one_at_a_time_texts_per_s": round(
-                raw_rate(encoder, tokenised, 1, seconds, streams=streams, threads_each=threads_each), 1
-            ),
+            "batch_size": batch_size,
+            "service_layout": layout(*self.service),
+            "other_layout": layout(*self.other) if self.other != self.service else None,
+            "mean_tokens": round(float(np.mean([len(t) for t in self.tokenised])), 1),
         }
-
-    return {
-        "batch_size": batch_size,
-        "service_layout": layout(*service),
-        "other_layout": layout(*other) if other != service else None,
-        "mean_tokens": round(float(np.mean([len(t) for t in tokenised])), 1),
-    }
 
 
 def machine() -> dict[str, Any]:
@@ -256,6 +313,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per mode")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="batched rounds, each followed by an encoder timing")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
@@ -265,12 +323,26 @@ def main() -> None:
     settings = load_settings()
     queries, key = prepare_load(args, "bench")
 
-    batched = run_mode("batched", {}, args, key, queries)
+    encoder = InProcessEncoder(queries, settings.encoder.workers, settings.encoder.threads)
+    raw_seconds = min(10.0, args.duration / args.rounds)
+    batched = run_mode(
+        "batched",
+        {},
+        args,
+        key,
+        queries,
+        rounds=args.rounds,
+        after_round=lambda size: encoder.round_figure(size, raw_seconds),
+    )
     unbatched = run_mode("unbatched", {"CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE": "1"}, args, key, queries)
+    rounds = batched.get("rounds") or [
+        {**batched, "encoder_in_process": encoder.round_figure(batched["mean_batch_size"], raw_seconds)}
+    ]
+    ratios = [r["throughput_rps"] / max(r["encoder_in_process"]["sorted_texts_per_s"], 1e-9) for r in rounds]
     size = max(1, round(batched["mean_batch_size"] or 1))
-    raw = raw_encoder(queries, size, min(10.0, args.duration), settings.encoder.workers, settings.encoder.threads)
+    raw = encoder.layouts(size, raw_seconds)
     speedup = batched["throughput_rps"] / max(unbatched["throughput_rps"], 1e-9)
-    vs_raw = batched["throughput_rps"] / max(raw["service_layout"]["sorted_texts_per_s"], 1e-9)
+    vs_raw = statistics.median(ratios)
     report = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -286,6 +358,7 @@ def main() -> None:
         "unbatched": unbatched,
         "encoder_in_process": raw,
         "batched_vs_unbatched": round(speedup, 2),
+        "service_vs_raw_encoder_per_round": [round(r, 3) for r in ratios],
         "service_vs_raw_encoder": round(vs_raw, 3),
         "goals": {
             f"batched_vs_unbatched>={GOAL_BATCHED_SPEEDUP}": speedup >= GOAL_BATCHED_SPEEDUP,
