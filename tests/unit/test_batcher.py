@@ -75,6 +75,17 @@ async def start_blocked(batcher: DynamicBatcher[str, str], handler: GatedHandler
     return first
 
 
+async def run_one_window(batcher: DynamicBatcher[str, str], handler: GatedHandler, words: list[str]) -> None:
+    """Queue ``words`` while the worker is held on a first item, so they form one window; run them all."""
+    batcher.start()
+    first = await start_blocked(batcher, handler)
+    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
+    await wait_until(lambda: batcher.depth == len(words), "words queued")
+    handler.gate.set()
+    await asyncio.gather(first, *rest)
+    await batcher.stop()
+
+
 async def test_concurrent_items_coalesce_into_one_batch() -> None:
     handler = GatedHandler()
     batcher = DynamicBatcher("m", handler, config())
@@ -120,14 +131,7 @@ async def test_token_cap_bounds_padded_size_and_batches_are_length_sorted() -> N
     handler = GatedHandler()
     observer = RecordingObserver()
     batcher = DynamicBatcher("m", handler, config(max_batch_tokens=20), cost=len, observer=observer)
-    batcher.start()
-    first = await start_blocked(batcher, handler)
-    words = ["aaaaaaaaaa", "bb", "cccccccccc", "dd", "eeeee", "ff"]
-    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
-    await wait_until(lambda: batcher.depth == len(words), "words queued")
-    handler.gate.set()
-    await asyncio.gather(first, *rest)
-    await batcher.stop()
+    await run_one_window(batcher, handler, ["aaaaaaaaaa", "bb", "cccccccccc", "dd", "eeeee", "ff"])
     for stats in observer.stats:
         assert stats.padded_tokens <= 20 or stats.size == 1
     later = handler.batches[1:]
@@ -138,14 +142,7 @@ async def test_token_cap_bounds_padded_size_and_batches_are_length_sorted() -> N
 async def test_overhead_aware_cuts_split_mixed_lengths() -> None:
     handler = GatedHandler()
     batcher = DynamicBatcher("m", handler, config(batch_overhead_tokens=10), cost=len)
-    batcher.start()
-    first = await start_blocked(batcher, handler)
-    words = ["ab"] * 4 + ["x" * 40] * 4
-    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
-    await wait_until(lambda: batcher.depth == len(words), "words queued")
-    handler.gate.set()
-    await asyncio.gather(first, *rest)
-    await batcher.stop()
+    await run_one_window(batcher, handler, ["ab"] * 4 + ["x" * 40] * 4)
     # One batch of 8 pads the short words to 40 (320 tokens); two batches cost 10+8 + 10+160.
     assert sorted(len(b) for b in handler.batches[1:]) == [4, 4]
 
@@ -155,14 +152,7 @@ async def test_packed_batches_fill_to_the_caps_and_count_real_tokens() -> None:
     observer = RecordingObserver()
     cfg = config(batch_overhead_tokens=10, packed=True, max_batch_tokens=170)
     batcher = DynamicBatcher("m", handler, cfg, cost=len, observer=observer)
-    batcher.start()
-    first = await start_blocked(batcher, handler)
-    words = ["ab"] * 4 + ["x" * 40] * 4
-    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
-    await wait_until(lambda: batcher.depth == len(words), "words queued")
-    handler.gate.set()
-    await asyncio.gather(first, *rest)
-    await batcher.stop()
+    await run_one_window(batcher, handler, ["ab"] * 4 + ["x" * 40] * 4)
     # Padding costs nothing, so the window is not cut where lengths jump (as it is unpacked, above); the
     # token cap holds the sum of lengths: 4 * 2 + 4 * 40 = 168 fits in 170, one more long word would not.
     assert [len(b) for b in handler.batches[1:]] == [8]
@@ -174,14 +164,7 @@ async def test_packed_batches_fill_to_the_caps_and_count_real_tokens() -> None:
 async def test_packed_token_cap_is_on_the_sum_of_costs() -> None:
     handler = GatedHandler()
     batcher = DynamicBatcher("m", handler, config(packed=True, max_batch_tokens=100), cost=len)
-    batcher.start()
-    first = await start_blocked(batcher, handler)
-    words = ["x" * 30] * 5
-    rest = [asyncio.create_task(batcher.submit(w)) for w in words]
-    await wait_until(lambda: batcher.depth == len(words), "words queued")
-    handler.gate.set()
-    await asyncio.gather(first, *rest)
-    await batcher.stop()
+    await run_one_window(batcher, handler, ["x" * 30] * 5)
     assert [len(b) for b in handler.batches[1:]] == [3, 2]
 
 
