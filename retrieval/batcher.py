@@ -314,7 +314,7 @@ class DynamicBatcher(Generic[In, Out]):
         current: list[_Pending[In, Out]] = []
         summed = 0
         for item in ordered:
-            # Sorted ascending, so the newcomer is the longest: padded size is (n + 1) * its cost.
+            # Sorted ascending, so the newcomer is the longest: padded size is (n + 1) * its cost (packed: the sum).
             tokens = summed + item.cost if cfg.packed else (len(current) + 1) * item.cost
             full = len(current) >= cfg.max_batch_size or tokens > cfg.max_batch_tokens
             if current and full:

@@ -184,7 +184,7 @@ class Encoder:
         mixed shapes here. Probe batches of several shapes must match the eager output; any failure or mismatch
         keeps the eager path.
         """
-        body = getattr(self._model[0], "model", None) or getattr(self._model[0], "auto_model", None)
+        body = self._transformer_body()
         if body is None:
             return None
 
@@ -216,7 +216,7 @@ class Encoder:
         parallel and the packed path was never measured there. Kept only if it matches eager output on the
         probe batches, like the padded trace.
         """
-        body = getattr(self._model[0], "auto_model", None)
+        body = self._transformer_body()
         if self._device != "cpu" or self._pooling_mode is None or body is None:
             return None
         reason = unpackable_reason(body)
@@ -235,6 +235,12 @@ class Encoder:
             logger.warning("encoder_packing_failed", error=f"{type(exc).__name__}: {exc}")
             return None
         return traced
+
+    def _transformer_body(self) -> torch.nn.Module | None:
+        """The Hugging Face model inside the sentence-transformers Transformer module, if there is one."""
+        first = self._model[0]
+        body = getattr(first, "model", None) or getattr(first, "auto_model", None)
+        return body if isinstance(body, torch.nn.Module) else None
 
     def _probe(self, *lengths: int) -> list[list[int]]:
         """A batch of well-formed token id lists of the given lengths (special tokens included)."""
