@@ -191,7 +191,8 @@ def run_mode(
             under the round's ``encoder_in_process``.
 
     Returns:
-        Throughput and latency over all rounds, the mean batch size, and each round when there are several.
+        Throughput and latency over all rounds, the mean batch size, and each round (``rounds``) when there
+        are several or ``after_round`` is given.
     """
     port = free_port()
     env = {
@@ -231,7 +232,7 @@ def run_mode(
     result = summarize(windows)
     result["mean_batch_size"] = round(items / batches, 2) if batches else None
     result["mode"] = name
-    if rounds > 1:
+    if after_round is not None or rounds > 1:
         result["rounds"] = per_round
     return result
 
@@ -335,9 +336,7 @@ def main() -> None:
         after_round=lambda size: encoder.round_figure(size, raw_seconds),
     )
     unbatched = run_mode("unbatched", {"CANDOR_BATCHING__ENCODER__MAX_BATCH_SIZE": "1"}, args, key, queries)
-    rounds = batched.get("rounds") or [
-        {**batched, "encoder_in_process": encoder.round_figure(batched["mean_batch_size"], raw_seconds)}
-    ]
+    rounds = batched["rounds"]
     ratios = [r["throughput_rps"] / max(r["encoder_in_process"]["sorted_texts_per_s"], 1e-9) for r in rounds]
     size = max(1, round(batched["mean_batch_size"] or 1))
     raw = encoder.layouts(size, raw_seconds)

@@ -159,7 +159,7 @@ class PackedBatch:
         return self.ids, self.positions, self.scatter, self.mask
 
 
-def pack(batch: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32) -> PackedBatch:
+def pack(batch: Sequence[Sequence[int]]) -> PackedBatch:
     """Pack token id lists (each non-empty) for :class:`PackedBert`.
 
     Built in numpy: a torch call per text would drop and retake the GIL for each (see the encoder's notes).
@@ -177,7 +177,7 @@ def pack(batch: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32) -> 
         ids=torch.from_numpy(ids),
         positions=torch.from_numpy(positions),
         scatter=torch.from_numpy(scatter),
-        mask=torch.from_numpy(mask).to(dtype),
+        mask=torch.from_numpy(mask),
         lengths=lengths,
         starts=starts,
     )
