@@ -103,19 +103,17 @@ def _stem(term: str) -> str:
     return term
 
 
-def _item_fields(item: Item) -> dict[str, str]:
+EXPLAINED_FIELDS = ("title", "category", "brand", "attributes", "text")
+
+
+def _field_texts(item: Item) -> tuple[str, ...]:
+    """The texts of :data:`EXPLAINED_FIELDS`, in that order."""
     attrs = " ".join(f"{k} {v}" for k, v in item.attributes.items() if v is not None)
-    return {
-        "title": item.title,
-        "category": item.category,
-        "brand": item.brand or "",
-        "attributes": attrs,
-        "text": item.text,
-    }
+    return (item.title, item.category, item.brand or "", attrs, item.text)
 
 
 class FieldTerms:
-    """Stemmed term sets of each item's fields, computed once per item version.
+    """Which fields of an item hold each stemmed term, computed once per item version.
 
     Explanations run on the hot path for every result; tokenising long item texts each time would cost more
     than the search itself. Entries are keyed by item id and dropped when a different object (a replaced
@@ -127,21 +125,27 @@ class FieldTerms:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._cache: OrderedDict[str, tuple[Item, dict[str, frozenset[str]]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Item, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, item: Item) -> dict[str, frozenset[str]]:
-        """Field name to stemmed terms, for ``item``."""
+    def get(self, item: Item) -> dict[str, int]:
+        """Stemmed term to a bit mask of the fields holding it (bit ``n``: ``EXPLAINED_FIELDS[n]``), for ``item``."""
         with self._lock:
             hit = self._cache.get(item.id)
         if hit is not None and hit[0] is item:
             return hit[1]
-        fields = {name: frozenset(_stem(t) for t in terms(text)) for name, text in _item_fields(item).items()}
+        # One map per item, not a set per field: a query term then costs one lookup per result, however many
+        # fields there are.
+        where: dict[str, int] = {}
+        for bit, text in enumerate(_field_texts(item)):
+            for term in terms(text):
+                stem = _stem(term)
+                where[stem] = where.get(stem, 0) | (1 << bit)
         with self._lock:
-            self._cache[item.id] = (item, fields)
+            self._cache[item.id] = (item, where)
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
-        return fields
+        return where
 
 
 def query_stems(query: str) -> dict[str, str]:
@@ -164,14 +168,19 @@ def explain_query_match(
         A ``query-field-match`` explanation; a field's score is the share of query terms it contains.
     """
     stems = query_stems(query) if isinstance(query, str) else query
-    fields = (field_terms or FieldTerms(capacity=1)).get(item)
+    where = (field_terms or FieldTerms(capacity=1)).get(item)
+    # (term as written, fields holding it) for the query terms the item has, in query order.
+    hits = [(shown, mask) for stem, shown in stems.items() if (mask := where.get(stem, 0))]
     contributions: list[Contribution] = []
-    for name, present in fields.items():
-        if present.isdisjoint(stems):  # the common case, checked in C: this runs for every result served
-            continue
-        matched = tuple(stems[s] for s in stems if s in present)
-        contributions.append(Contribution(source=name, score=len(matched) / len(stems), matched_terms=matched))
-    contributions.sort(key=lambda c: -c.score)
+    if hits:
+        held = 0
+        for _, mask in hits:
+            held |= mask
+        for bit, name in enumerate(EXPLAINED_FIELDS):
+            if (held >> bit) & 1:
+                matched = tuple([shown for shown, mask in hits if (mask >> bit) & 1])
+                contributions.append(Contribution(source=name, score=len(matched) / len(stems), matched_terms=matched))
+        contributions.sort(key=lambda c: -c.score)
     if contributions:
         best = contributions[0]
         quoted = ", ".join(f"'{t}'" for t in best.matched_terms)

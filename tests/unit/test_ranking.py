@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval.recommend import (
+    EXPLAINED_FIELDS,
     FieldTerms,
     RecommenderConfig,
     explain_history,
@@ -85,11 +86,26 @@ def test_query_explanation_lists_matching_fields() -> None:
     assert "matched on meaning" in nothing.summary
 
 
+def test_query_explanation_gives_each_field_its_terms_in_query_order() -> None:
+    explanation = explain_query_match("soft sathiyas towels", TOWEL, 0.61)
+    by_field = {c.source: (c.matched_terms, round(c.score, 6)) for c in explanation.contributions}
+    assert by_field == {
+        "title": (("towels",), 0.333333),
+        "category": (("towels",), 0.333333),
+        "brand": (("sathiyas",), 0.333333),
+        "text": (("soft", "towels"), 0.666667),
+    }
+    assert explanation.contributions[0].source == "text"
+    assert explanation.summary == "Query terms 'soft', 'towels' appear in the text; semantic similarity 0.61."
+
+
 def test_field_terms_cache_follows_replaced_items() -> None:
     cache = FieldTerms()
-    assert "towel" in cache.get(TOWEL)["title"]
+    title = 1 << EXPLAINED_FIELDS.index("title")
+    assert cache.get(TOWEL)["towel"] & title
     renamed = Item(id="t1", title="Linen Sheet", text="", category="Home")
-    assert "towel" not in cache.get(renamed)["title"]
+    assert "towel" not in cache.get(renamed)
+    assert cache.get(renamed)["sheet"] == title
 
 
 def test_mmr_zero_diversity_keeps_relevance_order_and_high_diversity_avoids_duplicates() -> None:
