@@ -40,8 +40,8 @@ def _may_differ(raw: bytes) -> bool:
             continue
         while start and raw[start - 1] in _NUMBER_CHARS:
             start -= 1
-        if raw[start - 1 : start] in (b",", b"[") or raw[start - 2 : start] == b'":':
-            return True
+        if not start or raw[start - 1 : start] in (b",", b"[") or raw[start - 2 : start] == b'":':
+            return True  # a number as the whole document, an array element or an object value
     return False
 
 

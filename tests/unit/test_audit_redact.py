@@ -69,6 +69,7 @@ def test_canonical_json_is_byte_for_byte_the_json_module_s() -> None:
         {"hash": "sha256:1e5f", "title": "Rs. 1e6, 0.00001 off"},  # number-like strings
     ]
     values += [{"v": f} for f in floats]
+    values += [1e16, -2.5e-7, 1.5e300]  # a float as the whole document
     for value in values:
         assert canonical_json(value) == python_canonical(value), value
 
