@@ -58,9 +58,25 @@ def test_keys_are_stored_hashed_and_verified(tmp_path: Path) -> None:
     assert store.verify("Bearer nonsense") is None
     stored = sqlite3.connect(tmp_path / "keys.sqlite").execute("SELECT key_hash FROM api_keys").fetchone()[0]
     assert key not in stored
-    assert key.split("_")[2] not in stored
+    assert key.split("_", 2)[2] not in stored
     assert store.revoke(principal.key_id)
     assert store.verify(key) is None
     with pytest.raises(ValueError, match="unknown role"):
         store.create("root")  # type: ignore[arg-type]
+    store.close()
+
+
+def test_a_secret_with_underscores_still_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # token_urlsafe draws from an alphabet with "_" and "-"; pin a secret full of both so the
+    # split into prefix, id and secret is exercised on every run, not by chance
+    monkeypatch.setattr("app.auth.secrets.token_urlsafe", lambda n: "_a-b__c_")
+    store = KeyStore(tmp_path / "keys.sqlite")
+    key = store.create("frontend")
+    assert key.endswith("__a-b__c_")
+    principal = store.verify(key)
+    assert principal is not None
+    assert principal.key_id == key.split("_")[1]
+    assert store.verify(key[:-1]) is None
+    stored = sqlite3.connect(tmp_path / "keys.sqlite").execute("SELECT key_hash FROM api_keys").fetchone()[0]
+    assert "_a-b__c_" not in stored
     store.close()
