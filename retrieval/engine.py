@@ -489,10 +489,12 @@ class RetrievalEngine:
     async def _neighbours(
         self, vectors: Sequence[np.ndarray], k: int, request_id: str
     ) -> list[list[tuple[float, int]]]:
-        assert self._search_batcher is not None
-        results = await asyncio.gather(
-            *(self._search_batcher.submit(SearchQuery(vec, k), request_id) for vec in vectors)
-        )
+        batcher = self._search_batcher
+        assert batcher is not None
+        if len(vectors) == 1:  # every search: no task for gather() to wrap it in
+            results = [await batcher.submit(SearchQuery(vectors[0], k), request_id)]
+        else:
+            results = await asyncio.gather(*(batcher.submit(SearchQuery(vec, k), request_id) for vec in vectors))
         # tolist() converts in C; per-element float()/int() on numpy scalars cost more than the search here.
         return [
             [(s, i) for s, i in zip(scores.tolist(), ids.tolist(), strict=True) if i >= 0] for scores, ids in results
