@@ -19,6 +19,7 @@ class Window:
         warmup: Unmeasured seconds from the start.
         duration: Measured seconds.
         start: ``time.perf_counter()`` at the start.
+        finished: Every request that finished, warm-up included (CPU readings span the whole run).
     """
 
     warmup: float
@@ -26,6 +27,7 @@ class Window:
     start: float = field(default_factory=time.perf_counter)
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    finished: int = 0
 
     @property
     def measure_from(self) -> float:
@@ -39,6 +41,7 @@ class Window:
 
     def record(self, sent: float, done: float, error: str | None = None) -> None:
         """Count one request that was sent at ``sent`` and finished at ``done`` (failed with ``error`` if given)."""
+        self.finished += 1
         if sent < self.measure_from:
             return
         if error is None:

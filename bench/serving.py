@@ -41,6 +41,7 @@ import numpy as np
 from app.auth import KeyStore
 from app.observability import configure_logging
 from app.settings import load_settings
+from bench import cpu
 from bench.load import Window, summarize
 from retrieval.pack import load_pack
 
@@ -210,19 +211,22 @@ def run_mode(
     )
     windows: list[Window] = []
     per_round: list[dict[str, Any]] = []
+    spans: list[tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]] = []
     batches = items = 0.0
     try:
         wait_ready(port, proc)
         for number in range(rounds):
             warmup = args.warmup if number == 0 else min(args.warmup, ROUND_WARMUP_S)
-            before = scrape_batches(port)
+            before, cpu_before = scrape_batches(port), cpu.snapshot(proc.pid)
             window = asyncio.run(drive(port, key, queries, args.concurrency, args.duration / rounds, warmup))
-            after = scrape_batches(port)
+            after, cpu_after = scrape_batches(port), cpu.snapshot(proc.pid)
             # The histogram also counts warm-up batches: a close enough mean for sizing the in-process run.
             size = (after[1] - before[1]) / (after[0] - before[0]) if after[0] > before[0] else None
             batches, items = batches + after[0] - before[0], items + after[1] - before[1]
             windows.append(window)
             entry = {**window.summary(), "mean_batch_size": round(size, 2) if size else None}
+            spans.append((cpu_before, cpu_after))
+            entry["cpu_ms_per_request"] = cpu.per_request(proc.pid, [spans[-1]], window.finished)
             if after_round is not None:
                 entry["encoder_in_process"] = after_round(size)
             per_round.append(entry)
@@ -231,6 +235,7 @@ def run_mode(
         proc.wait(timeout=30)
     result = summarize(windows)
     result["mean_batch_size"] = round(items / batches, 2) if batches else None
+    result["cpu_ms_per_request"] = cpu.per_request(proc.pid, spans, sum(w.finished for w in windows))
     result["mode"] = name
     if after_round is not None or rounds > 1:
         result["rounds"] = per_round
@@ -267,7 +272,13 @@ class InProcessEncoder:
     def round_figure(self, mean_batch_size: float | None, seconds: float) -> dict[str, Any]:
         """The service layout's texts/s at a round's mean batch size."""
         size = max(1, round(mean_batch_size or 1))
-        return {"batch_size": size, "sorted_texts_per_s": self.rate(size, seconds)}
+        before = cpu.snapshot()
+        rate = self.rate(size, seconds)
+        return {
+            "batch_size": size,
+            "sorted_texts_per_s": rate,
+            "machine_idle_pct": cpu.idle_pct(before, cpu.snapshot()),
+        }
 
     def layouts(self, batch_size: int, seconds: float) -> dict[str, Any]:
         """Both layouts at ``batch_size`` and one text at a time."""

@@ -1,0 +1,55 @@
+"""The load benchmark's CPU accounting (``bench.cpu``): arithmetic on snapshots, and real readings on Linux."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from bench.cpu import CpuSnapshot, idle_pct, per_request, snapshot
+
+PID = 100
+
+
+def _snap(threads: dict[int, float], idle: int, busy: int, own: float) -> CpuSnapshot:
+    # user nice system idle iowait irq softirq steal
+    return CpuSnapshot(threads, [busy, 0, 0, idle, 0, 0, 0, 0], own)
+
+
+def test_per_request_splits_the_event_loop_from_other_threads_and_adds_spans() -> None:
+    first = (_snap({PID: 1.0, 7: 2.0}, 0, 0, 0.5), _snap({PID: 1.2, 7: 2.6, 8: 0.1}, 20, 80, 0.6))
+    second = (_snap({PID: 2.0, 7: 3.0, 8: 0.1}, 100, 100, 1.0), _snap({PID: 2.2, 7: 3.4, 8: 0.2}, 160, 120, 1.1))
+    report = per_request(PID, [first, second], requests=100)
+    assert report == {
+        "server_event_loop": 4.0,  # 0.2 s + 0.2 s over 100 requests
+        "server_other_threads": [10.0, 2.0],  # thread 7: 1.0 s; thread 8 (started in the first span): 0.2 s
+        "server_total": 16.0,
+        "load_generator": 2.0,
+        "machine_idle_pct": 44.4,  # (20 + 60) idle of (100 + 80) ticks
+    }
+
+
+def test_without_proc_or_requests_there_is_no_reading() -> None:
+    span = (_snap({PID: 1.0}, 0, 0, 0.0), _snap({PID: 2.0}, 1, 1, 0.0))
+    assert per_request(PID, [span], requests=0) is None
+    assert per_request(PID, [(CpuSnapshot(None, None, 0.0), CpuSnapshot(None, None, 1.0))], requests=5) is None
+    assert idle_pct(CpuSnapshot(None, None, 0.0), CpuSnapshot(None, None, 0.0)) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
+def test_snapshot_reads_this_process_threads() -> None:
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        taken = snapshot(os.getpid())
+        assert taken.threads is not None
+        assert os.getpid() in taken.threads  # the main thread's id is the process id
+        assert worker.native_id in taken.threads
+        assert taken.machine is not None
+        assert len(taken.machine) >= 8
+    finally:
+        stop.set()
+        worker.join()
