@@ -269,25 +269,30 @@ class InProcessEncoder:
             raw_rate(self.encoder, self.tokenised, batch_size, seconds, streams=streams, threads_each=threads_each), 1
         )
 
+    def rate_and_idle(
+        self, batch_size: int, seconds: float, layout: tuple[int, int] | None = None
+    ) -> tuple[float, float | None]:
+        """:meth:`rate`, and the share of the machine left idle meanwhile (percent; ``None`` without ``/proc``)."""
+        before = cpu.snapshot()
+        rate = self.rate(batch_size, seconds, layout)
+        return rate, cpu.idle_pct(before, cpu.snapshot())
+
     def round_figure(self, mean_batch_size: float | None, seconds: float) -> dict[str, Any]:
         """The service layout's texts/s at a round's mean batch size."""
         size = max(1, round(mean_batch_size or 1))
-        before = cpu.snapshot()
-        rate = self.rate(size, seconds)
-        return {
-            "batch_size": size,
-            "sorted_texts_per_s": rate,
-            "machine_idle_pct": cpu.idle_pct(before, cpu.snapshot()),
-        }
+        rate, idle = self.rate_and_idle(size, seconds)
+        return {"batch_size": size, "sorted_texts_per_s": rate, "machine_idle_pct": idle}
 
     def layouts(self, batch_size: int, seconds: float) -> dict[str, Any]:
         """Both layouts at ``batch_size`` and one text at a time."""
 
         def layout(streams: int, threads_each: int) -> dict[str, Any]:
+            rate, idle = self.rate_and_idle(batch_size, seconds, (streams, threads_each))
             return {
                 "workers": streams,
                 "threads_per_worker": threads_each,
-                "sorted_texts_per_s": self.rate(batch_size, seconds, (streams, threads_each)),
+                "sorted_texts_per_s": rate,
+                "sorted_machine_idle_pct": idle,
                 "one_at_a_time_texts_per_s": self.rate(1, seconds, (streams, threads_each)),
             }
 
