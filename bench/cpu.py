@@ -4,11 +4,20 @@ Read from Linux ``/proc`` between two snapshots and divided by the requests answ
 readings are ``None``. The server's event loop is its main thread (``candor serve`` runs uvicorn there); its
 other threads (the batch workers, the model's own threads, the audit log's commits) carry no names outside the
 process, so they are listed by CPU time, largest first.
+
+CPU time depends on how fast the machine runs at the moment, which on a shared host moves by a third within
+minutes. :class:`Instructions` also counts the user-space instructions each thread retires (Linux ``perf stat``,
+where it is installed and allowed): a figure that stays put while the host's speed drifts, so it shows whether a
+change made the event loop do less work. The model's threads count spin-waiting too, so theirs move with timing.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,4 +127,96 @@ def per_request(pid: int, spans: Sequence[tuple[CpuSnapshot, CpuSnapshot]], requ
         "server_total": ms(loop + sum(threads.values())),
         "load_generator": ms(sum(after.own - before.own for before, after in spans)),
         "machine_idle_pct": _idle(ticks),
+    }
+
+
+class Instructions:
+    """User-space instructions retired by each thread of one process between :meth:`start` and :meth:`stop`.
+
+    Runs ``perf stat --per-thread`` on the process. A thread started after counting began is counted with the
+    thread that started it. Without the ``perf`` tool, or without permission to count the process
+    (``kernel.perf_event_paranoid``), :meth:`stop` returns ``None``.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Instructions:
+        """Start counting (returns ``self``); counting begins a few milliseconds later."""
+        tool = shutil.which("perf")
+        if tool is not None:
+            command = [tool, "stat", "-x", ",", "--per-thread", "-e", "instructions:u", "-p", str(self.pid)]
+            self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.1)  # let perf attach before the span it should cover starts
+        return self
+
+    def stop(self) -> dict[int, float] | None:
+        """Stop counting; instructions by thread id, or ``None`` when nothing could be counted."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # perf prints its counts as it exits
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return None
+        return parse_perf_threads(err) or None
+
+
+def parse_perf_threads(text: str) -> dict[int, float]:
+    """Counts by thread id from ``perf stat -x , --per-thread`` output (lines ``comm-tid,value,unit,event,...``).
+
+    Lines that are not counts (headers, ``<not counted>``, ``<not supported>``) are skipped.
+    """
+    counts: dict[int, float] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 2:
+            continue
+        _, dash, tid = fields[0].rpartition("-")
+        try:
+            value = float(fields[1])
+        except ValueError:
+            continue
+        if dash and tid.isdigit():
+            counts[int(tid)] = counts.get(int(tid), 0.0) + value
+    return counts
+
+
+def instructions_per_request(
+    pid: int, spans: Sequence[tuple[dict[int, float] | None, dict[int, float] | None]], requests: int
+) -> dict[str, Any] | None:
+    """Millions of user-space instructions per request, from :class:`Instructions` readings over one or more spans.
+
+    Args:
+        pid: The server's process id (its main thread runs the event loop).
+        spans: ``(server, load generator)`` readings of each span.
+        requests: Requests answered within the spans.
+
+    Returns:
+        ``server_event_loop``, ``server_other_threads`` (largest first, those of at least 0.001) and
+        ``load_generator``; ``None`` when a span has no reading or there were no requests.
+    """
+    readings = [(server, own) for server, own in spans if server is not None and own is not None]
+    if not requests or not spans or len(readings) < len(spans):
+        return None
+    threads: dict[int, float] = {}
+    own_total = 0.0
+    for server, own in readings:
+        for tid, count in server.items():
+            threads[tid] = threads.get(tid, 0.0) + count
+        own_total += sum(own.values())
+
+    def millions(count: float) -> float:
+        return round(count / requests / 1e6, 3)
+
+    loop = threads.pop(pid, 0.0)
+    return {
+        "server_event_loop": millions(loop),
+        "server_other_threads": [millions(c) for c in sorted(threads.values(), reverse=True) if millions(c) >= 0.001],
+        "load_generator": millions(own_total),
     }

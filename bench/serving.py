@@ -212,14 +212,17 @@ def run_mode(
     windows: list[Window] = []
     per_round: list[dict[str, Any]] = []
     spans: list[tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]] = []
+    counted: list[tuple[dict[int, float] | None, dict[int, float] | None]] = []
     batches = items = 0.0
     try:
         wait_ready(port, proc)
         for number in range(rounds):
             warmup = args.warmup if number == 0 else min(args.warmup, ROUND_WARMUP_S)
+            counting = (cpu.Instructions(proc.pid).start(), cpu.Instructions(os.getpid()).start())
             before, cpu_before = scrape_batches(port), cpu.snapshot(proc.pid)
             window = asyncio.run(drive(port, key, queries, args.concurrency, args.duration / rounds, warmup))
             after, cpu_after = scrape_batches(port), cpu.snapshot(proc.pid)
+            counted.append((counting[0].stop(), counting[1].stop()))
             # The histogram also counts warm-up batches: a close enough mean for sizing the in-process run.
             size = (after[1] - before[1]) / (after[0] - before[0]) if after[0] > before[0] else None
             batches, items = batches + after[0] - before[0], items + after[1] - before[1]
@@ -227,6 +230,7 @@ def run_mode(
             entry = {**window.summary(), "mean_batch_size": round(size, 2) if size else None}
             spans.append((cpu_before, cpu_after))
             entry["cpu_ms_per_request"] = cpu.per_request(proc.pid, [spans[-1]], window.finished)
+            entry["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, counted[-1:], window.finished)
             if after_round is not None:
                 entry["encoder_in_process"] = after_round(size)
             per_round.append(entry)
@@ -236,6 +240,9 @@ def run_mode(
     result = summarize(windows)
     result["mean_batch_size"] = round(items / batches, 2) if batches else None
     result["cpu_ms_per_request"] = cpu.per_request(proc.pid, spans, sum(w.finished for w in windows))
+    result["instructions_per_request_m"] = cpu.instructions_per_request(
+        proc.pid, counted, sum(w.finished for w in windows)
+    )
     result["mode"] = name
     if after_round is not None or rounds > 1:
         result["rounds"] = per_round

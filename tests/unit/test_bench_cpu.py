@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import threading
 
 import pytest
 
-from bench.cpu import CpuSnapshot, idle_pct, per_request, snapshot
+from bench.cpu import (
+    CpuSnapshot,
+    Instructions,
+    idle_pct,
+    instructions_per_request,
+    parse_perf_threads,
+    per_request,
+    snapshot,
+)
 
 PID = 100
 
@@ -53,3 +63,49 @@ def test_snapshot_reads_this_process_threads() -> None:
     finally:
         stop.set()
         worker.join()
+
+
+PERF_OUTPUT = """\
+python-100,3100000000,,instructions:u,15000000000,100.00,,
+python-107,25000000000,,instructions:u,15000000000,100.00,,
+python-108,<not counted>,,instructions:u,0,100.00,,
+python-109,2000,,instructions:u,15000000000,100.00,,
+"""
+
+
+def test_perf_output_is_read_by_thread_and_non_counts_are_skipped() -> None:
+    assert parse_perf_threads(PERF_OUTPUT) == {100: 3.1e9, 107: 2.5e10, 109: 2000.0}
+    assert parse_perf_threads("Performance counter stats for process id '100':\n\n") == {}
+
+
+def test_instructions_per_request_adds_spans_and_needs_every_reading() -> None:
+    server = parse_perf_threads(PERF_OUTPUT)
+    report = instructions_per_request(PID, [(server, {200: 1e8}), ({PID: 9e8, 107: 5e9}, {200: 1e8})], 1000)
+    assert report == {
+        "server_event_loop": 4.0,  # (3.1e9 + 0.9e9) / 1000 requests, in millions
+        "server_other_threads": [30.0],  # thread 109's 2,000 instructions are below 0.001 M per request
+        "load_generator": 0.2,
+    }
+    assert instructions_per_request(PID, [(server, None)], 1000) is None
+    assert instructions_per_request(PID, [(server, {200: 1.0})], 0) is None
+
+
+def _perf_refusal() -> str | None:
+    tool = shutil.which("perf")
+    if tool is None:
+        return "the perf tool is not installed"
+    probe = subprocess.run([tool, "stat", "-x", ",", "-e", "instructions:u", "true"], capture_output=True, text=True)
+    counted = probe.returncode == 0 and any(line[:1].isdigit() for line in probe.stderr.splitlines())
+    return None if counted else f"perf cannot count instructions here: {probe.stderr.strip()[:200]}"
+
+
+def test_instructions_counts_this_process_threads() -> None:
+    refusal = _perf_refusal()
+    if refusal:
+        pytest.skip(refusal)
+    counter = Instructions(os.getpid()).start()
+    total = sum(i * i for i in range(300_000))  # work on the main thread while perf counts
+    counts = counter.stop()
+    assert total > 0
+    assert counts is not None
+    assert counts.get(os.getpid(), 0.0) > 1e6  # the loop above alone retires several million instructions
