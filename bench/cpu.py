@@ -8,7 +8,7 @@ process, so they are listed by CPU time, largest first.
 CPU time depends on how fast the machine runs at the moment, which on a shared host moves by a third within
 minutes. :class:`Instructions` also counts the user-space instructions each thread retires (Linux ``perf stat``,
 where it is installed and allowed): a figure that stays put while the host's speed drifts, so it shows whether a
-change made the event loop do less work. The model's threads count spin-waiting too, so theirs move with timing.
+change made the event loop do less work. The model's threads' counts move more from run to run.
 """
 
 from __future__ import annotations
