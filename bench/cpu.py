@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,15 @@ def idle_pct(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
     return _idle(_tick_deltas(before, after))
 
 
+def _server_threads(totals: dict[int, float], pid: int, scale: Callable[[float], float]) -> dict[str, Any]:
+    """The event loop's figure (thread ``pid``) and the other threads', largest first, those of at least 0.001."""
+    others = sorted((value for tid, value in totals.items() if tid != pid), reverse=True)
+    return {
+        "server_event_loop": scale(totals.get(pid, 0.0)),
+        "server_other_threads": [figure for figure in map(scale, others) if figure >= 0.001],
+    }
+
+
 def per_request(pid: int, spans: Sequence[tuple[CpuSnapshot, CpuSnapshot]], requests: int) -> dict[str, Any] | None:
     """CPU milliseconds per request over one or more spans of a load test, and the machine's idle share.
 
@@ -120,11 +129,9 @@ def per_request(pid: int, spans: Sequence[tuple[CpuSnapshot, CpuSnapshot]], requ
     def ms(seconds: float) -> float:
         return round(seconds / requests * 1000, 3)
 
-    loop = threads.pop(pid, 0.0)
     return {
-        "server_event_loop": ms(loop),
-        "server_other_threads": [ms(s) for s in sorted(threads.values(), reverse=True) if ms(s) >= 0.001],
-        "server_total": ms(loop + sum(threads.values())),
+        **_server_threads(threads, pid, ms),
+        "server_total": ms(sum(threads.values())),
         "load_generator": ms(sum(after.own - before.own for before, after in spans)),
         "machine_idle_pct": _idle(ticks),
     }
@@ -214,9 +221,4 @@ def instructions_per_request(
     def millions(count: float) -> float:
         return round(count / requests / 1e6, 3)
 
-    loop = threads.pop(pid, 0.0)
-    return {
-        "server_event_loop": millions(loop),
-        "server_other_threads": [millions(c) for c in sorted(threads.values(), reverse=True) if millions(c) >= 0.001],
-        "load_generator": millions(own_total),
-    }
+    return {**_server_threads(threads, pid, millions), "load_generator": millions(own_total)}
