@@ -118,7 +118,12 @@ class Encoder:
         self._device = resolve_device(device)
         if self._device == "cpu":
             torch.set_num_threads(threads or free_cores())
-        self._model = SentenceTransformer(str(path), device=self._device, local_files_only=True)
+        # Weights load as float32 whatever dtype the folder stores (many checkpoints ship float16, which
+        # transformers would otherwise keep: slow on most CPUs and not what the CPU path is checked against);
+        # CUDA then halves them.
+        self._model = SentenceTransformer(
+            str(path), device=self._device, local_files_only=True, model_kwargs={"dtype": torch.float32}
+        )
         if max_seq_length:
             self._model.max_seq_length = max_seq_length
         if self._device == "cuda":
@@ -139,7 +144,7 @@ class Encoder:
             path=str(path),
             dim=int(dim),
             device=self._device,
-            dtype="float16" if self._device == "cuda" else "float32",
+            dtype=str(next(self._model.parameters()).dtype).removeprefix("torch."),
             max_seq_length=int(self._model.max_seq_length or 512),
         )
         # The Rust tokenizer directly: the transformers wrapper costs ~10x more per query on the event loop.

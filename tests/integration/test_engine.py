@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from retrieval.encoder import Encoder, free_cores
 from retrieval.engine import RetrievalEngine
@@ -197,6 +200,25 @@ def test_packed_batches_match_the_padded_model(encoder: Encoder) -> None:
     reference = encoder._model.encode(texts, normalize_embeddings=True)
     assert np.abs(packed - reference).max() < 1e-5
     assert np.abs(packed[0] - packed[4]).max() < 1e-6  # a text does not depend on its neighbours
+
+
+def test_a_float16_checkpoint_runs_in_float32_on_the_cpu(encoder: Encoder, tmp_path: Path) -> None:
+    # Many checkpoints store float16 weights; on the CPU they must still run (and be reported) as float32.
+    source = Path(encoder.info.path)
+    folder = tmp_path / "fp16-model"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    weights = load_file(source / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors")
+    assert {v.dtype for v in load_file(folder / "model.safetensors").values()} >= {torch.float16}
+
+    half = Encoder(folder, device="cpu")
+    assert half.info.dtype == encoder.info.dtype == "float32"
+    assert {p.dtype for p in half._model.parameters()} == {torch.float32}
+    assert half.traced  # the float32 probes still match, so the fast paths stay on
+    assert half.packed
+    texts = ["baby bath towel", "Titan analog watch with a leather strap", "x"]
+    cosines = (half.encode(texts) * encoder.encode(texts)).sum(axis=1)
+    assert cosines.min() > 0.9999  # only the weights' float16 rounding differs
 
 
 async def test_the_encoder_batcher_knows_padding_is_free(engine: RetrievalEngine) -> None:
