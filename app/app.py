@@ -78,7 +78,7 @@ def build_answer_service(
     local = settings.generator.local
     if local.enabled:
         generators["local"] = LocalBackend(
-            local.to_config(),
+            settings.local_generator_config(),
             settings.batching.generator.to_config(),
             cache_root=settings.state_dir / "models",
             observer=observer,

@@ -30,7 +30,7 @@ def service_answer_backends(settings: Any) -> dict[str, Any]:
         ServiceAnswerDefaults(
             answer=settings.answers.to_config(),
             max_tokens=settings.answers.max_tokens,
-            local=settings.generator.local.to_config(),
+            local=settings.local_generator_config(),
             local_batching=settings.batching.generator.to_config(),
             openai=settings.generator.openai.to_config(),
             models_dir=Path(settings.state_dir) / "models",

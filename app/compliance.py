@@ -326,18 +326,12 @@ def facts_from_engine(
 
 def load_encoder_info(settings: Settings) -> EncoderInfo:
     """Load the configured encoder for its identity (no tracing, no warm-up): the CLI works without a server."""
-    from retrieval.encoder import Encoder
+    from dataclasses import replace
 
-    enc = settings.encoder
-    return Encoder(
-        enc.path or None,
-        name=enc.name,
-        device=enc.device,
-        threads=enc.threads,
-        max_seq_length=enc.max_seq_length,
-        trace=False,
-        packed=False,
-    ).info
+    from retrieval.engine import load_encoder
+
+    config = settings.engine_config(show_progress=False).encoder
+    return load_encoder(replace(config, trace=False, packed=False)).info
 
 
 def facts_offline(

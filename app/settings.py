@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,6 +311,17 @@ class Settings(BaseSettings):
         """Resolve a configured path against the project folder."""
         return path if path.is_absolute() else PROJECT_ROOT / path
 
+    def resolve_optional(self, path: str) -> str:
+        """:meth:`resolve` for an optional path setting: empty stays empty (the built-in default)."""
+        return str(self.resolve(Path(path))) if path else ""
+
+    def local_generator_config(self) -> LocalGeneratorConfig:
+        """The in-process LM's configuration, its paths resolved against the project folder."""
+        local = self.generator.local
+        return replace(
+            local.to_config(), path=self.resolve_optional(local.path), cache_dir=self.resolve_optional(local.cache_dir)
+        )
+
     @property
     def state_dir(self) -> Path:
         """Absolute state folder."""
@@ -350,7 +362,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             state_dir=self.state_dir,
             pack_path=self.pack_path,
-            encoder=EncoderConfig(**self.encoder.model_dump()),
+            encoder=EncoderConfig(**{**self.encoder.model_dump(), "path": self.resolve_optional(self.encoder.path)}),
             encoder_batching=self.batching.encoder.to_config(),
             search_batching=self.batching.index.to_config(),
             index=IndexSpec(**idx.model_dump(exclude={"snapshot_delay_s"})),

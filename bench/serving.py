@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from app.observability import configure_logging
 from app.settings import load_settings
 from bench import cpu
 from bench.load import Window, summarize
+from retrieval.engine import EncoderConfig, load_encoder
 from retrieval.pack import load_pack
 
 GOAL_BATCHED_SPEEDUP = 2.0
@@ -160,6 +162,10 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as resp:
                 if resp.status == 200:
                     return
+        except urllib.error.HTTPError as exc:  # 503 until ready; its body says when the engine gave up
+            body = json.loads(exc.read() or b"{}")
+            if body.get("status") == "failed":
+                raise RuntimeError(f"server failed to start: {body.get('reason')}") from None
         except OSError:
             pass
         time.sleep(0.5)
@@ -257,13 +263,12 @@ class InProcessEncoder:
     comparison.
     """
 
-    def __init__(self, queries: list[str], workers: int, threads: int) -> None:
-        from retrieval.encoder import Encoder
-
-        self.encoder = Encoder(threads=threads)
+    def __init__(self, queries: list[str], config: EncoderConfig) -> None:
+        self.encoder = load_encoder(config)  # the served model, device and options, not the defaults
         self.encoder.warmup()
         self.tokenised = [self.encoder.token_ids(q) for q in queries]
-        self.service = self.encoder.plan_workers(workers, threads)
+        self.service = self.encoder.plan_workers(config.workers, config.threads)
+        threads = config.threads
         cores = self.service[0] * self.service[1]
         self.other = self.encoder.plan_workers(0, threads) if self.service[0] == 1 else (1, cores)
 
@@ -347,7 +352,7 @@ def main() -> None:
     settings = load_settings()
     queries, key = prepare_load(args, "bench")
 
-    encoder = InProcessEncoder(queries, settings.encoder.workers, settings.encoder.threads)
+    encoder = InProcessEncoder(queries, settings.engine_config(show_progress=False).encoder)
     raw_seconds = min(10.0, args.duration / args.rounds)
     batched = run_mode(
         "batched",

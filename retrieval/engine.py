@@ -62,6 +62,24 @@ class EncoderConfig:
     packed: bool = True
 
 
+def load_encoder(cfg: EncoderConfig) -> Encoder:
+    """Load the encoder ``cfg`` describes (not warmed up): the service, its CLI and its benchmark share this.
+
+    Raises:
+        FileNotFoundError: ``cfg.path`` is not a folder.
+        ValueError: ``cuda`` was asked for and no GPU is visible.
+    """
+    return Encoder(
+        cfg.path or None,
+        name=cfg.name,
+        device=cfg.device,
+        threads=cfg.threads,
+        max_seq_length=cfg.max_seq_length,
+        trace=cfg.trace,
+        packed=cfg.packed,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs to start.
@@ -238,16 +256,7 @@ class RetrievalEngine:
         for event in self._pack.interactions:
             self._interactions.setdefault(event.user_id, []).append(event)
         if self._encoder is None:
-            enc = cfg.encoder
-            self._encoder = Encoder(
-                enc.path or None,
-                name=enc.name,
-                device=enc.device,
-                threads=enc.threads,
-                max_seq_length=enc.max_seq_length,
-                trace=enc.trace,
-                packed=enc.packed,
-            )
+            self._encoder = load_encoder(cfg.encoder)
         self._encoder.warmup()
         self._catalog = ItemCatalog(cfg.state_dir / "catalog.sqlite", self._encoder.dim)
         if len(self._catalog) and self._catalog.encoder_version != self._encoder.info.version:

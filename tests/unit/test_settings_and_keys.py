@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from app.auth import KeyStore
 from app.settings import DEFAULT_CONFIG, Settings, load_settings
+from retrieval.engine import EncoderConfig, load_encoder
 
 
 def test_default_config_holds_every_knob() -> None:
@@ -47,6 +48,29 @@ def test_digest_changes_with_settings() -> None:
 def test_relative_paths_resolve_against_the_project() -> None:
     settings = load_settings()
     assert settings.pack_path == DEFAULT_CONFIG.parents[1] / "data" / "demo"
+
+
+def test_model_paths_resolve_against_the_project_and_empty_keeps_the_bundled_model(tmp_path: Path) -> None:
+    root = DEFAULT_CONFIG.parents[1]
+    settings = load_settings(
+        overrides={
+            "encoder": {"path": "models/encoder"},
+            "generator": {"local": {"path": str(tmp_path / "lm.gguf"), "cache_dir": "models/cache"}},
+        }
+    )
+    assert settings.engine_config(show_progress=False).encoder.path == str(root / "models" / "encoder")
+    local = settings.local_generator_config()
+    assert local.path == str(tmp_path / "lm.gguf")  # absolute: unchanged
+    assert local.cache_dir == str(root / "models" / "cache")
+    defaults = load_settings()
+    assert defaults.engine_config(show_progress=False).encoder.path == ""
+    assert (defaults.local_generator_config().path, defaults.local_generator_config().cache_dir) == ("", "")
+
+
+def test_load_encoder_uses_the_configured_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        load_encoder(EncoderConfig(path=str(missing), device="cpu"))
 
 
 def test_keys_are_stored_hashed_and_verified(tmp_path: Path) -> None:
