@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.settings import load_settings
 from retrieval.encoder import Encoder
-from retrieval.engine import EngineConfig, RetrievalEngine
+from retrieval.engine import EngineConfig, RetrievalEngine, load_encoder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PACK = PROJECT_ROOT / "data" / "demo"
@@ -47,8 +48,8 @@ def engine_config(state_dir: Path, **overrides: Any) -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def encoder() -> Encoder:
-    """The real all-MiniLM-L6-v2 encoder on the CPU, loaded once."""
-    enc = Encoder(device="cpu")
+    """The configured encoder (all-MiniLM-L6-v2 unless ``CANDOR_ENCODER__PATH`` names a folder) on the CPU, once."""
+    enc = load_encoder(replace(load_settings().engine_config(show_progress=False).encoder, device="cpu"))
     enc.warmup()
     return enc
 

@@ -33,6 +33,11 @@ class Server:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+# The served encoder's device: the CPU by default, so results do not depend on the machine; a CUDA machine runs
+# this suite against a server on its GPU with CANDOR_TEST_SERVER_DEVICE=cuda (bench/gpu_check.sh does).
+SERVER_DEVICE = os.environ.get("CANDOR_TEST_SERVER_DEVICE", "cpu")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,7 +60,7 @@ def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "CANDOR_PATHS__STATE_DIR": str(state),
         "CANDOR_PATHS__PACK": str(DEMO_PACK),
         "CANDOR_SERVER__PORT": str(port),
-        "CANDOR_ENCODER__DEVICE": "cpu",
+        "CANDOR_ENCODER__DEVICE": SERVER_DEVICE,
         "HF_HUB_OFFLINE": "1",
     }
     log = state.parent / "server.log"
@@ -70,8 +75,11 @@ def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                ready = httpx.get(f"{base}/health/ready", timeout=2)
+                if ready.status_code == 200:
                     break
+                if ready.json().get("status") == "failed":  # the engine gave up: it will not become ready
+                    raise RuntimeError(f"server failed to start: {ready.json().get('reason')}")
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import SERVER_DEVICE, Server
 
 
 def post(
@@ -42,7 +42,7 @@ def test_health_schema_and_info(server: Server) -> None:
     info = httpx.get(f"{server.base_url}/v1/info", headers=server.headers(server.frontend_key)).json()
     assert info["models"]["encoder"]["name"] == "all-MiniLM-L6-v2"
     assert info["models"]["encoder"]["version"].startswith("sha256:")
-    assert info["device"] == "cpu"
+    assert info["device"] == SERVER_DEVICE
     assert info["index"]["kind"] == "flat"
     assert info["index"]["size"] >= 1000
 
