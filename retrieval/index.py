@@ -14,6 +14,8 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,9 +65,27 @@ class IndexSpec:
 
 
 def configure_faiss(spec: IndexSpec) -> None:
-    """Apply process-wide FAISS settings (threads, BLAS threshold)."""
-    faiss.omp_set_num_threads(max(1, spec.threads))
+    """Apply FAISS settings: the BLAS threshold (process-wide) and the calling thread's OpenMP threads.
+
+    :class:`VectorIndex` applies ``spec.threads`` again in every thread that calls into FAISS.
+    """
+    limit_threads(spec.threads)
     faiss.cvar.distance_compute_blas_threshold = max(1, spec.blas_threshold)
+
+
+_thread_limit = threading.local()
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the OpenMP threads FAISS (and its BLAS) may use for calls made from the calling thread.
+
+    OpenMP keeps this setting per thread: one made on the main thread does not reach the batch worker that runs
+    the searches, which would otherwise fan every search out to one spinning thread per core.
+    """
+    threads = max(1, threads)
+    if getattr(_thread_limit, "threads", None) != threads:
+        faiss.omp_set_num_threads(threads)
+        _thread_limit.threads = threads
 
 
 def _as_ids(ids: Any) -> np.ndarray:
@@ -98,6 +118,7 @@ class VectorIndex:
     @classmethod
     def build(cls, dim: int, spec: IndexSpec, ids: Any, vectors: Any) -> VectorIndex:
         """Build a new index of ``spec.kind`` holding ``vectors`` under ``ids``."""
+        limit_threads(spec.threads)
         ids_arr = _as_ids(ids)
         matrix = _as_matrix(vectors, dim) if len(ids_arr) else np.zeros((0, dim), dtype=np.float32)
         inner: Any
@@ -156,6 +177,13 @@ class VectorIndex:
             return "ivf"
         return "flat"
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the index lock, with the calling thread's FAISS threads capped at ``spec.threads``."""
+        with self._lock:
+            limit_threads(self.spec.threads)
+            yield
+
     @property
     def ntotal(self) -> int:
         """Number of vectors stored."""
@@ -177,7 +205,7 @@ class VectorIndex:
         if len(ids_arr) == 0:
             return
         matrix = _as_matrix(vectors, self.dim)
-        with self._lock:
+        with self._exclusive():
             self._writable().add_with_ids(matrix, ids_arr)
 
     def remove(self, ids: Any) -> int:
@@ -189,7 +217,7 @@ class VectorIndex:
         ids_arr = _as_ids(ids)
         if len(ids_arr) == 0 or self.kind != "flat":
             return 0
-        with self._lock:
+        with self._exclusive():
             return int(self._writable().remove_ids(faiss.IDSelectorBatch(ids_arr)))
 
     def search(self, queries: Any, k: int, allowed_ids: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +243,7 @@ class VectorIndex:
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.ivf_nprobe)
             else:
                 params = faiss.SearchParameters(sel=selector)
-        with self._lock:
+        with self._exclusive():
             scores, ids = self._index.search(matrix, k, params=params)
         return scores, ids
 
@@ -224,17 +252,17 @@ class VectorIndex:
         ids_arr = _as_ids(ids)
         if len(ids_arr) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
+        with self._exclusive():
             return np.asarray(self._index.reconstruct_batch(ids_arr), dtype=np.float32)
 
     def ids(self) -> np.ndarray:
         """All ids stored."""
-        with self._lock:
+        with self._exclusive():
             return np.asarray(faiss.vector_to_array(faiss.downcast_index(self._index).id_map), dtype=np.int64)
 
     def to_bytes(self) -> tuple[np.ndarray, int]:
         """Serialise the whole index; returns the bytes and the vector count they hold (taken together)."""
-        with self._lock:
+        with self._exclusive():
             return faiss.serialize_index(self._index), int(self._index.ntotal)
 
 

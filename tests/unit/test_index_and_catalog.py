@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -100,3 +103,27 @@ def test_catalog_upsert_delete_and_reopen(tmp_path: Path) -> None:
     assert np.allclose(reopened.vectors([new_ids[0]])[0], unit_vectors(1, seed=5)[0])
     with pytest.raises(ValueError, match="come from encoder"):
         reopened.upsert([item(9)], unit_vectors(1), "other-encoder")
+
+
+def test_every_thread_that_searches_uses_the_configured_faiss_threads() -> None:
+    # OpenMP keeps its thread count per thread, so a setting made on the main thread does not reach a batch
+    # worker: each call must apply the index's own.
+    vectors = unit_vectors(100)
+    one = VectorIndex.build(DIM, IndexSpec(threads=1), np.arange(100), vectors)
+    two = VectorIndex.build(DIM, IndexSpec(threads=2), np.arange(100), vectors)
+    seen: dict[str, int] = {}
+
+    def worker() -> None:
+        seen["fresh thread"] = faiss.omp_get_max_threads()
+        one.search(vectors[:8], 3)
+        seen["after a 1-thread search"] = faiss.omp_get_max_threads()
+        two.search(vectors[:8], 3)
+        seen["after a 2-thread search"] = faiss.omp_get_max_threads()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["after a 1-thread search"] == 1
+    assert seen["after a 2-thread search"] == 2
+    if (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        assert seen["fresh thread"] > 1  # OpenMP's default in a new thread: what the index must override
