@@ -12,6 +12,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -326,8 +327,6 @@ def facts_from_engine(
 
 def load_encoder_info(settings: Settings) -> EncoderInfo:
     """Load the configured encoder for its identity (no tracing, no warm-up): the CLI works without a server."""
-    from dataclasses import replace
-
     from retrieval.engine import load_encoder
 
     config = settings.engine_config(show_progress=False).encoder

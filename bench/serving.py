@@ -268,9 +268,8 @@ class InProcessEncoder:
         self.encoder.warmup()
         self.tokenised = [self.encoder.token_ids(q) for q in queries]
         self.service = self.encoder.plan_workers(config.workers, config.threads)
-        threads = config.threads
         cores = self.service[0] * self.service[1]
-        self.other = self.encoder.plan_workers(0, threads) if self.service[0] == 1 else (1, cores)
+        self.other = self.encoder.plan_workers(0, config.threads) if self.service[0] == 1 else (1, cores)
 
     def rate(self, batch_size: int, seconds: float, layout: tuple[int, int] | None = None) -> float:
         """Texts/s on sorted batches of ``batch_size`` in ``layout`` (streams, threads each; the service's)."""
