@@ -18,6 +18,7 @@ from evals.results import MetricRecord
 from evals.stats import rng_for
 from evals.suite import LoadedSuite
 from retrieval.encoder import Encoder
+from retrieval.engine import EncoderConfig, load_encoder
 
 
 @dataclass
@@ -79,14 +80,8 @@ class RunContext:
                 self._encoder = self.preloaded_encoder
             else:
                 try:
-                    self._encoder = Encoder(
-                        spec.path or None,
-                        name=spec.name,
-                        device=spec.device,
-                        threads=spec.threads,
-                        max_seq_length=spec.max_seq_length,
-                        trace=spec.trace,
-                        packed=spec.packed,
+                    self._encoder = load_encoder(
+                        EncoderConfig(**spec.model_dump(exclude={"expect_version", "batch_size"}))
                     )
                 except (FileNotFoundError, ValueError) as exc:
                     raise SuiteError(f"system.encoder: {exc}") from exc
