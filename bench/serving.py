@@ -245,10 +245,9 @@ def run_mode(
         proc.wait(timeout=30)
     result = summarize(windows)
     result["mean_batch_size"] = round(items / batches, 2) if batches else None
-    result["cpu_ms_per_request"] = cpu.per_request(proc.pid, spans, sum(w.finished for w in windows))
-    result["instructions_per_request_m"] = cpu.instructions_per_request(
-        proc.pid, counted, sum(w.finished for w in windows)
-    )
+    finished = sum(w.finished for w in windows)
+    result["cpu_ms_per_request"] = cpu.per_request(proc.pid, spans, finished)
+    result["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, counted, finished)
     result["mode"] = name
     if after_round is not None or rounds > 1:
         result["rounds"] = per_round

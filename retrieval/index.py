@@ -65,11 +65,11 @@ class IndexSpec:
 
 
 def configure_faiss(spec: IndexSpec) -> None:
-    """Apply FAISS settings: the BLAS threshold (process-wide) and the calling thread's OpenMP threads.
+    """Apply FAISS's process-wide setting, the BLAS threshold.
 
-    :class:`VectorIndex` applies ``spec.threads`` again in every thread that calls into FAISS.
+    Threads are per calling thread in OpenMP, so :class:`VectorIndex` applies ``spec.threads`` in every thread
+    that calls into FAISS.
     """
-    limit_threads(spec.threads)
     faiss.cvar.distance_compute_blas_threshold = max(1, spec.blas_threshold)
 
 
