@@ -14,13 +14,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Litestar, Request, Router
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Schema,
+    SecurityScheme,
+)
 
+from app import schemas
 from app.auth import KeyStore
 from app.errors import EXCEPTION_HANDLERS
 from app.metrics import Metrics
@@ -34,6 +44,7 @@ from app.routes.reports import compliance_report
 from app.settings import Settings
 from app.state import Services, provide_services
 from governance.audit import AuditLog
+from governance.report import MEDIA_TYPES as REPORT_MEDIA_TYPES
 from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
 from retrieval.batcher import BatchObserver
 from retrieval.encoder import Encoder
@@ -91,6 +102,50 @@ def build_answer_service(
         return {"name": info.name, "version": info.version, "device": info.device}
 
     return AnswerService(settings.answers.to_config(), engine.embed_texts, generators, encoder_model)
+
+
+def complete_openapi(app: Litestar) -> None:
+    """Say in the OpenAPI document what the service does and Litestar's generated schema leaves out.
+
+    Bodies that refuse unknown fields are closed (``additionalProperties: false``): an open schema lets a client
+    generated from it send fields that get a 400. The compliance report comes as HTML, JSON or PDF, one media type
+    per ``format``. ``POST /v1/answers`` with ``"stream": true`` answers with ``text/event-stream``, not JSON.
+    """
+    openapi = app.openapi_schema
+    components = openapi.components.schemas or {}
+    for name, value in vars(schemas).items():
+        if (
+            isinstance(value, type)
+            and issubclass(value, msgspec.Struct)
+            and value.__struct_config__.forbid_unknown_fields
+            and name in components
+        ):
+            components[name].additional_properties = False
+    report = _success_response(openapi, "/v1/reports/compliance", "get")
+    if report is not None:
+        report.content = {
+            media_type.split(";")[0]: OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, description=f"format={fmt}")
+            )
+            for fmt, media_type in REPORT_MEDIA_TYPES.items()
+        }
+    answers = _success_response(openapi, "/v1/answers", "post")
+    if answers is not None and answers.content is not None:
+        answers.content["text/event-stream"] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description='With "stream": true: server-sent events; "delta" events carry {"text"} of sentences '
+                'that passed the grounding check, one "final" event carries the whole AnswerResponse, and a failure '
+                'ends the stream with an "error" event in the ErrorResponse shape.',
+            )
+        )
+
+
+def _success_response(openapi: OpenAPI, path: str, method: str) -> OpenAPIResponse | None:
+    item = (openapi.paths or {}).get(path)
+    operation = getattr(item, method, None) if item is not None else None
+    response = (operation.responses or {}).get("200") if operation is not None else None
+    return response if isinstance(response, OpenAPIResponse) else None
 
 
 def create_app(
@@ -199,6 +254,7 @@ def create_app(
         debug=False,
         logging_config=None,  # logging is configured once, by configure_logging
     )
+    complete_openapi(app)
     # Wrap the whole ASGI handler (not per route) so 404s and errors also get request ids and metrics.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics, access_log=settings.logging.access_log)
     return app

@@ -21,10 +21,12 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap
 
 from app.observability import current_request_id
+from app.schemas import ErrorResponse
 from retrieval.errors import (
     BackendUnavailableError,
     BatcherClosedError,
@@ -70,6 +72,41 @@ class ApiError(Exception):
 def invalid(field: str, message: str) -> ApiError:
     """A 400 ``validation_error`` naming the offending field (for checks the schema cannot express)."""
     return ApiError(400, "validation_error", f"{field}: {message}", [{"field": field, "message": message}])
+
+
+# What each documented error status means on this API (the body is always ErrorResponse).
+_STATUS_DOCS = {
+    400: "Invalid input: validation_error (details name each field) or invalid_json",
+    401: "Missing, unknown or revoked API key: unauthorized",
+    403: "The key's role may not call this route: forbidden",
+    404: "An id in the request names nothing (item_not_found, document_not_found, audit_record_not_found...)",
+    409: "The request conflicts with work in progress",
+    410: "The record's content was purged under retention",
+    413: "Request body over the configured size: payload_too_large",
+    415: "Body not sent as application/json: unsupported_media_type",
+    422: "The request is valid but the record cannot be explained this way",
+    429: "Too many requests queued: overloaded; retry after the Retry-After header's seconds",
+    502: "The answer model's backend failed: upstream_error",
+    503: "Starting or stopping, or a part is unavailable (not_ready, queue_timeout, audit_unavailable...); "
+    "retry after the Retry-After header's seconds",
+    504: "The answer model's backend timed out: upstream_timeout",
+}
+
+# Every /v1 route checks the key and its role and may reject malformed parameters.
+CALLER_ERRORS = (400, 401, 403)
+# Routes with a JSON body: too large, wrong content type.
+BODY_ERRORS = (413, 415)
+
+
+def documented_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a route's error statuses, each with the error shape as its body.
+
+    Litestar would otherwise document its own validation error body for 400, which this service never sends.
+    """
+    return {
+        status: ResponseSpec(ErrorResponse, description=_STATUS_DOCS[status], generate_examples=False)
+        for status in sorted(set(statuses))
+    }
 
 
 def error_response(

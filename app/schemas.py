@@ -17,6 +17,21 @@ Fraction = Annotated[float, Meta(ge=0, le=1, description="0 keeps relevance orde
 ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
+class ErrorOut(Struct):
+    """What went wrong."""
+
+    code: Annotated[str, Meta(description="stable machine-readable code, e.g. validation_error, overloaded")]
+    message: Annotated[str, Meta(description="what went wrong, safe to show")]
+    details: Annotated[Any, Meta(description="structured facts, e.g. [{field, message}] for validation_error")] = None
+
+
+class ErrorResponse(Struct):
+    """The body of every error response."""
+
+    error: ErrorOut
+    request_id: str
+
+
 class FiltersIn(Struct, forbid_unknown_fields=True):
     """Constraints every returned item must satisfy."""
 

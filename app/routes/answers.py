@@ -21,7 +21,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from app.auditing import audit_call
 from app.auth import require_roles
-from app.errors import ApiError, invalid
+from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.routes.recommend import check_text
 from app.schemas import (
@@ -125,7 +125,10 @@ class AnswerController(Controller):
         status_code=200,
         guards=[require_roles("frontend", "admin")],
         summary="Answer a question from the shop's documents and items, with citations",
-        responses={200: ResponseSpec(AnswerResponse, description="The answer (or, with stream, SSE events)")},
+        responses={
+            200: ResponseSpec(AnswerResponse, description="The answer (or, with stream, SSE events)"),
+            **documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 429, 502, 503, 504),
+        },
     )
     async def answer(
         self,
@@ -199,7 +202,12 @@ class DocumentController(Controller):
     guards = [require_roles("admin")]  # noqa: RUF012
     tags = ["knowledge base"]  # noqa: RUF012
 
-    @post("/", status_code=200, summary="Add or replace knowledge-base documents")
+    @post(
+        "/",
+        status_code=200,
+        summary="Add or replace knowledge-base documents",
+        responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 429, 503),
+    )
     async def upsert(self, data: JSONBody[DocumentsRequest], services: NamedDependency[Services]) -> DocumentsResponse:
         """Chunk, embed and index the documents; they are answerable when the call returns."""
         limits = services.settings.knowledge
@@ -221,7 +229,9 @@ class DocumentController(Controller):
             request_id=current_request_id(),
         )
 
-    @get("/{doc_id:str}", summary="Read a knowledge-base document")
+    @get(
+        "/{doc_id:str}", summary="Read a knowledge-base document", responses=documented_errors(*CALLER_ERRORS, 404, 503)
+    )
     async def read(self, doc_id: FromPath[str], services: NamedDependency[Services]) -> DocumentOut:
         """The stored document."""
         doc = services.engine.get_document(doc_id)
@@ -229,9 +239,13 @@ class DocumentController(Controller):
             raise ApiError(404, "document_not_found", f"no document {doc_id!r}", {"doc_id": doc_id})
         return DocumentOut(id=doc.id, title=doc.title, text=doc.text, source=doc.source)
 
-    @delete("/{doc_id:str}", status_code=204, summary="Delete a knowledge-base document")
-    async def remove(self, doc_id: FromPath[str], services: NamedDependency[Services]) -> Response[None]:
+    @delete(
+        "/{doc_id:str}",
+        status_code=204,
+        summary="Delete a knowledge-base document",
+        responses=documented_errors(*CALLER_ERRORS, 404, 503),
+    )
+    async def remove(self, doc_id: FromPath[str], services: NamedDependency[Services]) -> None:
         """Gone from answers when the call returns."""
         if not await services.engine.delete_document(doc_id):
             raise ApiError(404, "document_not_found", f"no document {doc_id!r}", {"doc_id": doc_id})
-        return Response(None, status_code=204)

@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from app.auditing import audit_call, audit_unavailable
 from app.auth import Principal, require_roles
-from app.errors import ApiError, invalid
+from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import FeedbackRequest, FeedbackResponse, ReviewRequest
 from app.state import Services
@@ -97,7 +97,11 @@ class AuditController(Controller):
     guards = [require_roles("reviewer", "admin")]  # noqa: RUF012 - Litestar reads this class attribute
     tags = ["governance"]  # noqa: RUF012
 
-    @get("/records", summary="List audit records (newest first) with filters and cursor pagination")
+    @get(
+        "/records",
+        summary="List audit records (newest first) with filters and cursor pagination",
+        responses=documented_errors(*CALLER_ERRORS, 503),
+    )
     async def list_records(
         self,
         services: NamedDependency[Services],
@@ -134,7 +138,11 @@ class AuditController(Controller):
         rows = await _run(lambda: log.find(query))
         return _page(rows, query.limit)
 
-    @get("/records/{record_id:str}", summary="One audit record, with its review decisions")
+    @get(
+        "/records/{record_id:str}",
+        summary="One audit record, with its review decisions",
+        responses=documented_errors(*CALLER_ERRORS, 404, 503),
+    )
     async def read_record(self, record_id: FromPath[str], services: NamedDependency[Services]) -> dict[str, Any]:
         """The chained record, its derived review state and the review records about it."""
         log = _log(services)
@@ -144,7 +152,11 @@ class AuditController(Controller):
         reviews = await _run(lambda: log.reviews_of(record_id))
         return {**record_view(stored), "reviews": reviews, "request_id": current_request_id()}
 
-    @get("/records/{record_id:str}/explanation", summary="Explanation of a record's results")
+    @get(
+        "/records/{record_id:str}/explanation",
+        summary="Explanation of a record's results",
+        responses=documented_errors(*CALLER_ERRORS, 404, 410, 422, 503),
+    )
     async def explanation(
         self, record_id: FromPath[str], services: NamedDependency[Services], method: FromQuery[str] = "stored"
     ) -> dict[str, Any]:
@@ -170,7 +182,11 @@ class AuditController(Controller):
         await _run(lambda: log.cache_explanation(record_id, method, result))
         return {"id": record_id, "method": method, "cached": False, **result}
 
-    @get("/verify", summary="Verify the audit log's hash chain and signed checkpoints")
+    @get(
+        "/verify",
+        summary="Verify the audit log's hash chain and signed checkpoints",
+        responses=documented_errors(*CALLER_ERRORS, 503),
+    )
     async def verify(self, services: NamedDependency[Services]) -> dict[str, Any]:
         """``ok`` with the count, or the first record that fails and why."""
         log = _log(services)
@@ -179,7 +195,11 @@ class AuditController(Controller):
         out["checked_at"] = report.checked_at.isoformat() if report.checked_at else None
         return out
 
-    @get("/review-queue", summary="Records awaiting a human decision (abstained, low confidence, flagged)")
+    @get(
+        "/review-queue",
+        summary="Records awaiting a human decision (abstained, low confidence, flagged)",
+        responses=documented_errors(*CALLER_ERRORS, 503),
+    )
     async def review_queue(
         self, services: NamedDependency[Services], limit: FromQuery[int] = 50, cursor: FromQuery[str | None] = None
     ) -> dict[str, Any]:
@@ -195,6 +215,7 @@ class AuditController(Controller):
         status_code=201,
         summary="Record a human-oversight decision (a new chained record)",
         guards=[require_roles("reviewer")],
+        responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 404, 503),
     )
     async def review(
         self,
@@ -257,7 +278,13 @@ async def attributions(services: Services, body: dict[str, Any]) -> dict[str, An
     }
 
 
-@post("/feedback", status_code=201, tags=["feedback"], guards=[require_roles("frontend", "admin")])
+@post(
+    "/feedback",
+    status_code=201,
+    tags=["feedback"],
+    guards=[require_roles("frontend", "admin")],
+    responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 404, 503),
+)
 async def feedback(
     data: JSONBody[FeedbackRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
 ) -> FeedbackResponse:

@@ -9,10 +9,11 @@ import structlog
 from litestar import Controller, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from app.auth import require_roles
-from app.errors import ApiError, invalid
+from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import ItemIn, ItemRecordOut, RebuildRequest, UpsertResponse
 from app.state import Services
@@ -42,7 +43,7 @@ class ItemController(Controller):
     guards = [require_roles("admin")]  # noqa: RUF012 - Litestar reads this class attribute
     tags = ["admin"]  # noqa: RUF012
 
-    @get("/items/{item_id:str}", summary="Read a catalog item")
+    @get("/items/{item_id:str}", summary="Read a catalog item", responses=documented_errors(*CALLER_ERRORS, 404, 503))
     async def read_item(self, item_id: FromPath[str], services: NamedDependency[Services]) -> ItemRecordOut:
         """The stored item."""
         item = services.engine.get_item(item_id)
@@ -50,7 +51,14 @@ class ItemController(Controller):
             raise ApiError(404, "item_not_found", f"unknown item id: {item_id}", {"item_ids": [item_id]})
         return record_out(item)
 
-    @put("/items/{item_id:str}", summary="Create or replace an item (embedded and searchable at once)")
+    @put(
+        "/items/{item_id:str}",
+        summary="Create or replace an item (embedded and searchable at once)",
+        responses={
+            201: ResponseSpec(UpsertResponse, description="The item is new"),
+            **documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 429, 503),
+        },
+    )
     async def upsert_item(
         self, item_id: FromPath[str], data: JSONBody[ItemIn], services: NamedDependency[Services]
     ) -> Response[UpsertResponse]:
@@ -81,13 +89,23 @@ class ItemController(Controller):
         body = UpsertResponse(item=record_out(item), created=created, request_id=request_id)
         return Response(body, status_code=201 if created else 200)
 
-    @delete("/items/{item_id:str}", status_code=204, summary="Delete an item (gone from results at once)")
+    @delete(
+        "/items/{item_id:str}",
+        status_code=204,
+        summary="Delete an item (gone from results at once)",
+        responses=documented_errors(*CALLER_ERRORS, 404, 503),
+    )
     async def delete_item(self, item_id: FromPath[str], services: NamedDependency[Services]) -> None:
         """Remove the item from the catalog and the index."""
         await services.engine.delete(item_id)
         logger.info("item_deleted", item_id=item_id)
 
-    @post("/index/rebuild", status_code=202, summary="Rebuild the index in the background and swap it in")
+    @post(
+        "/index/rebuild",
+        status_code=202,
+        summary="Rebuild the index in the background and swap it in",
+        responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 409, 503),
+    )
     async def rebuild(
         self, services: NamedDependency[Services], state: State, data: JSONBody[RebuildRequest | None] = None
     ) -> dict[str, Any]:
@@ -102,7 +120,7 @@ class ItemController(Controller):
         engine.rebuild_state = {"state": "running", "reembed": reembed}
         return {"state": "running", "reembed": reembed, "request_id": current_request_id()}
 
-    @get("/index/rebuild", summary="State of the last index rebuild")
+    @get("/index/rebuild", summary="State of the last index rebuild", responses=documented_errors(*CALLER_ERRORS))
     async def rebuild_status(self, services: NamedDependency[Services]) -> dict[str, Any]:
         """``idle``, ``running``, ``done`` (with the new index) or ``failed``."""
         return dict(services.engine.rebuild_state)

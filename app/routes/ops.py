@@ -8,7 +8,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.auth import require_roles
-from app.errors import error_response
+from app.errors import CALLER_ERRORS, documented_errors, error_response
 from app.state import Services, provide_services
 
 SERVICE_VERSION = "0.1.0"
@@ -47,6 +47,7 @@ async def metrics(state: State) -> Response[bytes]:
     tags=["ops"],
     summary="Model ids and versions, index size, device",
     guards=[require_roles("frontend", "admin", "reviewer")],
+    responses=documented_errors(*CALLER_ERRORS, 503),
 )
 async def info(state: State) -> Response[dict[str, Any]]:
     """What is serving: model versions, index, device, pack and config digest."""

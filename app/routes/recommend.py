@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 
 from app.auditing import audit_call
 from app.auth import require_roles
-from app.errors import invalid
+from app.errors import BODY_ERRORS, CALLER_ERRORS, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import (
     ContributionOut,
@@ -101,7 +101,12 @@ class RecommendationController(Controller):
     guards = [require_roles("frontend", "admin")]  # noqa: RUF012 - Litestar reads this class attribute
     tags = ["recommendations"]  # noqa: RUF012
 
-    @post("/search", status_code=200, summary="Semantic search over items")
+    @post(
+        "/search",
+        status_code=200,
+        summary="Semantic search over items",
+        responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 429, 503),
+    )
     async def search(
         self, data: JSONBody[SearchRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
     ) -> SearchResponse:
@@ -127,7 +132,12 @@ class RecommendationController(Controller):
         )
         return response
 
-    @post("/recommendations", status_code=200, summary="Recommendations for a query, an item, a history or a user")
+    @post(
+        "/recommendations",
+        status_code=200,
+        summary="Recommendations for a query, an item, a history or a user",
+        responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 404, 429, 503),
+    )
     async def recommend(
         self,
         data: JSONBody[RecommendationRequest],

@@ -11,7 +11,7 @@ from litestar.params import FromQuery
 
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
-from app.errors import ApiError, invalid
+from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.state import Services
 from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
 
@@ -31,6 +31,7 @@ def _period_bound(name: str, value: str | None) -> datetime | None:
     summary="Compliance report (EU AI Act articles 9-15 and 50, DSA article 27)",
     guards=[require_roles("reviewer", "admin")],
     media_type="application/octet-stream",
+    responses=documented_errors(*CALLER_ERRORS, 503),
 )
 async def compliance_report(
     services: NamedDependency[Services],
@@ -64,6 +65,6 @@ async def compliance_report(
     stamp = facts.generated_at.strftime("%Y%m%dT%H%M%SZ")
     return Response(
         body,
-        media_type=MEDIA_TYPES[fmt],
+        media_type=MEDIA_TYPES[fmt].split(";")[0],  # Litestar appends the charset of a text type itself
         headers={"Content-Disposition": f'inline; filename="candor-compliance-{stamp}.{fmt}"'},
     )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,13 @@ def read_keys(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-@pytest.fixture(scope="session")
-def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Start the service once for the e2e session; stop it afterwards."""
-    state = tmp_path_factory.mktemp("e2e") / "state"
+@contextmanager
+def started_server(built_state: Path, workdir: Path, settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """Run ``candor serve`` over a copy of ``built_state`` in ``workdir`` until the block ends.
+
+    ``settings`` are extra ``CANDOR_...`` environment overrides.
+    """
+    state = workdir / "state"
     shutil.copytree(built_state, state)
     port = free_port()
     env = {
@@ -62,6 +66,7 @@ def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "CANDOR_SERVER__PORT": str(port),
         "CANDOR_ENCODER__DEVICE": SERVER_DEVICE,
         "HF_HUB_OFFLINE": "1",
+        **(settings or {}),
     }
     log = state.parent / "server.log"
     with log.open("wb") as out:
@@ -93,3 +98,10 @@ def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Start the service once for the e2e session; stop it afterwards."""
+    with started_server(built_state, tmp_path_factory.mktemp("e2e")) as running:
+        yield running

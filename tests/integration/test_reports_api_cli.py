@@ -78,7 +78,7 @@ def test_html_for_reviewers_and_admins(served: Served) -> None:
     for role in ("reviewer", "admin"):
         response = served.get(role)
         assert response.status_code == 200, response.text
-        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
         for anchor in SECTIONS:
             assert f'id="{anchor}"' in response.text
         assert "report-tiny" in response.text  # the evaluation run in the state folder
