@@ -26,6 +26,7 @@ from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
+    Reference,
     Schema,
     SecurityScheme,
 )
@@ -108,8 +109,9 @@ def complete_openapi(app: Litestar) -> None:
     """Say in the OpenAPI document what the service does and Litestar's generated schema leaves out.
 
     Bodies that refuse unknown fields are closed (``additionalProperties: false``): an open schema lets a client
-    generated from it send fields that get a 400. The compliance report comes as HTML, JSON or PDF, one media type
-    per ``format``. ``POST /v1/answers`` with ``"stream": true`` answers with ``text/event-stream``, not JSON.
+    generated from it send fields that get a 400. Unions of integers and numbers accept integers. The compliance
+    report comes as HTML, JSON or PDF, one media type per ``format``. ``POST /v1/answers`` with ``"stream": true``
+    answers with ``text/event-stream``, not JSON.
     """
     openapi = app.openapi_schema
     components = openapi.components.schemas or {}
@@ -121,6 +123,8 @@ def complete_openapi(app: Litestar) -> None:
             and name in components
         ):
             components[name].additional_properties = False
+    for component in components.values():
+        _exclusive_number_unions(component)
     report = _success_response(openapi, "/v1/reports/compliance", "get")
     if report is not None:
         report.content = {
@@ -131,14 +135,45 @@ def complete_openapi(app: Litestar) -> None:
         }
     answers = _success_response(openapi, "/v1/answers", "post")
     if answers is not None and answers.content is not None:
+        # One event of the stream (OpenAPI describes an event stream by the schema of its events).
         answers.content["text/event-stream"] = OpenAPIMediaType(
             schema=Schema(
-                type=OpenAPIType.STRING,
-                description='With "stream": true: server-sent events; "delta" events carry {"text"} of sentences '
-                'that passed the grounding check, one "final" event carries the whole AnswerResponse, and a failure '
-                'ends the stream with an "error" event in the ErrorResponse shape.',
+                type=OpenAPIType.OBJECT,
+                required=["event", "data"],
+                properties={
+                    "event": Schema(type=OpenAPIType.STRING, enum=["delta", "final", "error"]),
+                    "data": Schema(
+                        type=OpenAPIType.STRING,
+                        description='JSON: {"text"} for "delta", the whole AnswerResponse for "final", the '
+                        'ErrorResponse shape for "error"',
+                    ),
+                },
+                description='With "stream": true: "delta" events carry sentences that passed the grounding check, '
+                'one "final" event the whole answer; a failure ends the stream with an "error" event.',
             )
         )
+
+
+def _exclusive_number_unions(schema: Schema | Reference) -> None:
+    """Drop ``integer`` from a ``oneOf`` that also allows ``number``.
+
+    Litestar writes ``str | int | float`` as ``oneOf``, and an integer matches both ``integer`` and ``number``, so
+    the document would refuse every integer the service accepts.
+    """
+    if not isinstance(schema, Schema):
+        return
+    if schema.one_of:
+        kinds = [member.type for member in schema.one_of if isinstance(member, Schema)]
+        if OpenAPIType.INTEGER in kinds and OpenAPIType.NUMBER in kinds:
+            schema.one_of = [m for m in schema.one_of if not (isinstance(m, Schema) and m.type == OpenAPIType.INTEGER)]
+    nested = [*(schema.one_of or []), *(schema.any_of or []), *(schema.all_of or [])]
+    nested += [*(schema.properties or {}).values()]
+    if isinstance(schema.additional_properties, Schema | Reference):
+        nested.append(schema.additional_properties)
+    if isinstance(schema.items, Schema | Reference):
+        nested.append(schema.items)
+    for child in nested:
+        _exclusive_number_unions(child)
 
 
 def _success_response(openapi: OpenAPI, path: str, method: str) -> OpenAPIResponse | None:

@@ -4,7 +4,8 @@ Schemathesis generates requests for every operation from the document, valid and
 with a frontend, an admin and a reviewer key to a server of this module's own (the generated upserts and deletes
 change its catalog, not the shared e2e server's). Every answer must keep the document's word: no 5xx, a
 documented status code, content type and headers, and a body that matches the documented schema (errors
-included). The index rebuild is left out: each call would rebuild the demo index.
+included); a request the document forbids gets a 4xx. The index rebuild is left out: each call would rebuild the
+demo index.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
     response_headers_conformance,
     response_schema_conformance,
@@ -36,6 +38,7 @@ CHECKS = [
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    negative_data_rejection,  # a request the document forbids must not be accepted
 ]
 ERROR_REF = "#/components/schemas/ErrorResponse"
 
@@ -120,10 +123,13 @@ def test_every_v1_operation_documents_its_errors_in_the_error_shape(openapi: dic
                     assert schema_ref == {"$ref": ERROR_REF}, (method, path, status)
 
 
-def test_the_document_says_bodies_are_closed_and_answers_may_stream(openapi: dict[str, Any]) -> None:
+def test_the_document_closes_bodies_accepts_integers_and_describes_the_answer_stream(openapi: dict[str, Any]) -> None:
     components = openapi["components"]["schemas"]
     for name in ("SearchRequest", "RecommendationRequest", "AnswerRequest", "ItemIn", "FiltersIn"):
         assert components[name]["additionalProperties"] is False, name
     assert "additionalProperties" not in components["SearchResponse"]  # responses may grow fields
     answered = openapi["paths"]["/v1/answers"]["post"]["responses"]["200"]["content"]
     assert set(answered) == {"application/json", "text/event-stream"}
+    assert answered["text/event-stream"]["schema"]["properties"]["event"]["enum"] == ["delta", "final", "error"]
+    attribute = components["ItemIn"]["properties"]["attributes"]["additionalProperties"]
+    assert [member["type"] for member in attribute["oneOf"]] == ["string", "number", "boolean", "null"]
