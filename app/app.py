@@ -128,9 +128,7 @@ def complete_openapi(app: Litestar) -> None:
     report = _success_response(openapi, "/v1/reports/compliance", "get")
     if report is not None:
         report.content = {
-            media_type.split(";")[0]: OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.STRING, description=f"format={fmt}")
-            )
+            media_type: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=f"format={fmt}"))
             for fmt, media_type in REPORT_MEDIA_TYPES.items()
         }
     answers = _success_response(openapi, "/v1/answers", "post")

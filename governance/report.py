@@ -23,8 +23,9 @@ SCHEMA = "candor.compliance/1"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ReportFormat = Literal["html", "json", "pdf"]
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "json", "pdf")
+# The HTML is UTF-8 (its <meta charset> says so); an HTTP server adds the charset parameter to text types itself.
 MEDIA_TYPES: dict[ReportFormat, str] = {
-    "html": "text/html; charset=utf-8",
+    "html": "text/html",
     "json": "application/json",
     "pdf": "application/pdf",
 }

@@ -65,6 +65,6 @@ async def compliance_report(
     stamp = facts.generated_at.strftime("%Y%m%dT%H%M%SZ")
     return Response(
         body,
-        media_type=MEDIA_TYPES[fmt].split(";")[0],  # Litestar appends the charset of a text type itself
+        media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'inline; filename="candor-compliance-{stamp}.{fmt}"'},
     )

@@ -80,8 +80,8 @@ def container() -> Iterator[str]:
             if status in {"healthy", "unhealthy"}:
                 break
             time.sleep(2)
-        logs = _docker("logs", name).stderr[-3000:]
-        assert status == "healthy", f"container health: {status!r}\n{logs}"
+        if status != "healthy":
+            pytest.fail(f"container health: {status!r}\n{_docker('logs', name).stderr[-3000:]}")
         yield name
     finally:
         _docker("rm", "-f", name)
