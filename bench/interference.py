@@ -130,6 +130,9 @@ class BurstLoad:
 
             def finish_process() -> tuple[int, float]:
                 stop_process.set()
+                if not receive.poll(60):  # a child that died never reports; do not wait for it forever
+                    child.kill()
+                    raise RuntimeError(f"the load process ended without a report (exit code {child.exitcode})")
                 result: tuple[int, float] = receive.recv()
                 child.join()
                 return result
