@@ -329,8 +329,7 @@ def load_encoder_info(settings: Settings) -> EncoderInfo:
     """Load the configured encoder for its identity (no tracing, no warm-up): the CLI works without a server."""
     from retrieval.engine import load_encoder
 
-    config = settings.engine_config(show_progress=False).encoder
-    return load_encoder(replace(config, trace=False, packed=False)).info
+    return load_encoder(replace(settings.encoder_config(), trace=False, packed=False)).info
 
 
 def facts_offline(

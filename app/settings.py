@@ -315,6 +315,10 @@ class Settings(BaseSettings):
         """:meth:`resolve` for an optional path setting: empty stays empty (the built-in default)."""
         return str(self.resolve(Path(path))) if path else ""
 
+    def encoder_config(self) -> EncoderConfig:
+        """The encoder's configuration, its folder resolved against the project folder."""
+        return EncoderConfig(**{**self.encoder.model_dump(), "path": self.resolve_optional(self.encoder.path)})
+
     def local_generator_config(self) -> LocalGeneratorConfig:
         """The in-process LM's configuration, its paths resolved against the project folder."""
         local = self.generator.local
@@ -362,7 +366,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             state_dir=self.state_dir,
             pack_path=self.pack_path,
-            encoder=EncoderConfig(**{**self.encoder.model_dump(), "path": self.resolve_optional(self.encoder.path)}),
+            encoder=self.encoder_config(),
             encoder_batching=self.batching.encoder.to_config(),
             search_batching=self.batching.index.to_config(),
             index=IndexSpec(**idx.model_dump(exclude={"snapshot_delay_s"})),

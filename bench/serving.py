@@ -350,7 +350,7 @@ def main() -> None:
     settings = load_settings()
     queries, key = prepare_load(args, "bench")
 
-    encoder = InProcessEncoder(queries, settings.engine_config(show_progress=False).encoder)
+    encoder = InProcessEncoder(queries, settings.encoder_config())
     raw_seconds = min(10.0, args.duration / args.rounds)
     batched = run_mode(
         "batched",

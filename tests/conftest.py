@@ -49,7 +49,7 @@ def engine_config(state_dir: Path, **overrides: Any) -> EngineConfig:
 @pytest.fixture(scope="session")
 def encoder() -> Encoder:
     """The configured encoder (all-MiniLM-L6-v2 unless ``CANDOR_ENCODER__PATH`` names a folder) on the CPU, once."""
-    enc = load_encoder(replace(load_settings().engine_config(show_progress=False).encoder, device="cpu"))
+    enc = load_encoder(replace(load_settings().encoder_config(), device="cpu"))
     enc.warmup()
     return enc
 

@@ -58,12 +58,13 @@ def test_model_paths_resolve_against_the_project_and_empty_keeps_the_bundled_mod
             "generator": {"local": {"path": str(tmp_path / "lm.gguf"), "cache_dir": "models/cache"}},
         }
     )
-    assert settings.engine_config(show_progress=False).encoder.path == str(root / "models" / "encoder")
+    assert settings.engine_config(show_progress=False).encoder == settings.encoder_config()
+    assert settings.encoder_config().path == str(root / "models" / "encoder")
     local = settings.local_generator_config()
     assert local.path == str(tmp_path / "lm.gguf")  # absolute: unchanged
     assert local.cache_dir == str(root / "models" / "cache")
     defaults = load_settings()
-    assert defaults.engine_config(show_progress=False).encoder.path == ""
+    assert defaults.encoder_config().path == ""
     assert (defaults.local_generator_config().path, defaults.local_generator_config().cache_dir) == ("", "")
 
 
