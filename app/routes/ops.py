@@ -73,6 +73,6 @@ async def info(state: State) -> Response[dict[str, Any]]:
             "index": engine.index_info(),
             "knowledge": engine.knowledge_info(),
             "pack": {"path": str(services.settings.pack_path), **engine.pack_summary()},
-            "config_digest": services.settings.digest(),
+            "config_digest": services.config_digest,
         }
     )

@@ -86,6 +86,7 @@ def test_audited_calls_reviews_and_cli(api: Client) -> None:
     assert chained["explanation"][0]["id"] == search.json()["items"][0]["id"]
     assert chained["models"]["encoder"]["name"] == "all-MiniLM-L6-v2"
     assert chained["config_hash"].startswith("sha256:")
+    assert chained["config_hash"] == api.call("GET", "/v1/info", api.frontend).json()["config_digest"]
     assert chained["index_version"]
     assert chained["latency_ms"] > 0
     assert chained["ai_generated"] is True
