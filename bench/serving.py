@@ -78,7 +78,7 @@ def free_port() -> int:
 
 
 class RawClient:
-    """One keep-alive HTTP/1.1 connection sending JSON POSTs; just enough protocol for a load generator."""
+    """One keep-alive HTTP/1.1 connection; just enough protocol for a load generator."""
 
     def __init__(self, host: str, port: int, auth: str) -> None:
         self.host, self.port, self.auth = host, port, auth
@@ -90,14 +90,17 @@ class RawClient:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """Send one request and read its full response."""
+        """Send one JSON POST and read its full response."""
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """Send one request (``body``, if given, as JSON) and read its full response."""
         assert self.reader is not None
         assert self.writer is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.auth}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.auth}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write((head + "\r\n").encode() + (body or b""))
         status_line = await self.reader.readline()
         status = int(status_line.split()[1])
         length = 0
@@ -118,21 +121,56 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-async def drive(port: int, key: str, queries: list[str], concurrency: int, duration: float, warmup: float) -> Window:
-    """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``."""
-    bodies = [json.dumps({"query": q, "k": 10}).encode() for q in queries]
+Call = tuple[str, str, bytes | None]
+"""One request a client sends: method, path and JSON body (``None`` for none)."""
+
+
+def search_calls(queries: list[str]) -> list[Call]:
+    """``POST /v1/search`` for each query, ten results."""
+    return [("POST", "/v1/search", json.dumps({"query": q, "k": 10}).encode()) for q in queries]
+
+
+async def drive_calls(
+    port: int,
+    key: str,
+    calls: list[Call],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    *,
+    rate: float | None = None,
+) -> Window:
+    """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``.
+
+    Args:
+        port: The server's loopback port.
+        key: The API key every request carries.
+        calls: Sent round-robin, each client starting at its own offset.
+        concurrency: Clients, one keep-alive connection each.
+        duration: Measured seconds.
+        warmup: Unmeasured seconds first.
+        rate: If given, the clients together send at most this many requests a second (each waits out
+            ``concurrency / rate`` seconds from one send to its next), so that cheap routes can be compared with
+            an expensive one at the same request rate.
+    """
     window = Window(warmup, duration)
+    interval = concurrency / rate if rate else 0.0
 
     async def worker(offset: int) -> None:
         client = RawClient("127.0.0.1", port, key)
         await client.connect()
         i = offset
+        # Paced clients start spread over one interval, so that they do not arrive in step.
+        sent = time.perf_counter() + interval * offset / concurrency - interval
         try:
             while True:
+                now = time.perf_counter()
+                if now < sent + interval:
+                    await asyncio.sleep(sent + interval - now)
                 sent = time.perf_counter()
                 if sent >= window.stop_at:
                     return
-                status, _ = await client.post("/v1/search", bodies[i % len(bodies)])
+                status, _ = await client.request(*calls[i % len(calls)])
                 window.record(sent, time.perf_counter(), None if status == 200 else str(status))
                 i += concurrency
         finally:
@@ -140,6 +178,11 @@ async def drive(port: int, key: str, queries: list[str], concurrency: int, durat
 
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return window
+
+
+async def drive(port: int, key: str, queries: list[str], concurrency: int, duration: float, warmup: float) -> Window:
+    """Search with closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``."""
+    return await drive_calls(port, key, search_calls(queries), concurrency, duration, warmup)
 
 
 def scrape_batches(port: int, model: str = "encoder") -> tuple[float, float]:
@@ -172,6 +215,29 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -
     raise TimeoutError("server did not become ready")
 
 
+def start_server(state_dir: Path, env_overrides: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``candor serve`` on a free loopback port, quiet (no access log), on ``state_dir``.
+
+    Returns:
+        ``(process, port)``; wait for it with :func:`wait_ready`.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        **env_overrides,
+        "CANDOR_PATHS__STATE_DIR": str(state_dir),
+        "CANDOR_LOGGING__ACCESS_LOG": "false",
+        "CANDOR_LOGGING__LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
 ROUND_WARMUP_S = 2.0  # refills the pipeline after the pause between rounds
 
 
@@ -201,20 +267,7 @@ def run_mode(
         Throughput and latency over all rounds, the mean batch size, and each round (``rounds``) when there
         are several or ``after_round`` is given.
     """
-    port = free_port()
-    env = {
-        **os.environ,
-        **env_overrides,
-        "CANDOR_PATHS__STATE_DIR": str(args.state_dir),
-        "CANDOR_LOGGING__ACCESS_LOG": "false",
-        "CANDOR_LOGGING__LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, port = start_server(args.state_dir, env_overrides)
     windows: list[Window] = []
     per_round: list[dict[str, Any]] = []
     spans: list[tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]] = []
