@@ -29,6 +29,7 @@ import numpy as np
 from app.app import build_answer_service
 from app.observability import configure_logging
 from app.settings import Settings, load_settings
+from bench.load import emit_report
 from retrieval.answers import AnswerService, GroundedAnswer, LocalBackend
 from retrieval.engine import RetrievalEngine
 
@@ -209,11 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.state_dir = str(Path(args.state_dir).resolve())
     result = asyncio.run(run(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.observability import configure_logging
+from bench.load import emit_report
 from bench.serving import machine, prepare_load, run_mode
 from governance.audit import AuditConfig, AuditLog
 
@@ -137,8 +137,4 @@ def main(argv: list[str] | None = None) -> None:
             "p50_added_fraction_of_medians": round((p50_on - p50_off) / p50_off, 3),
             "goals": {f"p50_added<{GOAL_ADDED_P50}": added < GOAL_ADDED_P50},
         }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out)

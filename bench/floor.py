@@ -25,16 +25,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from app.observability import configure_logging
 from bench import cpu
-from bench.serving import Call, drive_calls, machine, prepare_load, search_calls, start_server, wait_ready
+from bench.load import emit_report
+from bench.serving import (
+    Call,
+    add_load_arguments,
+    drive_calls,
+    machine,
+    prepare_load,
+    search_calls,
+    start_server,
+    wait_ready,
+)
 
 CHEAP_ROUTES: tuple[Call, ...] = (("GET", "/health/live", None), ("GET", "/v1/info", None))
 
@@ -120,20 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per route")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each route")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    add_load_arguments(parser)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--duration must be positive, --warmup not negative, --concurrency at least 1")
     configure_logging("warning", "console")  # stdout carries only the JSON report
     report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out)
     return 0
 
 

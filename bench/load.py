@@ -5,9 +5,11 @@ It imports nothing heavy, so in-process benchmarks that must not load the servic
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -77,3 +79,12 @@ def summarize(windows: list[Window]) -> dict[str, Any]:
             "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
         },
     }
+
+
+def emit_report(report: dict[str, Any], out: str | Path | None) -> None:
+    """Print a benchmark's JSON report on stdout and, when ``out`` is set, also write it there."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")

@@ -43,7 +43,7 @@ from app.auth import KeyStore
 from app.observability import configure_logging
 from app.settings import load_settings
 from bench import cpu
-from bench.load import Window, summarize
+from bench.load import Window, emit_report, summarize
 from retrieval.engine import EncoderConfig, load_encoder
 from retrieval.pack import load_pack
 
@@ -388,16 +388,21 @@ def prepare_load(args: argparse.Namespace, label: str) -> tuple[list[str], str]:
     return queries, key
 
 
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every HTTP load benchmark takes: clients, queries, state folder and report file."""
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+
+
 def main() -> None:
     """Run the benchmark and print (and optionally write) its JSON report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per mode")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each measurement")
     parser.add_argument("--rounds", type=int, default=4, help="batched rounds, each followed by an encoder timing")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    add_load_arguments(parser)
     args = parser.parse_args()
     configure_logging("warning", "console")  # stdout carries only the JSON report
     settings = load_settings()
@@ -443,8 +448,4 @@ def main() -> None:
             f"service_vs_raw_encoder>={GOAL_SERVICE_VS_RAW}": vs_raw >= GOAL_SERVICE_VS_RAW,
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.out)

@@ -1,13 +1,16 @@
-"""The load generator's client and pacing (``bench.serving``) and the floor benchmark's report (``bench.floor``)."""
+"""The load generator's client and pacing, the floor benchmark's report, and how benchmarks emit reports."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.floor import event_loop_vs, main
+from bench.load import emit_report
 from bench.serving import drive_calls
 
 
@@ -92,3 +95,12 @@ def test_bad_arguments_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_a_report_is_printed_and_written_where_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    emit_report({"benchmark": "floor", "routes": {}}, tmp_path / "deep" / "report.json")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "deep" / "report.json").read_text("utf-8"))
+    assert printed["benchmark"] == "floor"
+    emit_report({"benchmark": "floor"}, None)
+    assert json.loads(capsys.readouterr().out) == {"benchmark": "floor"}
