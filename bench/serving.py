@@ -89,10 +89,6 @@ class RawClient:
         """Open the connection."""
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """Send one JSON POST and read its full response."""
-        return await self.request("POST", path, body)
-
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """Send one request (``body``, if given, as JSON) and read its full response."""
         assert self.reader is not None
