@@ -24,8 +24,6 @@ starts: on two cores that floor is a large part of what the 0.8 goal leaves for 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +37,7 @@ from bench.serving import (
     drive_calls,
     machine,
     prepare_load,
+    read_load,
     search_calls,
     start_server,
     wait_ready,
@@ -69,14 +68,11 @@ def measure(
         The run's summary (:meth:`bench.load.Window.summary`) with ``cpu_ms_per_request`` and
         ``instructions_per_request_m``.
     """
-    counting = (cpu.Instructions(pid).start(), cpu.Instructions(os.getpid()).start())
-    before = cpu.snapshot(pid)
-    window = asyncio.run(drive_calls(port, key, calls, args.concurrency, args.duration, args.warmup, rate=rate))
-    after = cpu.snapshot(pid)
-    counted = (counting[0].stop(), counting[1].stop())
+    load = drive_calls(port, key, calls, args.concurrency, args.duration, args.warmup, rate=rate)
+    window, span, counted = read_load(pid, load)
     return {
         **window.summary(),
-        "cpu_ms_per_request": cpu.per_request(pid, [(before, after)], window.finished),
+        "cpu_ms_per_request": cpu.per_request(pid, [span], window.finished),
         "instructions_per_request_m": cpu.instructions_per_request(pid, [counted], window.finished),
     }
 

@@ -33,7 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,30 @@ def start_server(state_dir: Path, env_overrides: dict[str, str]) -> tuple[subpro
     return proc, port
 
 
+CpuSpan = tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]
+"""CPU snapshots of the server before and after a load."""
+InstructionReading = tuple[dict[int, float] | None, dict[int, float] | None]
+"""Instructions retired per thread of the server and of this process (the load generator), where counted."""
+
+
+def read_load(pid: int, load: Coroutine[Any, Any, Window]) -> tuple[Window, CpuSpan, InstructionReading]:
+    """Run one load and read the server's and this process's CPU around it.
+
+    Args:
+        pid: The server's process id.
+        load: Drives the server and returns the measured window; run here, between the readings.
+
+    Returns:
+        The window, the ``(before, after)`` CPU snapshots for :func:`bench.cpu.per_request`, and the instruction
+        counts for :func:`bench.cpu.instructions_per_request`.
+    """
+    counting = (cpu.Instructions(pid).start(), cpu.Instructions(os.getpid()).start())
+    before = cpu.snapshot(pid)
+    window = asyncio.run(load)
+    after = cpu.snapshot(pid)
+    return window, (before, after), (counting[0].stop(), counting[1].stop())
+
+
 ROUND_WARMUP_S = 2.0  # refills the pipeline after the pause between rounds
 
 
@@ -266,26 +290,26 @@ def run_mode(
     proc, port = start_server(args.state_dir, env_overrides)
     windows: list[Window] = []
     per_round: list[dict[str, Any]] = []
-    spans: list[tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]] = []
-    counted: list[tuple[dict[int, float] | None, dict[int, float] | None]] = []
+    spans: list[CpuSpan] = []
+    counted: list[InstructionReading] = []
     batches = items = 0.0
     try:
         wait_ready(port, proc)
         for number in range(rounds):
             warmup = args.warmup if number == 0 else min(args.warmup, ROUND_WARMUP_S)
-            counting = (cpu.Instructions(proc.pid).start(), cpu.Instructions(os.getpid()).start())
-            before, cpu_before = scrape_batches(port), cpu.snapshot(proc.pid)
-            window = asyncio.run(drive(port, key, queries, args.concurrency, args.duration / rounds, warmup))
-            after, cpu_after = scrape_batches(port), cpu.snapshot(proc.pid)
-            counted.append((counting[0].stop(), counting[1].stop()))
+            before = scrape_batches(port)
+            load = drive(port, key, queries, args.concurrency, args.duration / rounds, warmup)
+            window, span, count = read_load(proc.pid, load)
+            after = scrape_batches(port)
+            spans.append(span)
+            counted.append(count)
             # The histogram also counts warm-up batches: a close enough mean for sizing the in-process run.
             size = (after[1] - before[1]) / (after[0] - before[0]) if after[0] > before[0] else None
             batches, items = batches + after[0] - before[0], items + after[1] - before[1]
             windows.append(window)
             entry = {**window.summary(), "mean_batch_size": round(size, 2) if size else None}
-            spans.append((cpu_before, cpu_after))
-            entry["cpu_ms_per_request"] = cpu.per_request(proc.pid, [spans[-1]], window.finished)
-            entry["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, counted[-1:], window.finished)
+            entry["cpu_ms_per_request"] = cpu.per_request(proc.pid, [span], window.finished)
+            entry["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, [count], window.finished)
             if after_round is not None:
                 entry["encoder_in_process"] = after_round(size)
             per_round.append(entry)
