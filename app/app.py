@@ -12,13 +12,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import structlog
-from litestar import Litestar, Request, Router
+from litestar import Litestar, Router
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
@@ -34,6 +32,7 @@ from litestar.openapi.spec import (
 from app import schemas
 from app.auth import KeyStore
 from app.errors import EXCEPTION_HANDLERS
+from app.hooks import check_api_request, reject_unknown_query
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
 from app.routes import ops
@@ -70,16 +69,6 @@ def bootstrap_keys(keys: KeyStore, state_dir: Path) -> Path | None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(f"CANDOR_FRONTEND_KEY={frontend}\nCANDOR_ADMIN_KEY={admin}\n")
     return path
-
-
-async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """Refuse bodies that are not JSON with 415 (``before_request`` hook on the API router)."""
-    if request.method not in {"POST", "PUT", "PATCH"}:
-        return
-    content_type = request.headers.get("content-type", "")
-    has_body = request.headers.get("content-length", "0") not in {"", "0"} or "transfer-encoding" in request.headers
-    if has_body and content_type.split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(status_code=415, detail="send the body as application/json")
 
 
 def build_answer_service(
@@ -267,13 +256,14 @@ def create_app(
         ],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
-        before_request=require_json_body,
+        before_request=check_api_request,
         security=[{"apiKey": []}],
     )
     app = Litestar(
         route_handlers=[api, ops.live, ops.ready, ops.metrics],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=reject_unknown_query,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Candor",

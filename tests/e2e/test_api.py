@@ -142,6 +142,28 @@ def test_malformed_body_content_type_size_and_routes(server: Server) -> None:
     assert_error(httpx.get(f"{server.base_url}/v1/nothing-here", headers=headers), 404, "not_found")
 
 
+def test_unknown_query_parameters_are_refused(server: Server) -> None:
+    base, admin = server.base_url, server.headers(server.admin_key)
+    refused = assert_error(
+        httpx.post(f"{base}/v1/search?debug=1", json={"query": "towel"}, headers=server.headers(server.frontend_key)),
+        400,
+        "validation_error",
+    )
+    assert [(d["field"], d["source"]) for d in refused["error"]["details"]] == [("debug", "query")]
+    # A misspelt filter must not come back as an unfiltered page; the message lists what the route accepts.
+    typo = assert_error(
+        httpx.get(f"{base}/v1/audit/records?limit=5&endpont=/v1/search", headers=admin), 400, "validation_error"
+    )
+    assert [d["field"] for d in typo["error"]["details"]] == ["endpont"]
+    assert "endpoint" in typo["error"]["details"][0]["message"]
+    assert httpx.get(f"{base}/v1/audit/records?limit=5&endpoint=/v1/search", headers=admin).status_code == 200
+    assert_error(httpx.get(f"{base}/health/live?=0"), 400, "validation_error")  # an empty name is a name too
+    assert_error(httpx.post(f"{base}/v1/search?debug=1", json={"query": "towel"}), 401, "unauthorized")  # auth first
+    assert (
+        httpx.get(f"{base}/schema/openapi.json?download=1").status_code == 200
+    )  # the document's pages are not checked
+
+
 def test_admin_changes_are_visible_at_once(server: Server) -> None:
     admin = server.headers(server.admin_key)
     item = {
