@@ -71,13 +71,24 @@ async def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """Refuse bodies that are not JSON with 415."""
+    """Refuse bodies that are not JSON with 415, and a missing body the route needs with 400."""
     if request.method not in {"POST", "PUT", "PATCH"}:
         return
     content_type = request.headers.get("content-type", "")
     has_body = request.headers.get("content-length", "0") not in {"", "0"} or "transfer-encoding" in request.headers
     if has_body and content_type.split(";")[0].strip().lower() != "application/json":
         raise HTTPException(status_code=415, detail="send the body as application/json")
+    if not has_body:
+        # Litestar would report a missing body as a validation error whose message is only "'data'".
+        body = request.route_handler.parsed_fn_signature.parameters.get("data")
+        if body is not None and not body.is_optional:
+            message = "required: send a JSON object"
+            raise ApiError(
+                400,
+                "validation_error",
+                f"request body: {message}",
+                [{"field": "data", "message": message, "source": "body"}],
+            )
 
 
 async def check_api_request(request: Request[Any, Any, Any]) -> None:

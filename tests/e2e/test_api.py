@@ -140,6 +140,11 @@ def test_malformed_body_content_type_size_and_routes(server: Server) -> None:
     assert_error(httpx.post(url, content=huge, headers=headers), 413, "payload_too_large")
     assert_error(httpx.get(url, headers=headers), 405, "method_not_allowed")
     assert_error(httpx.get(f"{server.base_url}/v1/nothing-here", headers=headers), 404, "not_found")
+    for missing in (httpx.post(url, headers=headers), httpx.post(url, content=b"", headers=headers)):
+        body = assert_error(missing, 400, "validation_error")
+        assert body["error"]["details"] == [
+            {"field": "data", "message": "required: send a JSON object", "source": "body"}
+        ]
 
 
 def test_unknown_query_parameters_are_refused(server: Server) -> None:
