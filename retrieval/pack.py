@@ -62,12 +62,20 @@ class DomainPack:
 
 
 class _Problems:
-    """Collects problems for one file, stopping at a cap so a broken file cannot flood the report."""
+    """Collects problems for one file, stopping at a cap so a broken file cannot flood the report.
+
+    Each line's fields are all checked, so one pass reports everything wrong with a line; a field gets only its
+    first problem (a missing field is not also "not a string").
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self._seen: set[tuple[str, str]] = set()
 
     def add(self, where: str, fld: str, problem: str) -> None:
+        if (where, fld) in self._seen:
+            return
+        self._seen.add((where, fld))
         if len(self.lines) < MAX_REPORTED_PROBLEMS:
             self.lines.append(f"{where}: {fld}: {problem}")
 
@@ -144,14 +152,13 @@ def _number(where: str, obj: dict[str, Any], name: str, problems: _Problems, *, 
 
 def _parse_item(where: str, obj: dict[str, Any], problems: _Problems) -> Item | None:
     """Validate one item object; return it, or ``None`` after recording what is wrong."""
-    if not _check_fields(
+    fields_ok = _check_fields(
         where,
         obj,
         {"id", "title", "text", "category"},
         {"brand", "price", "attributes", "provider"},
         problems,
-    ):
-        return None
+    )
     item_id = _text(where, obj, "id", problems, required=True, max_len=MAX_ID_CHARS)
     title = _text(where, obj, "title", problems, required=True)
     text = _text(where, obj, "text", problems, required=False)
@@ -165,7 +172,7 @@ def _parse_item(where: str, obj: dict[str, Any], problems: _Problems) -> Item | 
     )
     if not attrs_ok:
         problems.add(where, "attributes", "must be an object of scalar values")
-    if item_id is None or title is None or category is None or not attrs_ok:
+    if not fields_ok or item_id is None or title is None or category is None or not attrs_ok:
         return None
     if obj.get("price") is not None and price is None:
         return None
@@ -182,13 +189,12 @@ def _parse_item(where: str, obj: dict[str, Any], problems: _Problems) -> Item | 
 
 
 def _parse_document(where: str, obj: dict[str, Any], problems: _Problems) -> Document | None:
-    if not _check_fields(where, obj, {"id", "title", "text"}, {"source"}, problems):
-        return None
+    fields_ok = _check_fields(where, obj, {"id", "title", "text"}, {"source"}, problems)
     doc_id = _text(where, obj, "id", problems, required=True, max_len=MAX_ID_CHARS)
     title = _text(where, obj, "title", problems, required=True)
     text = _text(where, obj, "text", problems, required=True)
     source = _text(where, obj, "source", problems, required=False)
-    if doc_id is None or title is None or text is None:
+    if not fields_ok or doc_id is None or title is None or text is None:
         return None
     return Document(id=doc_id, title=title, text=text, source=source)
 
@@ -207,8 +213,7 @@ def _timestamp(where: str, obj: dict[str, Any], problems: _Problems) -> float | 
 def _parse_interaction(
     where: str, obj: dict[str, Any], problems: _Problems, known_items: set[str]
 ) -> Interaction | None:
-    if not _check_fields(where, obj, {"user_id", "item_id", "event"}, {"value", "ts"}, problems):
-        return None
+    fields_ok = _check_fields(where, obj, {"user_id", "item_id", "event"}, {"value", "ts"}, problems)
     user_id = _text(where, obj, "user_id", problems, required=True, max_len=MAX_ID_CHARS)
     item_id = _text(where, obj, "item_id", problems, required=True, max_len=MAX_ID_CHARS)
     event = obj.get("event")
@@ -220,7 +225,7 @@ def _parse_interaction(
     if item_id is not None and item_id not in known_items:
         problems.add(where, "item_id", f"unknown item {item_id!r}")
         return None
-    if user_id is None or item_id is None or event is None:
+    if not fields_ok or user_id is None or item_id is None or event is None:
         return None
     return Interaction(
         user_id=user_id, item_id=item_id, event=event, value=1.0 if value is None else value, ts=ts or 0.0

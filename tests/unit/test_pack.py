@@ -67,6 +67,23 @@ def test_missing_fields_and_negative_price(tmp_path: Path) -> None:
     assert "items.jsonl:2: price: must be >= 0" in problems
 
 
+def test_every_problem_of_a_line_is_reported_once(tmp_path: Path) -> None:
+    write(tmp_path / "items.jsonl", [{"id": "a", "title": "", "price": -1, "colour": "red"}])
+    write(tmp_path / "interactions.jsonl", [{"user_id": "u", "item_id": "a", "value": "x"}])
+    problems = problems_of(tmp_path)
+    item_problems = [p for p in problems if p.startswith("items.jsonl:1:")]
+    assert sorted(item_problems) == [
+        "items.jsonl:1: category: missing required field",
+        "items.jsonl:1: colour: unknown field",
+        "items.jsonl:1: price: must be >= 0",
+        "items.jsonl:1: text: missing required field",
+        "items.jsonl:1: title: must be a non-empty string",
+    ]
+    assert "interactions.jsonl:1: event: missing required field" in problems
+    assert "interactions.jsonl:1: value: must be a finite number or null" in problems
+    assert not any("event: must be one of" in p for p in problems)  # the missing field is reported once
+
+
 def test_interactions_must_reference_known_items_and_events(tmp_path: Path) -> None:
     write(tmp_path / "items.jsonl", [GOOD_ITEM])
     write(
