@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -103,6 +103,9 @@ def test_every_operation_keeps_to_its_documented_contract(api_schema: Any, role_
                 suppress_health_check=list(HealthCheck),
             )
             def exercise(case: Any) -> None:
+                # An empty object has no form in a query string: it goes out as an empty value, which is a valid
+                # string, so the "schema-violating" request is a valid one on the wire.
+                assume(not any(value == {} for value in (case.query or {}).values()))
                 for key in role_keys.values():
                     case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS)
 
