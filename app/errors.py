@@ -69,9 +69,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def invalid(field: str, message: str) -> ApiError:
-    """A 400 ``validation_error`` naming the offending field (for checks the schema cannot express)."""
-    return ApiError(400, "validation_error", f"{field}: {message}", [{"field": field, "message": message}])
+def invalid(field: str, message: str, source: str | None = None) -> ApiError:
+    """A 400 ``validation_error`` naming the offending field (for checks the schema cannot express).
+
+    ``source`` (``body``, ``query``), when given, is added to the detail as Litestar's own validation errors do.
+    """
+    detail = {"field": field, "message": message} | ({"source": source} if source else {})
+    return ApiError(400, "validation_error", f"{field}: {message}", [detail])
 
 
 # What each documented error status means on this API (the body is always ErrorResponse).

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
 from litestar.params import BodyKwarg, DependencyKwarg, ParameterKwarg
 
-from app.errors import ApiError
+from app.errors import ApiError, invalid
 
 # Handler function -> the query parameters it declares. Keyed by the function: Litestar may hand the hook a copy of
 # the route handler, never a different function.
@@ -82,13 +82,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         # Litestar would report a missing body as a validation error whose message is only "'data'".
         body = request.route_handler.parsed_fn_signature.parameters.get("data")
         if body is not None and not body.is_optional:
-            message = "required: send a JSON object"
-            raise ApiError(
-                400,
-                "validation_error",
-                f"request body: {message}",
-                [{"field": "data", "message": message, "source": "body"}],
-            )
+            raise invalid("data", "required: send a JSON object", source="body")
 
 
 async def check_api_request(request: Request[Any, Any, Any]) -> None:
