@@ -12,10 +12,10 @@ import pytest
 
 from app.settings import load_settings
 from retrieval.answers import AnswerService, ContextPassage, GroundedAnswer, LocalBackend
+from retrieval.answers.grounding import build_messages
+from retrieval.answers.local_model import GenerationRequest, LocalGenerator, LocalGeneratorConfig
 from retrieval.batcher import BatcherConfig, BatchStats, NullObserver
 from retrieval.engine import RetrievalEngine
-from retrieval.generator import GenerationRequest, LocalGenerator, LocalGeneratorConfig
-from retrieval.grounding import build_messages
 
 PASSAGES = [
     ("Gift cards", "Gift cards cannot be returned, refunded or exchanged for cash. A gift card is valid for 1 year."),

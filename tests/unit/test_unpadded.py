@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from retrieval.packed import PackedBert, pack, pool_packed, unpackable_reason
+from retrieval.unpadded import PackedBert, pack, pool_packed, unpackable_reason
 
 LENGTHS = [5, 1, 9, 9, 3]
 

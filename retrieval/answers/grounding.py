@@ -22,118 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.chunking import split_sentences
+from retrieval.text import content_stems, words
 
-_WORD = re.compile(r"[a-z0-9]+")
-STOPWORDS = frozenset(
-    {
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "if",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "with",
-        "from",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "do",
-        "does",
-        "did",
-        "doing",
-        "have",
-        "has",
-        "had",
-        "having",
-        "i",
-        "me",
-        "my",
-        "we",
-        "our",
-        "you",
-        "your",
-        "he",
-        "she",
-        "it",
-        "its",
-        "they",
-        "them",
-        "their",
-        "this",
-        "that",
-        "these",
-        "those",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "there",
-        "here",
-        "than",
-        "then",
-        "so",
-        "not",
-        "no",
-        "nor",
-        "too",
-        "very",
-        "just",
-        "about",
-        "into",
-        "over",
-        "under",
-        "again",
-        "also",
-        "any",
-        "all",
-        "each",
-        "both",
-        "some",
-        "such",
-        "only",
-        "own",
-        "same",
-        "more",
-        "most",
-        "other",
-        "off",
-        "out",
-        "up",
-        "down",
-        "per",
-        "via",
-        "s",
-        "t",
-    }
-)
 _NEGATIONS = frozenset({"not", "no", "never", "cannot", "cant", "dont", "doesnt", "isnt", "arent", "wont", "nor"})
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b[^.]{0,60}\b(instructions?|prompts?|rules|guidelines|above|previous)\b"
@@ -169,17 +59,9 @@ _SPAN_PATTERNS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
 )
 
 
-def content_tokens(text: str) -> list[str]:
-    """Lower-cased words without stop words, with a crude plural folding (``cards`` -> ``card``)."""
-    words = _WORD.findall(text.lower().replace("'", ""))
-    return [
-        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words if w not in STOPWORDS
-    ]
-
-
 def _negated(text: str) -> bool:
-    words = set(_WORD.findall(text.lower().replace("'", "").replace("n t ", "nt ")))
-    return bool(words & _NEGATIONS) or "n't" in text.lower()
+    found = set(words(text.replace("n t ", "nt ")))
+    return bool(found & _NEGATIONS) or "n't" in text.lower()
 
 
 def overlap(tokens: Sequence[str], reference: set[str]) -> float:
@@ -204,7 +86,7 @@ def passage_sentences(texts: Sequence[str], max_per_passage: int = 40) -> list[S
     """The sentences of each passage (at most ``max_per_passage``), tagged with the passage's position."""
     out: list[Sentence] = []
     for i, text in enumerate(texts):
-        out.extend(Sentence(s, i) for s in split_sentences(text)[:max_per_passage] if _WORD.search(s))
+        out.extend(Sentence(s, i) for s in split_sentences(text)[:max_per_passage] if words(s))
     return out
 
 
@@ -251,7 +133,7 @@ def find_span(question: str, sentence: str) -> str | None:
     The question's wording picks the kind of span (money, duration, clock time, measure, count); of several
     matches, the one nearest the question's words wins.
     """
-    q_tokens = set(content_tokens(question))
+    q_tokens = set(content_stems(question))
     for trigger, pattern in _SPAN_PATTERNS:
         if not trigger.search(question):
             continue
@@ -261,7 +143,7 @@ def find_span(question: str, sentence: str) -> str | None:
 
         def closeness(m: re.Match[str]) -> int:
             window = sentence[max(0, m.start() - 60) : m.end() + 60]
-            return -sum(1 for t in content_tokens(window) if t in q_tokens)
+            return -sum(1 for t in content_stems(window) if t in q_tokens)
 
         best = min(matches, key=closeness)
         return best.group(0).strip()
@@ -291,12 +173,12 @@ def extract_answer(
     """
     if not sentences:
         return None
-    q_tokens = content_tokens(question)
+    q_tokens = content_stems(question)
     q_set = set(q_tokens)
     semantic = sentence_vectors @ question_vector
     scores = []
     for i, sentence in enumerate(sentences):
-        tokens = set(content_tokens(sentence.text))
+        tokens = set(content_stems(sentence.text))
         lexical = sum(1 for t in q_set if t in tokens) / max(1, len(q_set))
         scores.append(
             config.semantic_weight * float(semantic[i])
@@ -400,13 +282,13 @@ def check_support(
     """
     if not answer_sentences or not passage_sentences_:
         return SupportReport((), False, 0.0)
-    reference = {t for s in passage_sentences_ for t in content_tokens(s)}
+    reference = {t for s in passage_sentences_ for t in content_stems(s)}
     sims = answer_vectors @ passage_vectors.T
     results = []
     for i, sentence in enumerate(answer_sentences):
         j = int(np.argmax(sims[i]))
         similarity = float(sims[i, j])
-        share = overlap(content_tokens(sentence), reference)
+        share = overlap(content_stems(sentence), reference)
         agrees = _negated(sentence) == _negated(passage_sentences_[j])
         ok = similarity >= config.min_similarity and share >= config.min_overlap and agrees
         results.append(SentenceSupport(sentence, similarity, share, agrees, ok))

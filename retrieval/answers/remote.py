@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import structlog
 
+from retrieval.answers.local_model import GenerationResult
 from retrieval.errors import BackendUnavailableError, CircuitOpenError, UpstreamError, UpstreamTimeoutError
-from retrieval.generator import GenerationResult
 
 logger = structlog.get_logger(__name__)
 
