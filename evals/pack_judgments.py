@@ -11,8 +11,9 @@ hold:
 - ``price_max`` / ``price_min``: the price bounds (items without a price fail them);
 - ``attr``: ``{name = [values]}``, the attribute's value contains one of the values as a phrase.
 
-Phrases match whole lower-cased words with a crude plural folding ("towels" matches "towel"). The judgments are
-derived by these rules, not by people: they are as good as the rules and the catalog's fields.
+Phrases match whole lower-cased words with a crude plural folding ("towels" matches "towel"; see
+:mod:`retrieval.text`). The judgments are derived by these rules, not by people: they are as good as the rules
+and the catalog's fields.
 
 Run ``python -m evals.pack_judgments data/demo`` to rewrite ``eval/queries.jsonl`` and ``eval/qrels.tsv`` from
 ``eval/rules.toml``.
@@ -21,7 +22,6 @@ Run ``python -m evals.pack_judgments data/demo`` to rewrite ``eval/queries.jsonl
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -31,26 +31,15 @@ from typing import Any
 
 from evals.errors import DatasetFormatError
 from retrieval.pack import load_pack
+from retrieval.text import stems
 from retrieval.types import Item, split_category
 
-_WORD = re.compile(r"[a-z0-9]+")
 _CONDITIONS = {"category", "title", "title_any", "text", "text_any", "brand", "price_max", "price_min", "attr"}
-
-
-def _fold(word: str) -> str:
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased, plural-folded words of a text."""
-    return [_fold(w) for w in _WORD.findall(text.casefold())]
 
 
 def has_phrase(haystack: Sequence[str], phrase: str) -> bool:
     """Whether the words of ``phrase`` occur contiguously in ``haystack`` (a word list)."""
-    needle = words(phrase)
+    needle = stems(phrase)
     if not needle:
         return True
     size = len(needle)
@@ -65,7 +54,7 @@ class _Fields:
 
 def _fields(item: Item) -> _Fields:
     attrs = " ".join(str(v) for v in item.attributes.values() if v is not None)
-    return _Fields(words(item.title), words(f"{item.title} {item.text} {attrs}"))
+    return _Fields(stems(item.title), stems(f"{item.title} {item.text} {attrs}"))
 
 
 def _category(item: Item, prefixes: Sequence[str]) -> bool:
@@ -76,7 +65,7 @@ def _category(item: Item, prefixes: Sequence[str]) -> bool:
 
 def _attributes(item: Item, wanted: Mapping[str, Sequence[str]]) -> bool:
     for name, values in wanted.items():
-        have = words(str(item.attributes.get(name) or ""))
+        have = stems(str(item.attributes.get(name) or ""))
         if not have or not any(has_phrase(have, str(v)) for v in values):
             return False
     return True

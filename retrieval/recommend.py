@@ -7,7 +7,6 @@ so each history item's share of a result's score is exact and sums to the score:
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -16,47 +15,9 @@ from operator import itemgetter
 
 import numpy as np
 
+from retrieval.text import content_terms, stem
 from retrieval.types import Contribution, Explanation, HistoryEntry, Interaction, Item
 
-_TOKEN = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "our",
-        "so",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "we",
-        "what",
-        "with",
-        "you",
-        "your",
-    ]
-)
 MAX_CONTRIBUTIONS = 5
 
 
@@ -82,26 +43,6 @@ class RecommenderConfig:
     max_history: int = 200
     seed_items: int = 8
     candidate_factor: int = 4
-
-
-def terms(text: str) -> list[str]:
-    """Lower-cased word terms without stop words, duplicates removed, in order."""
-    seen: dict[str, None] = {}
-    for token in _TOKEN.findall(text.casefold()):
-        if token not in _STOPWORDS:
-            seen.setdefault(token, None)
-    return list(seen)
-
-
-def _stem(term: str) -> str:
-    """Crude plural folding, enough for "towels" to match "towel"."""
-    if len(term) > 4 and term.endswith("ies"):
-        return term[:-3] + "y"
-    if len(term) > 3 and term.endswith("es") and term[-3] in "sxz":
-        return term[:-2]
-    if len(term) > 3 and term.endswith("s") and not term.endswith("ss"):
-        return term[:-1]
-    return term
 
 
 EXPLAINED_FIELDS = ("title", "category", "brand", "attributes", "text")
@@ -140,9 +81,9 @@ class FieldTerms:
         # fields there are.
         where: dict[str, int] = {}
         for bit, text in enumerate(_field_texts(item)):
-            for term in terms(text):
-                stem = _stem(term)
-                where[stem] = where.get(stem, 0) | (1 << bit)
+            for term in content_terms(text):
+                folded = stem(term)
+                where[folded] = where.get(folded, 0) | (1 << bit)
         with self._lock:
             self._cache[item.id] = (item, where)
             while len(self._cache) > self.capacity:
@@ -152,7 +93,7 @@ class FieldTerms:
 
 def query_stems(query: str) -> dict[str, str]:
     """The query's stemmed terms, each mapped to the term as the shopper wrote it (computed once per request)."""
-    return {_stem(t): t for t in terms(query)}
+    return {stem(t): t for t in content_terms(query)}
 
 
 def explain_query_match(
