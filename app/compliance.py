@@ -9,7 +9,6 @@ renderers never import the app or the evaluation suite.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,6 +21,7 @@ from app.settings import PROJECT_ROOT, Settings
 from governance.model_card import ModelCard
 from governance.report import ComplianceFacts, IndexFacts, ModelFacts, VersionManifest
 from governance.types import AuditSummary, VerifyReport
+from retrieval.digest import tree_sha256
 from retrieval.encoder import EncoderInfo
 from retrieval.engine import RetrievalEngine
 
@@ -85,13 +85,9 @@ def code_version(root: Path = PROJECT_ROOT) -> tuple[str, str, bool | None]:
     git = git_state(root)
     if git["sha"] != "unknown":
         return str(git["sha"]), "git", git["dirty"]
-    digest = hashlib.sha256()
-    files = sorted(p for d in SOURCE_DIRS for p in (root / d).rglob("*.py") if p.is_file())
+    files = [p for d in SOURCE_DIRS for p in (root / d).rglob("*.py") if p.is_file()]
     files += [p for p in (root / "pyproject.toml",) if p.is_file()]
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return "sha256:" + digest.hexdigest()[:16], "files", None
+    return tree_sha256(root, files, length=16), "files", None
 
 
 def model_license(model_dir: str | Path) -> tuple[str | None, str | None]:

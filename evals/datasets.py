@@ -11,13 +11,14 @@ import csv
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from evals.answer_metrics import normalize_answer
 from evals.errors import DatasetFormatError, DatasetNotFoundError
+from retrieval.digest import file_sha256
 from retrieval.errors import PackValidationError
 from retrieval.pack import DomainPack, load_pack
 from retrieval.types import Interaction
@@ -117,15 +118,6 @@ def detect_format(path: Path) -> DatasetFormat:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, as ``sha256:<hex>``."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class DatasetRecord:
     """What ``results.json`` says about one dataset a task read.
@@ -145,19 +137,24 @@ class DatasetRecord:
     @classmethod
     def of(cls, name: str, root: Path, files: Sequence[Path]) -> DatasetRecord:
         """Hash ``files`` (paths under ``root`` or ``root`` itself) into a record."""
-        digest = hashlib.sha256()
-        entries: list[tuple[str, str]] = []
         base = root if root.is_dir() else root.parent
-        for path in sorted(set(files)):
-            rel = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-            sha = file_sha256(path)
-            entries.append((rel, sha))
-            digest.update(f"{rel}\0{sha}\n".encode())
-        return cls(name=name, path=str(root), hash="sha256:" + digest.hexdigest(), files=tuple(entries))
+        entries = tuple(
+            (str(path.relative_to(base)) if path.is_relative_to(base) else str(path), file_sha256(path))
+            for path in sorted(set(files))
+        )
+        return cls(name=name, path=str(root), hash=_listing_hash(entries), files=entries)
 
     def to_json(self) -> dict[str, Any]:
         """As the ``datasets`` entry of ``results.json``."""
         return {"name": self.name, "path": self.path, "hash": self.hash, "files": dict(self.files)}
+
+
+def _listing_hash(entries: Iterable[tuple[str, str]]) -> str:
+    """One digest over ``(relative path, file digest)`` pairs, in path order."""
+    digest = hashlib.sha256()
+    for rel, sha in sorted(entries):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def merge_dataset_entries(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -165,15 +162,10 @@ def merge_dataset_entries(entries: Sequence[Mapping[str, Any]]) -> list[dict[str
     merged: dict[tuple[str, str], dict[str, str]] = {}
     for entry in entries:
         merged.setdefault((entry["name"], entry["path"]), {}).update(entry["files"])
-    out = []
-    for (name, path), files in merged.items():
-        digest = hashlib.sha256()
-        for rel, sha in sorted(files.items()):
-            digest.update(f"{rel}\0{sha}\n".encode())
-        out.append(
-            {"name": name, "path": path, "hash": "sha256:" + digest.hexdigest(), "files": dict(sorted(files.items()))}
-        )
-    return out
+    return [
+        {"name": name, "path": path, "hash": _listing_hash(files.items()), "files": dict(sorted(files.items()))}
+        for (name, path), files in merged.items()
+    ]
 
 
 # -- shared readers ---------------------------------------------------------------------------------------------

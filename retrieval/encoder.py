@@ -6,7 +6,6 @@ batches on the worker thread; bulk encoding (index builds) sorts by length so ba
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,7 +18,8 @@ import structlog
 import torch
 from tokenizers import Tokenizer
 
-from retrieval.packed import PackedBert, pack, pool_packed, unit_rows, unpackable_reason
+from retrieval.digest import tree_sha256
+from retrieval.unpadded import PackedBert, pack, pool_packed, unit_rows, unpackable_reason
 
 logger = structlog.get_logger(__name__)
 
@@ -60,15 +60,9 @@ def weights_digest(model_dir: Path) -> str:
     The digest names the exact weights in audit records and guards the index against vectors from another
     model.
     """
-    digest = hashlib.sha256()
     patterns = ("*.safetensors", "*.bin", "*.json", "*.txt")
-    files = sorted({p for pattern in patterns for p in model_dir.rglob(pattern) if p.is_file()})
-    for path in files:
-        digest.update(str(path.relative_to(model_dir)).encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16]
+    files = [p for pattern in patterns for p in model_dir.rglob(pattern) if p.is_file()]
+    return tree_sha256(model_dir, files, length=16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +77,14 @@ class EncoderInfo:
     dtype: str
     max_seq_length: int
 
+    def identity(self) -> dict[str, str]:
+        """Name, weights digest and device: how responses and audit records name the model that served them."""
+        return {"name": self.name, "version": self.version, "device": self.device}
+
+    def describe(self) -> dict[str, str | int]:
+        """:meth:`identity` with the vector size, token limit and dtype (``/v1/info``, evaluation results)."""
+        return {**self.identity(), "dim": self.dim, "max_seq_length": self.max_seq_length, "dtype": self.dtype}
+
 
 class Encoder:
     """Turns texts into L2-normalised float32 vectors.
@@ -95,7 +97,7 @@ class Encoder:
         max_seq_length: Token limit per text (``0``: the model's own).
         trace: Run the transformer as a TorchScript trace (checked against eager output on probe batches).
         packed: On the CPU, run batches of mixed lengths without padding when the model allows it
-            (:mod:`retrieval.packed`; also checked against eager output, and only with ``trace``).
+            (:mod:`retrieval.unpadded`; also checked against eager output, and only with ``trace``).
     """
 
     def __init__(
@@ -215,7 +217,7 @@ class Encoder:
         return traced
 
     def _trace_packed(self) -> Any:
-        """Trace the padding-free forward pass (:mod:`retrieval.packed`) when this model and device allow it.
+        """Trace the padding-free forward pass (:mod:`retrieval.unpadded`) when this model and device allow it.
 
         Only on the CPU, where padding slots cost as much compute as tokens; on a GPU a padded batch runs in
         parallel and the packed path was never measured there. Kept only if it matches eager output on the
