@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
+
+from retrieval.sqlite import connect
 
 Role = Literal["frontend", "admin", "reviewer"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -59,10 +60,8 @@ class KeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.path, timeout_s=10)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -8,13 +8,13 @@ client survives a crash even if no snapshot was written after it.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.sqlite import connect, transaction
 from retrieval.types import Filters, Item
 
 _SCHEMA = """
@@ -54,11 +54,8 @@ class ItemCatalog:
     def __init__(self, path: str | Path, dim: int) -> None:
         self.path = Path(path)
         self.dim = dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(self.path)
         self._db.executescript(_SCHEMA)
         self._items: dict[str, Item] = {}
         self._faiss_of: dict[str, int] = {}
@@ -186,8 +183,7 @@ class ItemCatalog:
             seq = self._seq
             new_ids = list(range(next_id, next_id + len(items)))
             replaced = [self._faiss_of[i.id] for i in items if i.id in self._faiss_of]
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 for item, fid, vector in zip(items, new_ids, vectors, strict=True):
                     seq += 1
                     self._db.execute(
@@ -205,10 +201,6 @@ class ItemCatalog:
                 self._set_meta("next_faiss_id", str(next_id + len(items)))
                 self._set_meta("seq", str(seq))
                 self._set_meta("encoder_version", encoder_version)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._seq = seq
             for item, fid in zip(items, new_ids, strict=True):
                 self._remember(item, fid)
@@ -221,14 +213,9 @@ class ItemCatalog:
             if fid is None:
                 return None
             seq = self._seq + 1
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
                 self._set_meta("seq", str(seq))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._seq = seq
             del self._faiss_of[item_id]
             del self._items[item_id]
@@ -242,8 +229,7 @@ class ItemCatalog:
         """
         with self._lock:
             seq = self._seq + 1
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 for item_id, vector in vectors.items():
                     if item_id in self._items:
                         self._db.execute(
@@ -252,9 +238,5 @@ class ItemCatalog:
                         )
                 self._set_meta("encoder_version", encoder_version)
                 self._set_meta("seq", str(seq))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._seq = seq
         return seq

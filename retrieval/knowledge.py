@@ -10,7 +10,6 @@ kept until replaced.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import structlog
 from retrieval.chunking import chunk_text
 from retrieval.index import IndexSpec, VectorIndex
 from retrieval.pack import Document
+from retrieval.sqlite import connect, transaction
 
 logger = structlog.get_logger(__name__)
 
@@ -119,16 +119,12 @@ class KnowledgeBase:
         chunking: ChunkingConfig | None = None,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self.encoder_version = encoder_version
         self._count = count_tokens
         self.chunking = chunking or ChunkingConfig()
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect(self.path, foreign_keys=True)
         self._db.executescript(_SCHEMA)
         self._chunks: dict[int, Chunk] = {}
         self._index = VectorIndex.build(dim, IndexSpec(kind="flat"), np.zeros(0, dtype=np.int64), np.zeros((0, dim)))
@@ -232,8 +228,7 @@ class KnowledgeBase:
         )
         # The title leads each chunk's embedded text, as it does for items, so "gift cards" finds the article.
         vectors = embed([f"{doc.title}. {piece}" for piece in pieces]) if pieces else np.zeros((0, self.dim))
-        with self._db:
-            self._db.execute("BEGIN")
+        with transaction(self._db):
             self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.id,))
             self._db.execute(
                 "INSERT OR REPLACE INTO documents(id, title, text, source, origin, digest, updated_at) "
@@ -270,8 +265,7 @@ class KnowledgeBase:
 
     def delete(self, doc_id: str) -> bool:
         """Remove a document and its chunks; returns whether it existed."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
+        with self._lock, transaction(self._db):
             self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
             gone = self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount > 0
         if gone:
