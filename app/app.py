@@ -87,11 +87,9 @@ def build_answer_service(
     if settings.generator.openai.enabled:
         generators["openai"] = RemoteBackend(settings.generator.openai.to_config())
 
-    def encoder_model() -> dict[str, str]:
-        info = engine.encoder_info
-        return {"name": info.name, "version": info.version, "device": info.device}
-
-    return AnswerService(settings.answers.to_config(), engine.embed_texts, generators, encoder_model)
+    return AnswerService(
+        settings.answers.to_config(), engine.embed_texts, generators, lambda: engine.encoder_info.identity()
+    )
 
 
 def complete_openapi(app: Litestar) -> None:

@@ -112,11 +112,7 @@ async def audit_call(
     if models is None:
         # Search and recommendation responses already name the encoder and index that served them.
         shown = out.get("model") if isinstance(out, dict) else None
-        if isinstance(shown, dict):
-            models = shown
-        else:
-            enc = services.engine.encoder_info
-            models = {"encoder": {"name": enc.name, "version": enc.version, "device": enc.device}}
+        models = shown if isinstance(shown, dict) else {"encoder": services.engine.encoder_info.identity()}
     index = models.get("index")
     try:
         return await audit.record(

@@ -187,9 +187,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             _retry_after(exc.retry_after_s),
         )
     if isinstance(exc, NotReadyError | BatcherClosedError):
-        return error_response(
-            503, "not_ready", "the service is starting or stopping; retry later", None, _retry_after(5)
-        )
+        status = exc.status if isinstance(exc, NotReadyError) else None
+        message = f"the service is {status or 'starting or stopping'}; retry later"
+        return error_response(503, "not_ready", message, {"status": status} if status else None, _retry_after(5))
     logger.exception("unhandled_error", path=request.url.path)
     return error_response(500, "internal_error", "internal error; quote the request id when reporting it")
 

@@ -19,15 +19,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from governance.audit.log import AuditConfig
 from retrieval.answers import AnswerConfig
+from retrieval.answers.grounding import ExtractiveConfig, SupportConfig
+from retrieval.answers.local_model import LocalGeneratorConfig
+from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Device
 from retrieval.engine import EncoderConfig, EngineConfig
-from retrieval.generator import LocalGeneratorConfig
-from retrieval.grounding import ExtractiveConfig, SupportConfig
 from retrieval.index import IndexKind, IndexSpec
 from retrieval.knowledge import ChunkingConfig
 from retrieval.recommend import RecommenderConfig
-from retrieval.remote import OpenAIConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.toml"

@@ -24,10 +24,10 @@ import numpy as np
 from evals.answers import AnswerBackendContext, AnswerFactory, Passage, SystemAnswer
 from evals.errors import SuiteError
 from retrieval.answers import AnswerConfig, AnswerService, ContextPassage, Generator, LocalBackend, RemoteBackend
+from retrieval.answers.local_model import LocalGeneratorConfig
+from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Encoder
-from retrieval.generator import LocalGeneratorConfig
-from retrieval.remote import OpenAIConfig
 
 BACKENDS = ("extractive", "local", "openai")
 _SERVICE_KEYS = {"answer_text", "max_tokens", "min_confidence", "min_retrieval_score", "device", "cache_dir"}
@@ -96,14 +96,11 @@ class ServiceAnswerSystem:
             raise SuiteError(f"unknown answer backend {backend!r}")
         self._loop = asyncio.new_event_loop()
         self._config = config
-        info = encoder.info
 
         async def embed(texts: Sequence[str], request_id: str) -> np.ndarray:
             return encoder.encode(list(texts))
 
-        self._service = AnswerService(
-            config, embed, generators, lambda: {"name": info.name, "version": info.version, "device": info.device}
-        )
+        self._service = AnswerService(config, embed, generators, encoder.info.identity)
 
     def describe(self) -> Mapping[str, Any]:
         """The backend's model and the grounding settings."""

@@ -93,15 +93,9 @@ class RunContext:
     def encoder_info(self) -> dict[str, Any]:
         """Identity of the encoder under test (name, weights hash, device, dtype, token limit)."""
         encoder = self.encoder()
-        info = encoder.info
         return {
-            "name": info.name,
-            "version": info.version,
-            "path": info.path,
-            "dim": info.dim,
-            "device": info.device,
-            "dtype": info.dtype,
-            "max_seq_length": info.max_seq_length,
+            **encoder.info.describe(),
+            "path": encoder.info.path,
             "traced": encoder.traced,
             "packed": encoder.packed,
             "batch_size": self.loaded.suite.system.encoder.batch_size,

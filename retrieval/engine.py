@@ -383,9 +383,14 @@ class RetrievalEngine:
             raise NotReadyError("index not open")
         return self._index
 
-    def _require_ready(self) -> None:
+    def require_ready(self) -> None:
+        """Raise unless the engine serves.
+
+        Raises:
+            NotReadyError: With the engine's status.
+        """
         if not self.ready:
-            raise NotReadyError(f"engine is {self.status}")
+            raise NotReadyError(f"engine is {self.status}", self.status)
 
     @property
     def encoder_info(self) -> EncoderInfo:
@@ -433,13 +438,13 @@ class RetrievalEngine:
 
     async def embed_query(self, text: str, request_id: str = "-") -> np.ndarray:
         """Embed one query through the encoder's batcher."""
-        self._require_ready()
+        self.require_ready()
         assert self._encode_batcher is not None
         return await self._encode_batcher.submit(self._require_encoder().token_ids(text), request_id)
 
     async def embed_texts(self, texts: Sequence[str], request_id: str = "-") -> np.ndarray:
         """Embed several texts through the encoder's batcher (they join other requests' batches)."""
-        self._require_ready()
+        self.require_ready()
         assert self._encode_batcher is not None
         batcher, encoder = self._encode_batcher, self._require_encoder()
         vectors = await asyncio.gather(*(batcher.submit(encoder.token_ids(t), request_id) for t in texts))
@@ -479,14 +484,14 @@ class RetrievalEngine:
 
     async def upsert_documents(self, documents: Sequence[Document]) -> list[DocumentChange]:
         """Add or replace knowledge-base documents; they are answerable when this returns."""
-        self._require_ready()
+        self.require_ready()
         kb = self._require_knowledge()
         async with self._write_lock:
             return await asyncio.to_thread(kb.upsert, documents, self._bulk_embed)
 
     async def delete_document(self, doc_id: str) -> bool:
         """Remove a knowledge-base document; returns whether it existed."""
-        self._require_ready()
+        self.require_ready()
         kb = self._require_knowledge()
         async with self._write_lock:
             return await asyncio.to_thread(kb.delete, doc_id)
@@ -611,7 +616,7 @@ class RetrievalEngine:
         Raises:
             UnknownItemError: ``item_id`` is not in the catalog.
         """
-        self._require_ready()
+        self.require_ready()
         catalog = self._require_catalog()
         seed = catalog.get(item_id)
         fid = catalog.faiss_id(item_id)
@@ -641,7 +646,7 @@ class RetrievalEngine:
             UnknownItemError: No history id is in the catalog.
             InvalidQueryError: The history is empty or its weights are not positive.
         """
-        self._require_ready()
+        self.require_ready()
         if not history:
             raise InvalidQueryError("history is empty", field="history")
         if any(entry.weight <= 0 for entry in history):
@@ -702,7 +707,7 @@ class RetrievalEngine:
 
     async def upsert(self, item: Item, request_id: str = "-") -> Item:
         """Embed and store an item; it is searchable when this returns."""
-        self._require_ready()
+        self.require_ready()
         assert self._encode_batcher is not None
         vector = await self._encode_batcher.submit(self._require_encoder().token_ids(item.embedding_text()), request_id)
         async with self._write_lock:
@@ -722,7 +727,7 @@ class RetrievalEngine:
         Raises:
             UnknownItemError: The item is not in the catalog.
         """
-        self._require_ready()
+        self.require_ready()
         async with self._write_lock:
             fid = await asyncio.to_thread(self._require_catalog().delete, item_id)
             if fid is None:
@@ -739,7 +744,7 @@ class RetrievalEngine:
         Returns:
             The new index's info.
         """
-        self._require_ready()
+        self.require_ready()
         started = time.monotonic()
         self.rebuild_state = {"state": "running", "started_at": time.time(), "reembed": reembed}
         try:

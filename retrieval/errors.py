@@ -83,7 +83,15 @@ class BatcherClosedError(RetrievalError):
 
 
 class NotReadyError(RetrievalError):
-    """The engine is still loading models or opening the index."""
+    """The engine is still loading models or opening the index (or is stopping, or failed to start).
+
+    Attributes:
+        status: The engine's status (``starting``, ``loading``, ``failed``, ``stopped``), when known.
+    """
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class IndexStoreError(RetrievalError):

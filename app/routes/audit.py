@@ -256,8 +256,7 @@ async def attributions(services: Services, body: dict[str, Any]) -> dict[str, An
             {"endpoint": body.get("endpoint")},
         )
     engine = services.engine
-    if not engine.ready:
-        raise ApiError(503, "not_ready", "the service is starting; retry later", headers={"Retry-After": "5"})
+    engine.require_ready()
     docs = []
     for entry in (body.get("retrieved") or [])[: services.settings.audit.ig_top_k]:
         item = engine.get_item(str(entry.get("id")))

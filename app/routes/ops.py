@@ -8,7 +8,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.auth import require_roles
-from app.errors import CALLER_ERRORS, documented_errors, error_response
+from app.errors import CALLER_ERRORS, documented_errors
 from app.state import Services, provide_services
 
 SERVICE_VERSION = "0.1.0"
@@ -53,20 +53,13 @@ async def info(state: State) -> Response[dict[str, Any]]:
     """What is serving: model versions, index, device, pack and config digest."""
     services = provide_services(state)
     engine = services.engine
-    if not engine.ready:
-        return error_response(503, "not_ready", f"the service is {engine.status}", headers={"Retry-After": "5"})
+    engine.require_ready()
     enc = engine.encoder_info
     return Response(
         {
             "service": {"name": "candor", "version": SERVICE_VERSION},
             "models": {
-                "encoder": {
-                    "name": enc.name,
-                    "version": enc.version,
-                    "dim": enc.dim,
-                    "max_seq_length": enc.max_seq_length,
-                    "dtype": enc.dtype,
-                },
+                "encoder": enc.describe(),
                 "answers": {name: services.answers.model_of(name) for name in services.answers.backends},
             },
             "device": enc.device,

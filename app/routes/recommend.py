@@ -89,7 +89,7 @@ def model_out(engine: RetrievalEngine) -> ModelOut:
     enc = engine.encoder_info
     index = engine.index_info()
     return ModelOut(
-        encoder=EncoderOut(name=enc.name, version=enc.version, device=enc.device),
+        encoder=EncoderOut(**enc.identity()),
         index=IndexOut(kind=index["kind"], version=index["version"], size=index["size"]),
     )
 

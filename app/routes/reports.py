@@ -11,7 +11,7 @@ from litestar.params import FromQuery
 
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
-from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
+from app.errors import CALLER_ERRORS, documented_errors, invalid
 from app.state import Services
 from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
 
@@ -53,8 +53,7 @@ async def compliance_report(
     except ValueError as exc:
         raise invalid("until", str(exc)) from exc
     engine = services.engine
-    if not engine.ready:
-        raise ApiError(503, "not_ready", f"the service is {engine.status}", headers={"Retry-After": "5"})
+    engine.require_ready()
 
     def build() -> tuple[ComplianceFacts, bytes]:
         facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=start, until=end)
