@@ -323,7 +323,7 @@ def facts_from_engine(
 
 def load_encoder_info(settings: Settings) -> EncoderInfo:
     """Load the configured encoder for its identity (no tracing, no warm-up): the CLI works without a server."""
-    from retrieval.engine import load_encoder
+    from retrieval.encoder import load_encoder
 
     return load_encoder(replace(settings.encoder_config(), trace=False, packed=False)).info
 

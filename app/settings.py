@@ -23,8 +23,8 @@ from retrieval.answers.grounding import ExtractiveConfig, SupportConfig
 from retrieval.answers.local_model import LocalGeneratorConfig
 from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
-from retrieval.encoder import Device
-from retrieval.engine import EncoderConfig, EngineConfig
+from retrieval.encoder import Device, EncoderConfig
+from retrieval.engine import EngineConfig
 from retrieval.index import IndexKind, IndexSpec
 from retrieval.knowledge import ChunkingConfig
 from retrieval.recommend import RecommenderConfig

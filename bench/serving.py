@@ -44,7 +44,7 @@ from app.observability import configure_logging
 from app.settings import load_settings
 from bench import cpu
 from bench.load import Window, emit_report, summarize
-from retrieval.engine import EncoderConfig, load_encoder
+from retrieval.encoder import EncoderConfig, load_encoder
 from retrieval.pack import load_pack
 
 GOAL_BATCHED_SPEEDUP = 2.0

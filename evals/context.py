@@ -17,8 +17,7 @@ from evals.errors import SuiteError
 from evals.results import MetricRecord
 from evals.stats import rng_for
 from evals.suite import LoadedSuite
-from retrieval.encoder import Encoder
-from retrieval.engine import EncoderConfig, load_encoder
+from retrieval.encoder import Encoder, EncoderConfig, load_encoder
 
 
 @dataclass

@@ -428,3 +428,36 @@ class Encoder:
         """Run a few forward passes so the first real request does not pay for lazy initialisation."""
         for size in (1, 8):
             self.embed_token_batch([self.token_ids("warm up the encoder")] * size)
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    """Which encoder to load and how (``[encoder]`` in the config)."""
+
+    name: str = "all-MiniLM-L6-v2"
+    path: str = ""
+    device: Device = "auto"
+    threads: int = 0
+    workers: int = 1
+    max_seq_length: int = 0
+    bulk_batch_size: int = 32
+    trace: bool = True
+    packed: bool = True
+
+
+def load_encoder(cfg: EncoderConfig) -> Encoder:
+    """Load the encoder ``cfg`` describes (not warmed up): the service, its CLI and its benchmark share this.
+
+    Raises:
+        FileNotFoundError: ``cfg.path`` is not a folder.
+        ValueError: ``cuda`` was asked for and no GPU is visible.
+    """
+    return Encoder(
+        cfg.path or None,
+        name=cfg.name,
+        device=cfg.device,
+        threads=cfg.threads,
+        max_seq_length=cfg.max_seq_length,
+        trace=cfg.trace,
+        packed=cfg.packed,
+    )

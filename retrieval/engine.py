@@ -22,7 +22,7 @@ from tqdm import tqdm
 from retrieval.answers import ContextPassage
 from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.catalog import ItemCatalog
-from retrieval.encoder import Device, Encoder, EncoderInfo
+from retrieval.encoder import Encoder, EncoderConfig, EncoderInfo, load_encoder
 from retrieval.errors import InvalidQueryError, NotReadyError, UnknownItemError, UnknownUserError
 from retrieval.index import IndexSpec, SnapshotManifest, SnapshotStore, VectorIndex, configure_faiss
 from retrieval.knowledge import ChunkingConfig, DocumentChange, KnowledgeBase
@@ -45,39 +45,6 @@ from retrieval.types import Filters, HistoryEntry, Interaction, Item, ScoredItem
 logger = structlog.get_logger(__name__)
 
 Status = Literal["starting", "loading", "ready", "failed", "stopped"]
-
-
-@dataclass(frozen=True, slots=True)
-class EncoderConfig:
-    """Which encoder to load and how (``[encoder]`` in the config)."""
-
-    name: str = "all-MiniLM-L6-v2"
-    path: str = ""
-    device: Device = "auto"
-    threads: int = 0
-    workers: int = 1
-    max_seq_length: int = 0
-    bulk_batch_size: int = 32
-    trace: bool = True
-    packed: bool = True
-
-
-def load_encoder(cfg: EncoderConfig) -> Encoder:
-    """Load the encoder ``cfg`` describes (not warmed up): the service, its CLI and its benchmark share this.
-
-    Raises:
-        FileNotFoundError: ``cfg.path`` is not a folder.
-        ValueError: ``cuda`` was asked for and no GPU is visible.
-    """
-    return Encoder(
-        cfg.path or None,
-        name=cfg.name,
-        device=cfg.device,
-        threads=cfg.threads,
-        max_seq_length=cfg.max_seq_length,
-        trace=cfg.trace,
-        packed=cfg.packed,
-    )
 
 
 @dataclass(frozen=True, slots=True)

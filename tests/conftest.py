@@ -16,8 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.settings import load_settings
-from retrieval.encoder import Encoder
-from retrieval.engine import EngineConfig, RetrievalEngine, load_encoder
+from retrieval.encoder import Encoder, load_encoder
+from retrieval.engine import EngineConfig, RetrievalEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PACK = PROJECT_ROOT / "data" / "demo"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from app.auth import KeyStore
 from app.settings import DEFAULT_CONFIG, Settings, load_settings
-from retrieval.engine import EncoderConfig, load_encoder
+from retrieval.encoder import EncoderConfig, load_encoder
 
 
 def test_default_config_holds_every_knob() -> None:
