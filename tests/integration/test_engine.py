@@ -19,7 +19,7 @@ from tests.conftest import engine_config
 
 
 def first_id(engine: RetrievalEngine, category_prefix: str) -> str:
-    catalog = engine._require_catalog()
+    catalog = engine.store.catalog
     return next(i.id for i in catalog.items() if i.category.startswith(category_prefix))
 
 
@@ -46,7 +46,7 @@ async def test_more_like_a_watch_returns_watches(engine: RetrievalEngine) -> Non
 
 
 async def test_history_results_exclude_history_and_explain_exactly(engine: RetrievalEngine) -> None:
-    mugs = [i.id for i in engine._require_catalog().items() if "Coffee Mugs" in i.category][:3]
+    mugs = [i.id for i in engine.store.catalog.items() if "Coffee Mugs" in i.category][:3]
     history = [HistoryEntry(mugs[0], 1.0), HistoryEntry(mugs[1], 2.0), HistoryEntry(mugs[2], 1.0)]
     ranked = await engine.recommend_for_history(history, k=10, exclude=["nothing"])
     ids = {s.item.id for s in ranked.items}
@@ -92,7 +92,7 @@ async def test_diversity_spreads_results(engine: RetrievalEngine) -> None:
     assert len(varied.items) == 10
 
     def spread(ids: list[str]) -> float:
-        vectors = engine._require_index().reconstruct([engine._require_catalog().faiss_id(i) for i in ids])
+        vectors = engine.store.index.reconstruct([engine.store.catalog.faiss_id(i) for i in ids])
         sim = vectors @ vectors.T
         return float(sim[np.triu_indices(len(ids), 1)].mean())
 
@@ -129,7 +129,7 @@ async def test_changes_survive_a_restart_without_a_snapshot(state_copy: Path, en
     await first.upsert(Item(id="NEW-1", title="Bamboo Toothbrush Set", text="", category="Beauty and Personal Care"))
     await first.delete(gone)
     # Simulate a crash: no stop(), so no snapshot after the writes; only the catalog has them.
-    first._require_catalog().close()
+    first.store.catalog.close()
     for batcher in (first._encode_batcher, first._search_batcher):
         assert batcher is not None
         await batcher.stop()
@@ -223,7 +223,7 @@ def test_a_float16_checkpoint_runs_in_float32_on_the_cpu(encoder: Encoder, tmp_p
 
 async def test_the_encoder_batcher_knows_padding_is_free(engine: RetrievalEngine) -> None:
     assert engine._encode_batcher is not None
-    assert engine._encode_batcher.config.packed is engine._require_encoder().packed is True
+    assert engine._encode_batcher.config.packed is engine.encoder.packed is True
 
 
 def test_worker_layout_on_the_cpu(encoder: Encoder) -> None:

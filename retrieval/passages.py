@@ -1,0 +1,144 @@
+"""Passage retrieval for grounded answers: knowledge-base chunks and, by configuration, item texts.
+
+A question's best passages are the nearest chunks of the knowledge base (one per document: overlapping chunks of
+one document collapse to its best) merged with the nearest catalog items, each cut to a readable length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.answers import ContextPassage
+from retrieval.encoder import Encoder
+from retrieval.errors import NotReadyError
+from retrieval.item_store import ItemStore
+from retrieval.knowledge import ChunkingConfig, DocumentChange, KnowledgeBase
+from retrieval.pack import Document
+from retrieval.ranking import Neighbours
+from retrieval.types import Item
+
+
+class PassageRetriever:
+    """The knowledge base behind grounded answers, and the passages a question retrieves from it.
+
+    Args:
+        state_dir: Folder of the knowledge-base database (``knowledge.sqlite``).
+        encoder: Embeds documents (in bulk) and counts their tokens for chunking.
+        chunking: How documents are cut into chunks.
+        store: The items, answerable beside the documents when ``answer_items`` is set.
+        neighbours: Batched nearest-neighbour search over the items.
+        answer_items: Whether item texts are answerable.
+        item_passage_chars: Longest item text handed to an answer backend.
+        bulk_batch_size: Texts per forward pass when embedding documents.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        encoder: Encoder,
+        chunking: ChunkingConfig,
+        store: ItemStore,
+        neighbours: Neighbours,
+        *,
+        answer_items: bool,
+        item_passage_chars: int,
+        bulk_batch_size: int,
+    ) -> None:
+        self._path = state_dir / "knowledge.sqlite"
+        self._encoder = encoder
+        self._chunking = chunking
+        self._store = store
+        self._neighbours = neighbours
+        self.answer_items = answer_items
+        self._item_passage_chars = item_passage_chars
+        self._bulk_batch_size = bulk_batch_size
+        self._knowledge: KnowledgeBase | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle (blocking: run in a worker thread) ----------------------------------------------------------
+
+    def open(self, documents: Sequence[Document]) -> None:
+        """Open the knowledge base and make the pack's documents current (changed texts are embedded again)."""
+        encoder = self._encoder
+        self._knowledge = KnowledgeBase(
+            self._path,
+            encoder.dim,
+            encoder.info.version,
+            lambda text: max(0, len(encoder.token_ids(text)) - 2),  # without [CLS] and [SEP]
+            self._chunking,
+        )
+        self._knowledge.open(self._embed)
+        self._knowledge.sync_pack(documents, self._embed)
+
+    def close(self) -> None:
+        """Close the knowledge base."""
+        if self._knowledge is not None:
+            self._knowledge.close()
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encoder.encode(list(texts), batch_size=self._bulk_batch_size)
+
+    @property
+    def knowledge(self) -> KnowledgeBase:
+        """The open knowledge base.
+
+        Raises:
+            NotReadyError: It is not open.
+        """
+        if self._knowledge is None:
+            raise NotReadyError("knowledge base not open")
+        return self._knowledge
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+
+    def _item_passage(self, item: Item, score: float) -> ContextPassage:
+        text = item.embedding_text()
+        if len(text) > self._item_passage_chars:  # cut at a word boundary
+            text = text[: self._item_passage_chars].rsplit(" ", 1)[0]
+        return ContextPassage(item.id, f"{item.id}#0", item.title, text, score, "item")
+
+    async def retrieve(self, vector: np.ndarray, k: int, request_id: str) -> list[ContextPassage]:
+        """The ``k`` best passages for a question's vector, best first (one chunk per document at most)."""
+        kb = self.knowledge
+        # Over-fetch chunks: overlapping chunks of one document are collapsed to its best.
+        chunk_hits = (await asyncio.to_thread(kb.search, vector.reshape(1, -1), k * 3))[0]
+        passages: dict[str, ContextPassage] = {}
+        for score, chunk in chunk_hits:
+            if chunk.doc_id not in passages:
+                passages[chunk.doc_id] = ContextPassage(chunk.doc_id, chunk.chunk_id, chunk.title, chunk.text, score)
+        if self.answer_items:
+            catalog = self._store.catalog
+            for score, fid in (await self._neighbours([vector], k, request_id))[0]:
+                item = catalog.item_for_faiss_id(fid)
+                if item is not None and item.id not in passages:
+                    passages[item.id] = self._item_passage(item, score)
+        ranked = sorted(passages.values(), key=lambda p: -p.score)
+        return ranked[:k]
+
+    def get(self, doc_id: str) -> Document | None:
+        """A stored knowledge-base document."""
+        return self.knowledge.get(doc_id)
+
+    def info(self) -> dict[str, Any]:
+        """Document and chunk counts of the knowledge base."""
+        kb = self.knowledge
+        return {"documents": len(kb), "chunks": kb.chunk_count, "items_answerable": self.answer_items}
+
+    # -- writes --------------------------------------------------------------------------------------------------
+
+    async def upsert(self, documents: Sequence[Document]) -> list[DocumentChange]:
+        """Add or replace documents; they are answerable when this returns."""
+        kb = self.knowledge
+        async with self._write_lock:
+            return await asyncio.to_thread(kb.upsert, documents, self._embed)
+
+    async def delete(self, doc_id: str) -> bool:
+        """Remove a document; returns whether it existed."""
+        kb = self.knowledge
+        async with self._write_lock:
+            return await asyncio.to_thread(kb.delete, doc_id)
