@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,3 @@ def latest_run(runs_dir: Path, suite: str | None = None) -> Path | None:
         if isinstance(results, dict) and (suite is None or results.get("suite") == suite):
             found.append((str(results.get("started_at", "")), folder.name, folder))
     return max(found)[2] if found else None
-
-
-def select(metrics: Sequence[MetricRecord], **where: str | None) -> list[MetricRecord]:
-    """Metric records whose fields equal the given values."""
-    return [m for m in metrics if all(getattr(m, k) == v for k, v in where.items())]
