@@ -1,6 +1,7 @@
 """Serving benchmark: the service under concurrent search load, batching on and off, and the raw encoder.
 
-Prints one JSON document.
+Prints one JSON document and writes it to ``bench/results/<UTC date>-serving.json`` (``--out FILE`` writes it
+there instead, ``--out -`` only prints it).
 
 Usage::
 
@@ -14,7 +15,9 @@ is a minimal asyncio HTTP/1.1 client so that it takes as little of the shared CP
 With batching on, the measured time is split into ``--rounds`` rounds, and after each one (the server idle) the
 encoder is timed in this process at that round's mean batch size. A shared machine's speed drifts by more than
 10 % over a minute, so each round's service figure is compared with the encoder figure taken right after it,
-and the report gives every round's ratio and their median.
+and the report gives every round's ratio and their median. Each mode also reports where the CPU went per
+request (``cpu_ms_per_request``, from Linux ``/proc``): the server's event loop, its other threads, the load
+generator, and the machine's idle share.
 """
 
 from __future__ import annotations
@@ -42,8 +45,15 @@ import numpy as np
 from app.auth import KeyStore
 from app.observability import configure_logging
 from app.settings import load_settings
-from bench import cpu
-from bench.load import Window, emit_report, summarize
+from bench.load import (
+    CpuSnapshot,
+    Window,
+    cpu_per_request,
+    cpu_snapshot,
+    dated_report_path,
+    emit_report,
+    summarize,
+)
 from retrieval.encoder import EncoderConfig, load_encoder
 from retrieval.pack import load_pack
 
@@ -127,14 +137,7 @@ def search_calls(queries: list[str]) -> list[Call]:
 
 
 async def drive_calls(
-    port: int,
-    key: str,
-    calls: list[Call],
-    concurrency: int,
-    duration: float,
-    warmup: float,
-    *,
-    rate: float | None = None,
+    port: int, key: str, calls: list[Call], concurrency: int, duration: float, warmup: float
 ) -> Window:
     """Run closed-loop clients for ``warmup + duration`` seconds; measure the last ``duration``.
 
@@ -145,27 +148,15 @@ async def drive_calls(
         concurrency: Clients, one keep-alive connection each.
         duration: Measured seconds.
         warmup: Unmeasured seconds first.
-        rate: If given, the clients together send at most this many requests a second (each waits out
-            ``concurrency / rate`` seconds from one send to its next), so that cheap routes can be compared with
-            an expensive one at the same request rate.
     """
     window = Window(warmup, duration)
-    interval = concurrency / rate if rate else 0.0
 
     async def worker(offset: int) -> None:
         client = RawClient("127.0.0.1", port, key)
         await client.connect()
         i = offset
-        # Paced clients start spread over one interval, so that they do not arrive in step.
-        sent = time.perf_counter() + interval * offset / concurrency - interval
         try:
-            while True:
-                now = time.perf_counter()
-                if now < sent + interval:
-                    await asyncio.sleep(sent + interval - now)
-                sent = time.perf_counter()
-                if sent >= window.stop_at:
-                    return
+            while (sent := time.perf_counter()) < window.stop_at:
                 status, _ = await client.request(*calls[i % len(calls)])
                 window.record(sent, time.perf_counter(), None if status == 200 else str(status))
                 i += concurrency
@@ -234,13 +225,11 @@ def start_server(state_dir: Path, env_overrides: dict[str, str]) -> tuple[subpro
     return proc, port
 
 
-CpuSpan = tuple[cpu.CpuSnapshot, cpu.CpuSnapshot]
+CpuSpan = tuple[CpuSnapshot, CpuSnapshot]
 """CPU snapshots of the server before and after a load."""
-InstructionReading = tuple[dict[int, float] | None, dict[int, float] | None]
-"""Instructions retired per thread of the server and of this process (the load generator), where counted."""
 
 
-def read_load(pid: int, load: Coroutine[Any, Any, Window]) -> tuple[Window, CpuSpan, InstructionReading]:
+def read_load(pid: int, load: Coroutine[Any, Any, Window]) -> tuple[Window, CpuSpan]:
     """Run one load and read the server's and this process's CPU around it.
 
     Args:
@@ -248,14 +237,11 @@ def read_load(pid: int, load: Coroutine[Any, Any, Window]) -> tuple[Window, CpuS
         load: Drives the server and returns the measured window; run here, between the readings.
 
     Returns:
-        The window, the ``(before, after)`` CPU snapshots for :func:`bench.cpu.per_request`, and the instruction
-        counts for :func:`bench.cpu.instructions_per_request`.
+        The window and the ``(before, after)`` CPU snapshots for :func:`bench.load.cpu_per_request`.
     """
-    counting = (cpu.Instructions(pid).start(), cpu.Instructions(os.getpid()).start())
-    before = cpu.snapshot(pid)
+    before = cpu_snapshot(pid)
     window = asyncio.run(load)
-    after = cpu.snapshot(pid)
-    return window, (before, after), (counting[0].stop(), counting[1].stop())
+    return window, (before, cpu_snapshot(pid))
 
 
 ROUND_WARMUP_S = 2.0  # refills the pipeline after the pause between rounds
@@ -291,7 +277,6 @@ def run_mode(
     windows: list[Window] = []
     per_round: list[dict[str, Any]] = []
     spans: list[CpuSpan] = []
-    counted: list[InstructionReading] = []
     batches = items = 0.0
     try:
         wait_ready(port, proc)
@@ -299,17 +284,15 @@ def run_mode(
             warmup = args.warmup if number == 0 else min(args.warmup, ROUND_WARMUP_S)
             before = scrape_batches(port)
             load = drive(port, key, queries, args.concurrency, args.duration / rounds, warmup)
-            window, span, count = read_load(proc.pid, load)
+            window, span = read_load(proc.pid, load)
             after = scrape_batches(port)
             spans.append(span)
-            counted.append(count)
             # The histogram also counts warm-up batches: a close enough mean for sizing the in-process run.
             size = (after[1] - before[1]) / (after[0] - before[0]) if after[0] > before[0] else None
             batches, items = batches + after[0] - before[0], items + after[1] - before[1]
             windows.append(window)
             entry = {**window.summary(), "mean_batch_size": round(size, 2) if size else None}
-            entry["cpu_ms_per_request"] = cpu.per_request(proc.pid, [span], window.finished)
-            entry["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, [count], window.finished)
+            entry["cpu_ms_per_request"] = cpu_per_request(proc.pid, [span], window.finished)
             if after_round is not None:
                 entry["encoder_in_process"] = after_round(size)
             per_round.append(entry)
@@ -319,8 +302,7 @@ def run_mode(
     result = summarize(windows)
     result["mean_batch_size"] = round(items / batches, 2) if batches else None
     finished = sum(w.finished for w in windows)
-    result["cpu_ms_per_request"] = cpu.per_request(proc.pid, spans, finished)
-    result["instructions_per_request_m"] = cpu.instructions_per_request(proc.pid, counted, finished)
+    result["cpu_ms_per_request"] = cpu_per_request(proc.pid, spans, finished)
     result["mode"] = name
     if after_round is not None or rounds > 1:
         result["rounds"] = per_round
@@ -352,30 +334,19 @@ class InProcessEncoder:
             raw_rate(self.encoder, self.tokenised, batch_size, seconds, streams=streams, threads_each=threads_each), 1
         )
 
-    def rate_and_idle(
-        self, batch_size: int, seconds: float, layout: tuple[int, int] | None = None
-    ) -> tuple[float, float | None]:
-        """:meth:`rate`, and the share of the machine left idle meanwhile (percent; ``None`` without ``/proc``)."""
-        before = cpu.snapshot()
-        rate = self.rate(batch_size, seconds, layout)
-        return rate, cpu.idle_pct(before, cpu.snapshot())
-
     def round_figure(self, mean_batch_size: float | None, seconds: float) -> dict[str, Any]:
         """The service layout's texts/s at a round's mean batch size."""
         size = max(1, round(mean_batch_size or 1))
-        rate, idle = self.rate_and_idle(size, seconds)
-        return {"batch_size": size, "sorted_texts_per_s": rate, "machine_idle_pct": idle}
+        return {"batch_size": size, "sorted_texts_per_s": self.rate(size, seconds)}
 
     def layouts(self, batch_size: int, seconds: float) -> dict[str, Any]:
         """Both layouts at ``batch_size`` and one text at a time."""
 
         def layout(streams: int, threads_each: int) -> dict[str, Any]:
-            rate, idle = self.rate_and_idle(batch_size, seconds, (streams, threads_each))
             return {
                 "workers": streams,
                 "threads_per_worker": threads_each,
-                "sorted_texts_per_s": rate,
-                "sorted_machine_idle_pct": idle,
+                "sorted_texts_per_s": self.rate(batch_size, seconds, (streams, threads_each)),
                 "one_at_a_time_texts_per_s": self.rate(1, seconds, (streams, threads_each)),
             }
 
@@ -409,21 +380,32 @@ def prepare_load(args: argparse.Namespace, label: str) -> tuple[list[str], str]:
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every HTTP load benchmark takes: clients, queries, state folder and report file."""
+    """The options an HTTP load benchmark takes: clients, queries, state folder and report file."""
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the JSON here (default: bench/results/<UTC date>-serving.json; '-': print it only)",
+    )
 
 
-def main() -> None:
-    """Run the benchmark and print (and optionally write) its JSON report."""
+def report_path(out: str | None, benchmark: str) -> Path | None:
+    """Where ``--out`` says a report goes: the dated file under ``bench/results/`` when unset, nowhere for ``-``."""
+    if out == "-":
+        return None
+    return Path(out) if out else dated_report_path(benchmark)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark, print its JSON report and write it (:func:`report_path`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per mode")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each measurement")
     parser.add_argument("--rounds", type=int, default=4, help="batched rounds, each followed by an encoder timing")
     add_load_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     configure_logging("warning", "console")  # stdout carries only the JSON report
     settings = load_settings()
     queries, key = prepare_load(args, "bench")
@@ -449,6 +431,7 @@ def main() -> None:
     report = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
         "workload": {
             "endpoint": "POST /v1/search",
@@ -456,6 +439,13 @@ def main() -> None:
             "queries": len(queries),
             "concurrency": args.concurrency,
             "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+        },
+        "service": {
+            "encoder_device": settings.encoder.device,
+            "encoder_workers": settings.encoder.workers,
+            "audit_enabled": settings.audit.enabled,
         },
         "batched": batched,
         "unbatched": unbatched,
@@ -468,4 +458,4 @@ def main() -> None:
             f"service_vs_raw_encoder>={GOAL_SERVICE_VS_RAW}": vs_raw >= GOAL_SERVICE_VS_RAW,
         },
     }
-    emit_report(report, args.out)
+    emit_report(report, report_path(args.out, "serving"))
