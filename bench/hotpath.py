@@ -247,7 +247,10 @@ async def drive_batcher(
 
 
 def batcher_config(max_batch_size: int, concurrency: int, packed: bool = False) -> BatcherConfig:
-    """The service's encoder batcher defaults (``configs/default.toml``) with the given batch size cap.
+    """The service's encoder batcher defaults (``[batching.encoder]``) with the given batch size cap.
+
+    The values are copied, not imported, so the benchmark needs no FAISS or pydantic;
+    ``tests/unit/test_settings_sources.py`` checks the copy against the settings section.
 
     Args:
         max_batch_size: Most texts in one batch (1 turns batching off).
@@ -264,6 +267,7 @@ def batcher_config(max_batch_size: int, concurrency: int, packed: bool = False) 
         max_queue=max(512, 2 * concurrency),
         queue_timeout_ms=5000.0,
         batch_overhead_tokens=48,
+        workers=1,
         packed=packed,
     )
 

@@ -7,8 +7,8 @@ answer sentences. Suite options (``[system.answer] options``): ``answer_text`` (
 ``max_tokens``, ``min_confidence``, ``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
 
 The service's configured answer settings come in as :class:`ServiceAnswerDefaults` (the app builds them from its
-settings, so ``configs/default.toml`` stays the one place defaults live); :func:`service_backends` turns them into
-harness factories.
+settings, so the backends start from what the service would run); :func:`service_backends` turns them into harness
+factories.
 """
 
 from __future__ import annotations
@@ -81,12 +81,10 @@ class ServiceAnswerSystem:
             config = replace(config, min_retrieval_score=float(options["min_retrieval_score"]))
         generators: dict[str, Generator] = {}
         if backend == "local":
-            local = defaults.local
-            local = LocalGeneratorConfig(
-                name=local.name,
-                path=local.path,
-                cache_dir=str(options.get("cache_dir", local.cache_dir)),
-                device=options.get("device", local.device),
+            local = replace(
+                defaults.local,
+                cache_dir=str(options.get("cache_dir", defaults.local.cache_dir)),
+                device=options.get("device", defaults.local.device),
             )
             generators["local"] = LocalBackend(local, defaults.local_batching, cache_root=defaults.models_dir)
         elif backend == "openai":

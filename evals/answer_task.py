@@ -42,8 +42,9 @@ from evals.datasets import (
 from evals.errors import SuiteError
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
-from retrieval.index import IndexSpec, VectorIndex
+from retrieval.index import VectorIndex
 from retrieval.pack import DomainPack
+from retrieval.settings import IndexSettings
 
 Case = tuple[QAExample, tuple[Passage, ...]]
 
@@ -104,7 +105,8 @@ class AnswerEvaluator:
             )
             ids += [d.id for d in docs]
             vectors = np.concatenate([vectors, doc_vectors])
-        index = VectorIndex.build(vectors.shape[1], IndexSpec(kind="flat"), np.arange(len(ids)), vectors)
+        exact = IndexSettings(kind="flat").to_config()
+        index = VectorIndex.build(vectors.shape[1], exact, np.arange(len(ids)), vectors)
         queries, _ = self.ctx.embed_texts(f"{self.task} questions", [e.question for e in examples])
         _, hits = index.search(queries, min(self.spec.passages, len(ids)))
         cases: list[Case] = [

@@ -17,7 +17,7 @@ from evals.errors import SuiteError
 from evals.results import MetricRecord
 from evals.stats import rng_for
 from evals.suite import LoadedSuite
-from retrieval.encoder import Encoder, EncoderConfig, load_encoder
+from retrieval.encoder import Encoder, load_encoder
 
 
 @dataclass
@@ -79,9 +79,7 @@ class RunContext:
                 self._encoder = self.preloaded_encoder
             else:
                 try:
-                    self._encoder = load_encoder(
-                        EncoderConfig(**spec.model_dump(exclude={"expect_version", "batch_size"}))
-                    )
+                    self._encoder = load_encoder(spec.to_config())
                 except (FileNotFoundError, ValueError) as exc:
                     raise SuiteError(f"system.encoder: {exc}") from exc
             version = self._encoder.info.version
@@ -97,13 +95,13 @@ class RunContext:
             "path": encoder.info.path,
             "traced": encoder.traced,
             "packed": encoder.packed,
-            "batch_size": self.loaded.suite.system.encoder.batch_size,
+            "bulk_batch_size": self.loaded.suite.system.encoder.bulk_batch_size,
         }
 
     def embed_corpus(self, label: str, ids: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, CacheOutcome]:
         """Corpus vectors through the cache (embedded and stored on a miss)."""
         encoder = self.encoder()
-        batch = self.loaded.suite.system.encoder.batch_size
+        batch = self.loaded.suite.system.encoder.bulk_batch_size
         key = EmbeddingCache.model_key(encoder.info.version, encoder.info.dtype, encoder.info.max_seq_length, batch)
         with self.bar(len(texts), f"embedding {label}", "text") as bar:
             return self.cache.embed(encoder, key, ids, texts, batch_size=batch, progress=bar.update)
@@ -113,7 +111,9 @@ class RunContext:
         encoder = self.encoder()
         started = time.perf_counter()
         with self.bar(len(texts), f"embedding {label}", "text") as bar:
-            vectors = encoder.encode(texts, batch_size=self.loaded.suite.system.encoder.batch_size, progress=bar.update)
+            vectors = encoder.encode(
+                texts, batch_size=self.loaded.suite.system.encoder.bulk_batch_size, progress=bar.update
+            )
         return vectors, time.perf_counter() - started
 
 

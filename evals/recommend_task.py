@@ -37,7 +37,6 @@ from evals.recommenders import ALS, EmbeddingRecommender, ItemKNN, MostPopular, 
 from evals.results import MetricRecord, TaskOutput
 from evals.stats import group_gap
 from evals.suite import RecommendationTask
-from retrieval.recommend import RecommenderConfig
 from retrieval.types import Interaction
 
 CHUNK_USERS = 256
@@ -132,13 +131,7 @@ class RecommendationEvaluator:
             else:
                 vectors, cache = ctx.embed_corpus(f"{self.task} items", data.item_ids, data.item_texts)
                 extra["cache"] = cache.to_json()
-                rec = ctx.loaded.suite.system.recommender
-                config = RecommenderConfig(
-                    event_weights=dict(rec.event_weights),
-                    half_life_days=rec.half_life_days,
-                    rating_neutral=rec.rating_neutral,
-                    max_history=rec.max_history,
-                )
+                config = ctx.loaded.suite.system.recommender.to_config()
                 made.append(EmbeddingRecommender(vectors, config, ctx.encoder_info()))
         return made, extra
 

@@ -21,7 +21,7 @@ from evals.errors import SuiteError
 from evals.ir_metrics import evaluate_run, write_trec_run
 from evals.results import TaskOutput
 from evals.suite import RetrievalTask
-from retrieval.index import IndexSpec, VectorIndex, configure_faiss
+from retrieval.index import VectorIndex, configure_faiss
 
 
 class RetrievalEvaluator:
@@ -66,7 +66,7 @@ class RetrievalEvaluator:
         qrels = {q: data.qrels[q] for q in qids}
         vectors, cache = ctx.embed_corpus(f"{self.task} corpus", data.corpus_ids, data.corpus_texts)
         index_cfg = ctx.loaded.suite.system.index
-        index_spec = IndexSpec(**index_cfg.model_dump())
+        index_spec = index_cfg.to_config()
         configure_faiss(index_spec)
         started = time.perf_counter()
         index = VectorIndex.build(vectors.shape[1], index_spec, np.arange(len(data.corpus_ids)), vectors)

@@ -1,11 +1,11 @@
 """Suites: TOML files naming datasets, the system under test, metrics, seeds and gates.
 
-A suite has a ``[suite]`` table (name, seed, bootstrap resamples), a ``[system]`` table (encoder, index,
-recommender settings, answer backend), any number of named tasks under ``[retrieval.<id>]``,
-``[recommendation.<id>]`` and ``[answers.<id>]``, and ``[gates]``. Every field can be overridden from the command
-line with ``--set KEY=VALUE``: ``KEY`` is a dotted path (``retrieval.scifact.split``) or its last part(s) when
-they are unambiguous or meant for every match (``seed``, ``k``); ``VALUE`` is read as a TOML value when it is one
-(``20``, ``0.5``, ``true``, ``["a", "b"]``) and as a string otherwise.
+A suite has a ``[suite]`` table (name, seed, bootstrap resamples), a ``[system]`` table (encoder, index and
+recommender settings with the service's keys and defaults, answer backend), any number of named tasks under
+``[retrieval.<id>]``, ``[recommendation.<id>]`` and ``[answers.<id>]``, and ``[gates]``. Every field can be
+overridden from the command line with ``--set KEY=VALUE``: ``KEY`` is a dotted path (``retrieval.scifact.split``)
+or its last part(s) when they are unambiguous or meant for every match (``seed``, ``k``); ``VALUE`` is read as a
+TOML value when it is one (``20``, ``0.5``, ``true``, ``["a", "b"]``) and as a string otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evals.errors import SuiteError
 from evals.ir_metrics import parse_metric
+from retrieval.settings import EncoderSettings, IndexSettings, RecommenderSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = PROJECT_ROOT / "configs" / "evals"
@@ -46,41 +47,10 @@ class SuiteMeta(_Model):
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
-class EncoderSpec(_Model):
-    """``[system.encoder]``: which encoder embeds queries, documents and items."""
+class EncoderSpec(EncoderSettings):
+    """``[system.encoder]``: the service's ``[encoder]`` keys, and the weights hash a suite may insist on."""
 
-    name: str = "all-MiniLM-L6-v2"
-    path: str = ""
     expect_version: str = ""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(default=0, ge=0)
-    max_seq_length: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=32, gt=0)
-    trace: bool = True
-    packed: bool = True
-
-
-class IndexSpecModel(_Model):
-    """``[system.index]``: the FAISS structure retrieval runs on (as ``[index]`` in the service config)."""
-
-    kind: Literal["flat", "hnsw", "ivf"] = "flat"
-    hnsw_m: int = Field(default=32, gt=0)
-    hnsw_ef_construction: int = Field(default=80, gt=0)
-    hnsw_ef_search: int = Field(default=64, gt=0)
-    ivf_nlist: int = Field(default=0, ge=0)
-    ivf_nprobe: int = Field(default=8, gt=0)
-    threads: int = Field(default=1, gt=0)
-
-
-class RecommenderSpec(_Model):
-    """``[system.recommender]``: Candor's embedding recommender settings (as ``[recommender]`` in the service)."""
-
-    half_life_days: float = Field(default=30.0, ge=0)
-    rating_neutral: float = Field(default=3.0, ge=1, lt=5)
-    max_history: int = Field(default=200, gt=0)
-    event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
-    )
 
 
 class AnswerSpec(_Model):
@@ -91,11 +61,11 @@ class AnswerSpec(_Model):
 
 
 class SystemSpec(_Model):
-    """``[system]``: the system under test."""
+    """``[system]``: the system under test (``index`` and ``recommender`` as the service's sections)."""
 
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
-    index: IndexSpecModel = Field(default_factory=IndexSpecModel)
-    recommender: RecommenderSpec = Field(default_factory=RecommenderSpec)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    recommender: RecommenderSettings = Field(default_factory=RecommenderSettings)
     answer: AnswerSpec = Field(default_factory=AnswerSpec)
 
 

@@ -58,14 +58,14 @@ class BatcherConfig:
             batch statistics count no padding.
     """
 
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_wait_ms: float = 2.0
-    max_queue: int = 1024
-    queue_timeout_ms: float = 2000.0
-    batch_overhead_tokens: int = 0
-    workers: int = 1
-    packed: bool = False
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queue: int
+    queue_timeout_ms: float
+    batch_overhead_tokens: int
+    workers: int
+    packed: bool
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.workers < 1:

@@ -434,15 +434,15 @@ class Encoder:
 class EncoderConfig:
     """Which encoder to load and how (``[encoder]`` in the config)."""
 
-    name: str = "all-MiniLM-L6-v2"
-    path: str = ""
-    device: Device = "auto"
-    threads: int = 0
-    workers: int = 1
-    max_seq_length: int = 0
-    bulk_batch_size: int = 32
-    trace: bool = True
-    packed: bool = True
+    name: str
+    path: str
+    device: Device
+    threads: int
+    workers: int
+    max_seq_length: int
+    bulk_batch_size: int
+    trace: bool
+    packed: bool
 
 
 def load_encoder(cfg: EncoderConfig) -> Encoder:

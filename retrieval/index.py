@@ -54,14 +54,14 @@ class IndexSpec:
             via ``distance_compute_blas_threshold``; batched search wants it low).
     """
 
-    kind: IndexKind = "flat"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 8
-    threads: int = 1
-    blas_threshold: int = 4
+    kind: IndexKind
+    hnsw_m: int
+    hnsw_ef_construction: int
+    hnsw_ef_search: int
+    ivf_nlist: int
+    ivf_nprobe: int
+    threads: int
+    blas_threshold: int
 
 
 def configure_faiss(spec: IndexSpec) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 
 from retrieval.chunking import chunk_text
-from retrieval.index import IndexSpec, VectorIndex
+from retrieval.index import VectorIndex
 from retrieval.pack import Document
 from retrieval.sqlite import connect, transaction
 
@@ -60,8 +60,8 @@ class ChunkingConfig:
         overlap_tokens: Tokens of trailing whole sentences repeated at the start of the next chunk.
     """
 
-    chunk_tokens: int = 128
-    overlap_tokens: int = 32
+    chunk_tokens: int
+    overlap_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +116,23 @@ class KnowledgeBase:
         dim: int,
         encoder_version: str,
         count_tokens: Callable[[str], int],
-        chunking: ChunkingConfig | None = None,
+        chunking: ChunkingConfig,
     ) -> None:
+        # retrieval.settings imports this module (ChunkingConfig), so its sections are imported here, at use.
+        from retrieval.settings import IndexSettings
+
         self.path = Path(path)
         self.dim = dim
         self.encoder_version = encoder_version
         self._count = count_tokens
-        self.chunking = chunking or ChunkingConfig()
+        self.chunking = chunking
+        # Exact search: a help centre's few thousand chunks need no approximate index, whatever the catalog uses.
+        self._spec = IndexSettings(kind="flat").to_config()
         self._lock = threading.RLock()
         self._db = connect(self.path, foreign_keys=True)
         self._db.executescript(_SCHEMA)
         self._chunks: dict[int, Chunk] = {}
-        self._index = VectorIndex.build(dim, IndexSpec(kind="flat"), np.zeros(0, dtype=np.int64), np.zeros((0, dim)))
+        self._index = VectorIndex.build(dim, self._spec, np.zeros(0, dtype=np.int64), np.zeros((0, dim)))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class KnowledgeBase:
                 if rows
                 else np.zeros((0, self.dim), dtype=np.float32)
             )
-            self._index = VectorIndex.build(self.dim, IndexSpec(kind="flat"), ids, vectors)
+            self._index = VectorIndex.build(self.dim, self._spec, ids, vectors)
 
     # -- reads -----------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 
 import numpy as np
@@ -35,14 +35,12 @@ class RecommenderConfig:
         candidate_factor: Candidates fetched per requested result, before filters and diversity.
     """
 
-    event_weights: Mapping[str, float] = field(
-        default_factory=lambda: {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
-    )
-    half_life_days: float = 30.0
-    rating_neutral: float = 3.0
-    max_history: int = 200
-    seed_items: int = 8
-    candidate_factor: int = 4
+    event_weights: Mapping[str, float]
+    half_life_days: float
+    rating_neutral: float
+    max_history: int
+    seed_items: int
+    candidate_factor: int
 
 
 EXPLAINED_FIELDS = ("title", "category", "brand", "attributes", "text")

@@ -103,11 +103,11 @@ class ExtractiveConfig:
             of the best one.
     """
 
-    semantic_weight: float = 0.6
-    lexical_weight: float = 0.3
-    retrieval_weight: float = 0.1
-    max_sentences: int = 2
-    second_sentence_margin: float = 0.05
+    semantic_weight: float
+    lexical_weight: float
+    retrieval_weight: float
+    max_sentences: int
+    second_sentence_margin: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +219,9 @@ class SupportConfig:
         min_supported: Least share of the answer's sentences that must be supported.
     """
 
-    min_similarity: float = 0.55
-    min_overlap: float = 0.6
-    min_supported: float = 1.0
+    min_similarity: float
+    min_overlap: float
+    min_supported: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,10 +59,10 @@ class LocalGeneratorConfig:
         device: ``auto``, ``cpu`` or ``cuda`` (float16 on CUDA, float32 on CPU).
     """
 
-    name: str = "SmolLM2-135M-Instruct"
-    path: str = ""
-    cache_dir: str = ""
-    device: Device = "auto"
+    name: str
+    path: str
+    cache_dir: str
+    device: Device
 
 
 @dataclass(frozen=True, slots=True)

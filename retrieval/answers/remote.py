@@ -47,17 +47,17 @@ class OpenAIConfig:
         temperature: Sampling temperature sent with each call.
     """
 
-    base_url: str = ""
-    model: str = ""
-    api_key: str = ""
-    timeout_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    max_retries: int = 2
-    backoff_base_s: float = 0.2
-    backoff_max_s: float = 5.0
-    breaker_failures: int = 5
-    breaker_cooldown_s: float = 30.0
-    temperature: float = 0.0
+    base_url: str
+    model: str
+    api_key: str
+    timeout_s: float
+    connect_timeout_s: float
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+    breaker_failures: int
+    breaker_cooldown_s: float
+    temperature: float
 
 
 class CircuitBreaker:

@@ -85,17 +85,17 @@ class AnswerConfig:
         support: Support thresholds.
     """
 
-    default_backend: str = "extractive"
-    min_retrieval_score: float = 0.2
-    min_confidence: float = 0.5
-    ungrounded: Literal["extractive", "abstain"] = "extractive"
-    fallback: Literal["none", "extractive"] = "none"
-    abstain_message: str = "Sorry, I could not find an answer to that in our help centre or product information."
-    confidence_weights: tuple[float, float] = (2.49, 3.55)
-    confidence_bias: float = -2.39
-    disclosure_notice: str = "This answer was generated automatically from the shop's documents."
-    extractive: ExtractiveConfig = field(default_factory=ExtractiveConfig)
-    support: SupportConfig = field(default_factory=SupportConfig)
+    default_backend: str
+    min_retrieval_score: float
+    min_confidence: float
+    ungrounded: Literal["extractive", "abstain"]
+    fallback: Literal["none", "extractive"]
+    abstain_message: str
+    confidence_weights: tuple[float, float]
+    confidence_bias: float
+    disclosure_notice: str
+    extractive: ExtractiveConfig
+    support: SupportConfig
 
 
 @dataclass(frozen=True, slots=True)

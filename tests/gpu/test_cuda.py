@@ -165,7 +165,16 @@ def test_batcher_over_cuda_encoder_returns_each_callers_vector(cuda_encoder: Enc
         handler_threads.add(threading.get_ident())
         return list(cuda_encoder.embed_token_batch(batch))
 
-    config = BatcherConfig(max_batch_size=32, max_wait_ms=5, max_queue=1024, queue_timeout_ms=0)
+    config = BatcherConfig(
+        max_batch_size=32,
+        max_batch_tokens=8192,
+        max_wait_ms=5,
+        max_queue=1024,
+        queue_timeout_ms=0,
+        batch_overhead_tokens=0,
+        workers=1,
+        packed=False,
+    )
     batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(
         "encoder", handler, config, cost=len, observer=observer
     )

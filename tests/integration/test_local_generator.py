@@ -13,9 +13,10 @@ import pytest
 from app.settings import load_settings
 from retrieval.answers import AnswerService, ContextPassage, GroundedAnswer, LocalBackend
 from retrieval.answers.grounding import build_messages
-from retrieval.answers.local_model import GenerationRequest, LocalGenerator, LocalGeneratorConfig
-from retrieval.batcher import BatcherConfig, BatchStats, NullObserver
+from retrieval.answers.local_model import GenerationRequest, LocalGenerator
+from retrieval.batcher import BatchStats, NullObserver
 from retrieval.engine import RetrievalEngine
+from retrieval.settings import GeneratorBatcherSettings, LocalGeneratorSettings
 
 PASSAGES = [
     ("Gift cards", "Gift cards cannot be returned, refunded or exchanged for cash. A gift card is valid for 1 year."),
@@ -29,7 +30,7 @@ QUESTIONS = ["Can I return a gift card?", "How quickly are UPI refunds processed
 def local_generator(tmp_path_factory: pytest.TempPathFactory) -> LocalGenerator:
     """The bundled GGUF model, converted once into a session folder and loaded on the CPU."""
     cache = tmp_path_factory.mktemp("generator-cache")
-    return LocalGenerator(LocalGeneratorConfig(device="cpu", cache_dir=str(cache)))
+    return LocalGenerator(LocalGeneratorSettings(device="cpu", cache_dir=str(cache)).to_config())
 
 
 class Recorder(NullObserver):
@@ -72,7 +73,7 @@ async def test_local_backend_answers_grounded_or_falls_back(
     recorder = Recorder()
     backend = LocalBackend(
         local_generator.config,
-        BatcherConfig(max_batch_size=8, max_batch_tokens=8192, max_wait_ms=50, max_queue=16, queue_timeout_ms=0),
+        GeneratorBatcherSettings(max_wait_ms=50, max_queue=16, queue_timeout_ms=0).to_config(),
         observer=recorder,
         generator=local_generator,
     )

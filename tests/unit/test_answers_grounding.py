@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from retrieval.answers.grounding import (
-    ExtractiveConfig,
     Sentence,
     SupportConfig,
     build_messages,
@@ -19,6 +18,7 @@ from retrieval.answers.grounding import (
 from retrieval.answers.remote import CircuitBreaker
 from retrieval.chunking import chunk_text, split_sentences
 from retrieval.errors import CircuitOpenError
+from retrieval.settings import ExtractiveSettings
 from retrieval.text import content_stems
 
 
@@ -76,17 +76,19 @@ def test_extractive_answer_prefers_the_sentence_that_answers() -> None:
     sentences = [Sentence("Gift cards are delivered by e-mail.", 0), Sentence("Gift cards cannot be returned.", 0)]
     vectors = np.eye(2, 4, dtype=np.float32)
     question = np.array([0.2, 0.9, 0, 0], dtype=np.float32)
-    answer = extract_answer("Can I return a gift card?", question, sentences, vectors, [0.7], ExtractiveConfig())
+    answer = extract_answer(
+        "Can I return a gift card?", question, sentences, vectors, [0.7], ExtractiveSettings().to_config()
+    )
     assert answer is not None
     assert answer.text.startswith("Gift cards cannot be returned.")
     assert answer.passages == (0,)
-    assert extract_answer("q", question, [], np.zeros((0, 4)), [], ExtractiveConfig()) is None
+    assert extract_answer("q", question, [], np.zeros((0, 4)), [], ExtractiveSettings().to_config()) is None
 
 
 def test_support_needs_similarity_overlap_and_the_same_negation() -> None:
     passage = ["Gift cards cannot be returned or refunded."]
     pv = np.array([[1.0, 0.0]], dtype=np.float32)
-    cfg = SupportConfig(min_similarity=0.5, min_overlap=0.6)
+    cfg = SupportConfig(min_similarity=0.5, min_overlap=0.6, min_supported=1.0)
     good = check_support(["You cannot return gift cards."], np.array([[0.9, 0.1]]), passage, pv, cfg)
     assert good.supported
     flipped = check_support(["Gift cards can be returned."], np.array([[0.95, 0.05]]), passage, pv, cfg)

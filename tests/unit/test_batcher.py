@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -46,16 +48,20 @@ class RecordingObserver:
         self.depths.append(depth)
 
 
-def config(**overrides: float) -> BatcherConfig:
-    values: dict[str, float] = {
-        "max_batch_size": 32,
-        "max_batch_tokens": 10_000,
-        "max_wait_ms": 0.0,
-        "max_queue": 100,
-        "queue_timeout_ms": 0.0,
-    }
-    values.update(overrides)
-    return BatcherConfig(**values)  # type: ignore[arg-type]
+BASE = BatcherConfig(
+    max_batch_size=32,
+    max_batch_tokens=10_000,
+    max_wait_ms=0.0,
+    max_queue=100,
+    queue_timeout_ms=0.0,
+    batch_overhead_tokens=0,
+    workers=1,
+    packed=False,
+)
+
+
+def config(**overrides: Any) -> BatcherConfig:
+    return replace(BASE, **overrides)
 
 
 async def wait_until(predicate: object, what: str) -> None:
@@ -266,9 +272,9 @@ async def test_stop_drains_queue_and_then_refuses() -> None:
 
 def test_invalid_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
-        BatcherConfig(max_batch_size=0)
+        config(max_batch_size=0)
     with pytest.raises(ValueError, match="must be >= 0"):
-        BatcherConfig(max_wait_ms=-1)
+        config(max_wait_ms=-1)
 
 
 async def test_workers_run_batches_side_by_side() -> None:
@@ -314,7 +320,7 @@ async def test_workers_racing_for_the_queue_all_survive() -> None:
 
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers"):
-        BatcherConfig(workers=0)
+        config(workers=0)
 
 
 async def test_workers_never_pass_over_the_oldest_item() -> None:

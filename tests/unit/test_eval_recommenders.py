@@ -7,7 +7,8 @@ import pytest
 
 from evals.recommend_task import leave_last_out, split_official
 from evals.recommenders import ALS, EmbeddingRecommender, ItemKNN, MostPopular, TrainData
-from retrieval.recommend import RecommenderConfig, history_from_interactions, history_scores
+from retrieval.recommend import history_from_interactions, history_scores
+from retrieval.settings import RecommenderSettings
 from retrieval.types import Interaction
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -68,7 +69,7 @@ def test_als_is_seeded_and_learns_co_occurrence() -> None:
 def test_embedding_recommender_scores_like_the_service() -> None:
     vectors = np.eye(5, dtype=np.float32)
     vectors[1] = np.array([0.8, 0.6, 0, 0, 0], dtype=np.float32)  # "b" is close to "a"
-    config = RecommenderConfig(half_life_days=0.0)
+    config = RecommenderSettings(half_life_days=0.0).to_config()
     rec = EmbeddingRecommender(vectors, config, {"name": "test"})
     data = TrainData.build(TRAIN, ITEMS)
     rec.fit(data)

@@ -12,7 +12,8 @@ import pytest
 
 from retrieval.catalog import ItemCatalog
 from retrieval.errors import IndexStoreError
-from retrieval.index import IndexSpec, SnapshotStore, VectorIndex
+from retrieval.index import SnapshotStore, VectorIndex
+from retrieval.settings import IndexSettings
 from retrieval.types import Filters, Item
 
 DIM = 16
@@ -27,7 +28,7 @@ def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_each_kind_finds_exact_neighbours_and_filters(kind: str) -> None:
     vectors = unit_vectors(2000)
-    index = VectorIndex.build(DIM, IndexSpec(kind=kind), np.arange(2000), vectors)  # type: ignore[arg-type]
+    index = VectorIndex.build(DIM, IndexSettings(kind=kind).to_config(), np.arange(2000), vectors)
     assert index.kind == kind
     _, ids = index.search(vectors[:5], 3)
     assert list(ids[:, 0]) == [0, 1, 2, 3, 4]
@@ -40,11 +41,11 @@ def test_each_kind_finds_exact_neighbours_and_filters(kind: str) -> None:
 
 def test_flat_remove_and_snapshot_roundtrip_memory_mapped(tmp_path: Path) -> None:
     vectors = unit_vectors(50)
-    index = VectorIndex.build(DIM, IndexSpec(), np.arange(50), vectors)
+    index = VectorIndex.build(DIM, IndexSettings().to_config(), np.arange(50), vectors)
     assert index.remove([3, 4, 999]) == 2
     store = SnapshotStore(tmp_path)
     manifest = store.save(index, seq=7, encoder_version="enc")
-    loaded = store.load(IndexSpec())
+    loaded = store.load(IndexSettings().to_config())
     assert loaded is not None
     reopened, again = loaded
     assert again == manifest
@@ -54,7 +55,7 @@ def test_flat_remove_and_snapshot_roundtrip_memory_mapped(tmp_path: Path) -> Non
 
 
 def test_only_recent_snapshots_are_kept_and_crash_leftovers_are_ignored(tmp_path: Path) -> None:
-    index = VectorIndex.build(DIM, IndexSpec(), np.arange(5), unit_vectors(5))
+    index = VectorIndex.build(DIM, IndexSettings().to_config(), np.arange(5), unit_vectors(5))
     store = SnapshotStore(tmp_path)
     (tmp_path / "snapshots" / ".half-written.tmp").mkdir(parents=True)
     for seq in range(4):
@@ -68,12 +69,12 @@ def test_only_recent_snapshots_are_kept_and_crash_leftovers_are_ignored(tmp_path
 
 
 def test_corrupt_snapshot_is_reported(tmp_path: Path) -> None:
-    index = VectorIndex.build(DIM, IndexSpec(), np.arange(5), unit_vectors(5))
+    index = VectorIndex.build(DIM, IndexSettings().to_config(), np.arange(5), unit_vectors(5))
     store = SnapshotStore(tmp_path)
     manifest = store.save(index, seq=1, encoder_version="enc")
     (tmp_path / "snapshots" / manifest.version / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(IndexStoreError):
-        store.load(IndexSpec())
+        store.load(IndexSettings().to_config())
 
 
 def item(i: int, **changes: object) -> Item:
@@ -109,8 +110,8 @@ def test_every_thread_that_searches_uses_the_configured_faiss_threads() -> None:
     # OpenMP keeps its thread count per thread, so a setting made on the main thread does not reach a batch
     # worker: each call must apply the index's own.
     vectors = unit_vectors(100)
-    one = VectorIndex.build(DIM, IndexSpec(threads=1), np.arange(100), vectors)
-    two = VectorIndex.build(DIM, IndexSpec(threads=2), np.arange(100), vectors)
+    one = VectorIndex.build(DIM, IndexSettings(threads=1).to_config(), np.arange(100), vectors)
+    two = VectorIndex.build(DIM, IndexSettings(threads=2).to_config(), np.arange(100), vectors)
     seen: dict[str, int] = {}
 
     def worker() -> None:

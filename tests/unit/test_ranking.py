@@ -8,7 +8,6 @@ import pytest
 from retrieval.recommend import (
     EXPLAINED_FIELDS,
     FieldTerms,
-    RecommenderConfig,
     explain_history,
     explain_query_match,
     history_from_interactions,
@@ -18,6 +17,7 @@ from retrieval.recommend import (
     rating_interest,
     seen_item_ids,
 )
+from retrieval.settings import RecommenderSettings
 from retrieval.types import Filters, HistoryEntry, Interaction, Item
 
 TOWEL = Item(
@@ -118,7 +118,7 @@ def test_mmr_zero_diversity_keeps_relevance_order_and_high_diversity_avoids_dupl
 
 
 def test_interactions_become_weighted_history() -> None:
-    config = RecommenderConfig(half_life_days=1.0)
+    config = RecommenderSettings(half_life_days=1.0).to_config()
     day = 86_400.0
     events = [
         Interaction("u", "a", "view", 1.0, 0.0),
@@ -134,7 +134,7 @@ def test_interactions_become_weighted_history() -> None:
 
 
 def test_low_ratings_are_seen_but_not_interest() -> None:
-    config = RecommenderConfig(half_life_days=0.0, rating_neutral=3.0)
+    config = RecommenderSettings(half_life_days=0.0, rating_neutral=3.0).to_config()
     events = [
         Interaction("u", "hated", "rating", 1.0, 0.0),
         Interaction("u", "meh", "rating", 3.0, 1.0),

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.auth import KeyStore
-from app.settings import DEFAULT_CONFIG, Settings, load_settings
-from retrieval.encoder import EncoderConfig, load_encoder
+from app.settings import PROJECT_ROOT, load_settings
+from retrieval.encoder import load_encoder
+from retrieval.settings import EncoderSettings
 
 
-def test_default_config_holds_every_knob() -> None:
-    data = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
-    assert set(data) == set(Settings.model_fields)
-    settings = load_settings()
-    assert settings.batching.encoder.max_batch_size == data["batching"]["encoder"]["max_batch_size"]
+def test_the_documented_defaults_as_a_config_file_change_nothing() -> None:
+    assert load_settings(PROJECT_ROOT / "configs" / "default.toml") == load_settings()
 
 
 def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,11 +44,10 @@ def test_digest_changes_with_settings() -> None:
 
 def test_relative_paths_resolve_against_the_project() -> None:
     settings = load_settings()
-    assert settings.pack_path == DEFAULT_CONFIG.parents[1] / "data" / "demo"
+    assert settings.pack_path == PROJECT_ROOT / "data" / "demo"
 
 
 def test_model_paths_resolve_against_the_project_and_empty_keeps_the_bundled_model(tmp_path: Path) -> None:
-    root = DEFAULT_CONFIG.parents[1]
     settings = load_settings(
         overrides={
             "encoder": {"path": "models/encoder"},
@@ -59,10 +55,10 @@ def test_model_paths_resolve_against_the_project_and_empty_keeps_the_bundled_mod
         }
     )
     assert settings.engine_config(show_progress=False).encoder == settings.encoder_config()
-    assert settings.encoder_config().path == str(root / "models" / "encoder")
+    assert settings.encoder_config().path == str(PROJECT_ROOT / "models" / "encoder")
     local = settings.local_generator_config()
     assert local.path == str(tmp_path / "lm.gguf")  # absolute: unchanged
-    assert local.cache_dir == str(root / "models" / "cache")
+    assert local.cache_dir == str(PROJECT_ROOT / "models" / "cache")
     defaults = load_settings()
     assert defaults.encoder_config().path == ""
     assert (defaults.local_generator_config().path, defaults.local_generator_config().cache_dir) == ("", "")
@@ -71,7 +67,7 @@ def test_model_paths_resolve_against_the_project_and_empty_keeps_the_bundled_mod
 def test_load_encoder_uses_the_configured_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        load_encoder(EncoderConfig(path=str(missing), device="cpu"))
+        load_encoder(EncoderSettings(path=str(missing), device="cpu").to_config())
 
 
 def test_keys_are_stored_hashed_and_verified(tmp_path: Path) -> None:
