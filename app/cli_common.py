@@ -12,7 +12,7 @@ CONFIG_OPTION = click.option(
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="TOML file merged over configs/default.toml (default: $CANDOR_CONFIG).",
+    help="TOML file whose values override the defaults (default: $CANDOR_CONFIG); environment variables override both.",
 )
 
 
