@@ -8,9 +8,9 @@ Usage::
     python -m bench audit [--duration 10] [--concurrency 32] [--writers 64] [--state-dir var] [--out FILE]
 
 Write throughput: ``--writers`` coroutines call ``AuditLog.record`` in a loop for ``--duration`` seconds against a
-fresh SQLite store (or ``--dsn`` for PostgreSQL), with realistic search-sized records; sync mode waits for each
-commit, async mode does not. Serving: ``candor serve`` runs twice over the same state (audit off, then on) and is
-driven as in the serving benchmark.
+fresh SQLite store (or ``--dsn`` for PostgreSQL), with realistic search-sized records and the configured writer
+settings otherwise; sync mode waits for each commit, async mode does not. Serving: ``candor serve`` runs twice
+over the same state (audit off, then on) and is driven as in the serving benchmark.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import asyncio
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from app.observability import configure_logging
+from app.settings import load_settings
 from bench.load import emit_report
 from bench.serving import machine, prepare_load, run_mode
-from governance.audit import AuditConfig, AuditLog
+from governance.audit import AuditEvent, AuditLog, Retrieved
 
 GOAL_ADDED_P50 = 0.10
 
@@ -35,7 +37,8 @@ async def write_rate(
     mode: Literal["sync", "async"], writers: int, seconds: float, folder: Path, dsn: str
 ) -> dict[str, Any]:
     """Records/s committed by ``writers`` concurrent callers in one mode."""
-    config = AuditConfig(
+    config = replace(
+        load_settings().audit_config(),
         backend="postgres" if dsn else "sqlite",
         dsn=dsn,
         path=folder / f"audit-{mode}.sqlite",
@@ -44,7 +47,7 @@ async def write_rate(
     )
     log = AuditLog(config)
     await log.start()
-    items = [{"id": f"item-{i}", "score": 0.8 - i / 100} for i in range(10)]
+    items: list[Retrieved] = [{"id": f"item-{i}", "score": 0.8 - i / 100} for i in range(10)]
     output = {"items": [{**it, "title": "Cotton bath towel, 500 GSM", "category": "Home"} for it in items]}
     explanation = [{"id": it["id"], "method": "query_match", "summary": "matched title: cotton, towel"} for it in items]
     done = 0
@@ -53,15 +56,16 @@ async def write_rate(
     async def writer(n: int) -> None:
         nonlocal done
         while time.perf_counter() < stop_at:
-            await log.record(
+            event = AuditEvent(
                 endpoint="/v1/search",
-                caller={"key_id": "bench", "role": "frontend"},
                 request={"query": f"cotton bath towel {n}", "k": 10},
                 output=output,
                 retrieved=items,
                 explanation=explanation,
+                caller={"key_id": "bench", "role": "frontend"},
                 latency_ms=12.0,
             )
+            await log.record(event)
             done += 1
 
     started = time.perf_counter()

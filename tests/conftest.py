@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.settings import load_settings
+from governance.audit import AuditConfig
 from retrieval.encoder import Encoder, load_encoder
 from retrieval.engine import EngineConfig, RetrievalEngine
 
@@ -86,10 +87,16 @@ async def engine(state_copy: Path, encoder: Encoder) -> AsyncIterator[RetrievalE
 PG_DSN = os.environ.get("CANDOR_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 
+def audit_config(state_dir: Path, **overrides: Any) -> AuditConfig:
+    """The project's default audit configuration with its store and key in ``state_dir``, then ``overrides``."""
+    config = load_settings(overrides={"paths": {"state_dir": str(state_dir)}}).audit_config()
+    return replace(config, **overrides)
+
+
 class AuditStoreHandle:
     """An audit store for one test: its config, and raw SQL access for tampering with it."""
 
-    def __init__(self, config: Any, dsn: str | None = None) -> None:
+    def __init__(self, config: AuditConfig, dsn: str | None = None) -> None:
         self.config = config
         self.dsn = dsn
 
@@ -131,11 +138,8 @@ def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """An empty audit store (SQLite file, or a fresh schema on the PostgreSQL server); skips PG if unreachable."""
     import secrets
 
-    from governance.audit import AuditConfig
-
-    key = tmp_path / "audit-key.pem"
     if request.param == "sqlite":
-        yield AuditStoreHandle(AuditConfig(path=tmp_path / "audit.sqlite", key_path=key, checkpoint_every=4))
+        yield AuditStoreHandle(audit_config(tmp_path, checkpoint_every=4))
         return
     reason = postgres_reachable()
     if reason is not None:
@@ -147,7 +151,7 @@ def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         conn.execute(f"CREATE SCHEMA {schema}")
     dsn = f"{PG_DSN} options='-c search_path={schema}'"
     try:
-        yield AuditStoreHandle(AuditConfig(backend="postgres", dsn=dsn, key_path=key, checkpoint_every=4), dsn)
+        yield AuditStoreHandle(audit_config(tmp_path, backend="postgres", dsn=dsn, checkpoint_every=4), dsn)
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -36,6 +36,7 @@ from app.schemas import (
     FallbackOut,
 )
 from app.state import Services
+from governance.audit import AuditEvent
 from retrieval.answers import GroundedAnswer
 from retrieval.errors import GeneratorError
 from retrieval.pack import Document
@@ -74,22 +75,19 @@ def review_reason(answer: GroundedAnswer, below: float) -> str | None:
     return None
 
 
-async def audit_answer(
-    services: Services,
-    request: Request[Any, Any, Any],
-    data: AnswerRequest,
-    answer: GroundedAnswer,
-    response: AnswerResponse,
-    started: float,
-) -> str | None:
-    """Record an answer: every passage considered, the citations and grounding check as its explanation."""
-    return await audit_call(
-        services,
-        request,
+def answer_event(request: AnswerRequest, answer: GroundedAnswer, response: AnswerResponse, below: float) -> AuditEvent:
+    """The audit event of an answer: every passage considered, the citations and grounding check as its explanation.
+
+    Args:
+        request: The request body.
+        answer: The grounded answer the backend composed.
+        response: The answer as sent (without its audit id).
+        below: Answers under this confidence (and every abstention) join the review queue.
+    """
+    return AuditEvent(
         endpoint="/v1/answers",
-        body=data,
-        output=response,
-        started=started,
+        request=msgspec.to_builtins(request),
+        output=msgspec.to_builtins(response),
         retrieved=[{"id": f"{p.doc_id}#{p.chunk_id}", "score": round(p.score, 6)} for p in answer.retrieved],
         explanation=msgspec.to_builtins(
             {
@@ -105,7 +103,7 @@ async def audit_answer(
             }
         ),
         models={"answer": dict(answer.model), "backend": answer.backend},
-        needs_review=review_reason(answer, services.settings.audit.review_confidence_below),
+        needs_review=review_reason(answer, below),
         abstained=answer.abstained,
     )
 
@@ -170,7 +168,8 @@ class AnswerController(Controller):
                 question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
             )
             response = answer_out(result, cfg.disclosure_notice, request_id)
-            response.audit_id = await audit_answer(services, request, data, result, response, started)
+            event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
+            response.audit_id = await audit_call(services, request, event, started)
             return Response(response)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -181,8 +180,9 @@ class AnswerController(Controller):
                     yield _event("delta", {"text": payload})
                 elif kind == "final":
                     final = answer_out(payload, cfg.disclosure_notice, request_id)
+                    event = answer_event(data, payload, final, services.settings.audit.review_confidence_below)
                     try:
-                        final.audit_id = await audit_answer(services, request, data, payload, final, started)
+                        final.audit_id = await audit_call(services, request, event, started)
                     except ApiError as exc:  # the stream has started: the failure travels as an error event
                         error = {"code": exc.code, "message": exc.message, "details": exc.details}
                         yield _event("error", {"error": error, "request_id": request_id})

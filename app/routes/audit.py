@@ -13,17 +13,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from app.auditing import audit_call, audit_unavailable
-from app.auth import Principal, require_roles
+from app.auditing import audit_call, audit_unavailable, caller_of
+from app.auth import require_roles
 from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import FeedbackRequest, FeedbackResponse, ReviewRequest
 from app.state import Services
-from governance.audit import AuditLog, AuditNotFoundError, AuditUnavailableError, RecordQuery, record_view
+from governance.audit import (
+    AuditEvent,
+    AuditLog,
+    AuditNotFoundError,
+    AuditUnavailableError,
+    RecordQuery,
+    record_view,
+)
 from governance.audit.store import REVIEW_STATES
 
 T = TypeVar("T")
@@ -83,11 +91,6 @@ def _page(rows: list[Any], limit: int) -> dict[str, Any]:
 
 def _not_found(record_id: str) -> ApiError:
     return ApiError(404, "audit_record_not_found", f"no audit record with id {record_id}", {"id": record_id})
-
-
-def _caller(request: Request[Any, Any, Any]) -> dict[str, str]:
-    principal = request.scope.get("candor_principal")
-    return {"key_id": principal.key_id, "role": principal.role} if isinstance(principal, Principal) else {}
 
 
 class AuditController(Controller):
@@ -227,7 +230,7 @@ class AuditController(Controller):
         """Approve, reject or escalate a record; approve and reject take it out of the review queue."""
         log = _log(services)
         try:
-            review_id = await log.review(record_id, data.decision, data.note, _caller(request))
+            review_id = await log.review(record_id, data.decision, data.note, caller_of(request))
         except AuditNotFoundError as exc:
             raise _not_found(record_id) from exc
         except AuditUnavailableError as exc:
@@ -298,17 +301,16 @@ async def feedback(
     reported = data.event == "report"
     update = (target.id, "pending") if reported and target.review_state == "not_required" else None
     response = FeedbackResponse(accepted=True, target_id=target.id, request_id=current_request_id())
-    response.audit_id = await audit_call(
-        services,
-        request,
+    event = AuditEvent(
         endpoint="/v1/feedback",
-        body=data,
-        output=response,
-        started=started,
-        retrieved=[],
+        request=msgspec.to_builtins(data),
+        output=msgspec.to_builtins(response),
+        # The encoder serving when the feedback arrived.
+        models={"encoder": services.engine.encoder_info.identity()},
         ai_generated=False,
         flags=["reported"] if reported else (),
         target_id=target.id,
         review_update=update,
     )
+    response.audit_id = await audit_call(services, request, event, started)
     return response

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -30,6 +31,7 @@ from app.schemas import (
 )
 from app.settings import LimitSettings
 from app.state import Services
+from governance.audit import AuditEvent
 from retrieval.engine import Ranked, RetrievalEngine
 from retrieval.types import Filters, HistoryEntry, ScoredItem
 
@@ -94,6 +96,30 @@ def model_out(engine: RetrievalEngine) -> ModelOut:
     )
 
 
+def ranked_event(
+    endpoint: str,
+    request: SearchRequest | RecommendationRequest,
+    response: SearchResponse | RecommendationResponse,
+) -> AuditEvent:
+    """The audit event of ranked results: each item once in the output, its explanation once under ``explanation``."""
+    items = response.items
+    return AuditEvent(
+        endpoint=endpoint,
+        request=msgspec.to_builtins(request),
+        output=msgspec.to_builtins({**msgspec.structs.asdict(response), "items": [_unexplained(i) for i in items]}),
+        retrieved=[{"id": i.id, "score": i.score} for i in items],
+        explanation=[{"id": i.id, **msgspec.to_builtins(i.explanation)} for i in items],
+        models=msgspec.to_builtins(response.model),
+        index_version=response.model.index.version,
+    )
+
+
+def _unexplained(item: ItemOut) -> dict[str, Any]:
+    fields = msgspec.structs.asdict(item)
+    del fields["explanation"]
+    return fields
+
+
 class RecommendationController(Controller):
     """Search and recommendations for the frontend."""
 
@@ -127,9 +153,7 @@ class RecommendationController(Controller):
         response = SearchResponse(
             items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id
         )
-        response.audit_id = await audit_call(
-            services, request, endpoint="/v1/search", body=data, output=response, started=started
-        )
+        response.audit_id = await audit_call(services, request, ranked_event("/v1/search", data, response), started)
         return response
 
     @post(
@@ -199,7 +223,6 @@ class RecommendationController(Controller):
             request_id=request_id,
             ignored_history=ranked.ignored_history,
         )
-        response.audit_id = await audit_call(
-            services, request, endpoint="/v1/recommendations", body=data, output=response, started=started
-        )
+        event = ranked_event("/v1/recommendations", data, response)
+        response.audit_id = await audit_call(services, request, event, started)
         return response

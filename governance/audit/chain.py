@@ -1,9 +1,12 @@
 """Canonical JSON, record hashes and the streaming check of a hash chain.
 
-A record's ``hash`` is the SHA-256 of its body as canonical JSON (keys sorted, no spaces, UTF-8; see
-:func:`canonical_json`); the body holds ``seq`` and ``prev_hash``, so each hash seals the record's content, its
-position and everything before it. :class:`ChainChecker` checks rows fed in ``seq`` order and names the first
-one that fails, and why; the same checker serves the live log and an exported file.
+A record is stored as the text of its body in canonical JSON (keys sorted, no spaces, UTF-8; see
+:func:`canonical_json`), and its ``hash`` is the SHA-256 of exactly those bytes; the body holds ``seq`` and
+``prev_hash``, so each hash seals the record's content, its position and everything before it.
+:class:`ChainChecker` hashes the stored text as stored (it parses it only to read ``seq``, ``prev_hash``, ``id``
+and what a purge record covers), so text rewritten with the same meaning in other bytes fails as ``changed``.
+It checks rows fed in ``seq`` order and names the first one that fails, and why; the same checker serves the live
+log and an exported file.
 """
 
 from __future__ import annotations
@@ -85,11 +88,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def record_hash(body: dict[str, Any]) -> str:
-    """The hash of a record body (which includes ``seq`` and ``prev_hash``)."""
-    return sha256_hex(canonical_json(body))
-
-
 @dataclass(slots=True)
 class Row:
     """One stored record as the checker sees it.
@@ -99,14 +97,23 @@ class Row:
         id: Record id, from storage.
         prev_hash: Stored previous hash.
         hash: Stored hash.
-        body: The chained body, or ``None`` once purged.
+        text: The chained body as stored (canonical JSON text), or ``None`` once purged.
     """
 
     seq: int
     id: str
     prev_hash: str
     hash: str
-    body: dict[str, Any] | None
+    text: str | None
+
+
+def _fields(text: str) -> dict[str, Any]:
+    """The stored body's fields, read to check links and positions; text that is no JSON object has none."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 @dataclass(slots=True)
@@ -151,14 +158,19 @@ class ChainChecker:
             else:
                 self._fail(ahead_id, f"removed: record #{missing} before it is missing")
             return False
-        body = row.body
-        if body is not None:
+        body: dict[str, Any] | None = None
+        if row.text is not None:
+            body = _fields(row.text)
             chained_seq = body.get("seq")
             if isinstance(chained_seq, int) and chained_seq != expected and chained_seq != row.seq:
                 # The content was chained at another position: rows were swapped or moved.
                 self._fail(row.id, "reordered")
                 return False
-            if record_hash(body) != row.hash or body.get("prev_hash") != row.prev_hash or body.get("id") != row.id:
+            if (
+                sha256_hex(row.text.encode()) != row.hash
+                or body.get("prev_hash") != row.prev_hash
+                or body.get("id") != row.id
+            ):
                 self._fail(row.id, "changed")
                 return False
         if row.seq != expected:

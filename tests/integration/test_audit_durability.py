@@ -3,6 +3,7 @@ the log it leaves always verifies, and every record whose write was acknowledged
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,17 +19,18 @@ from tests.conftest import PROJECT_ROOT, AuditStoreHandle
 WRITER = """
 import asyncio, dataclasses, json, sys
 from pathlib import Path
-from governance.audit import AuditConfig, AuditLog
+from governance.audit import AuditConfig, AuditEvent, AuditLog
 
 async def main() -> None:
     config = AuditConfig(**json.loads(sys.argv[1]))
     log = AuditLog(dataclasses.replace(config, path=Path(config.path), key_path=Path(config.key_path)))
     await log.start()
+    caller = {"key_id": "k", "role": "frontend"}
     n = 0
     while True:
         ids = await asyncio.gather(*(
-            log.record(endpoint="/v1/search", caller={"key_id": "k", "role": "frontend"},
-                       request={"query": f"towel {n + i}"}, output={"items": []}, latency_ms=1.0)
+            log.record(AuditEvent("/v1/search", {"query": f"towel {n + i}"}, {"items": []}, caller=caller,
+                                  latency_ms=1.0))
             for i in range(8)
         ))
         n += len(ids)
@@ -42,15 +44,8 @@ asyncio.run(main())
 
 def test_sigkill_at_random_moments_leaves_a_verifiable_log(audit_store: AuditStoreHandle, tmp_path: Path) -> None:
     config = audit_store.config
-    args = json.dumps(
-        {
-            "backend": config.backend,
-            "path": str(config.path),
-            "dsn": config.dsn,
-            "key_path": str(config.key_path),
-            "checkpoint_every": 7,
-        }
-    )
+    # The writer process gets the whole config (AuditConfig has no defaults), paths as strings.
+    args = json.dumps(dataclasses.asdict(dataclasses.replace(config, checkpoint_every=7)), default=str)
     rng = random.Random(4)
     acknowledged: list[str] = []
     for round_no in range(4):

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from governance.audit import (
+    AuditEvent,
     AuditLog,
     AuditNotFoundError,
     AuditUnavailableError,
@@ -23,9 +24,10 @@ from governance.audit import (
     RecordQuery,
     verify_export,
 )
+from governance.audit.chain import canonical_json, sha256_hex
 from governance.audit.signing import public_pem
 from governance.types import VerifyReport
-from tests.conftest import AuditStoreHandle
+from tests.conftest import AuditStoreHandle, audit_config
 
 CALLER = {"key_id": "k1", "role": "frontend"}
 REVIEWER = {"key_id": "r1", "role": "reviewer"}
@@ -34,18 +36,17 @@ REVIEWER = {"key_id": "r1", "role": "reviewer"}
 async def write(log: AuditLog, n: int, endpoint: str = "/v1/search", **extra: Any) -> list[str]:
     ids = []
     for i in range(n):
-        ids.append(
-            await log.record(
-                endpoint=endpoint,
-                caller=CALLER,
-                request={"query": f"blue towel {i}", "k": 3},
-                output={"items": [{"id": f"it{i}", "score": 0.5}]},
-                retrieved=[{"id": f"it{i}", "score": 0.5}],
-                explanation=[{"id": f"it{i}", "method": "query_match", "summary": "matched 'towel'"}],
-                latency_ms=float(i + 1),
-                **extra,
-            )
+        event = AuditEvent(
+            endpoint=endpoint,
+            request={"query": f"blue towel {i}", "k": 3},
+            output={"items": [{"id": f"it{i}", "score": 0.5}]},
+            retrieved=[{"id": f"it{i}", "score": 0.5}],
+            explanation=[{"id": f"it{i}", "method": "query_match", "summary": "matched 'towel'"}],
+            caller=CALLER,
+            latency_ms=float(i + 1),
+            **extra,
         )
+        ids.append(await log.record(event))
     return ids
 
 
@@ -102,8 +103,6 @@ async def test_edited_field_is_named(log: AuditLog, audit_store: AuditStoreHandl
 
 
 async def test_edited_and_rehashed_record_is_named(log: AuditLog, audit_store: AuditStoreHandle) -> None:
-    from governance.audit.chain import canonical_json, record_hash
-
     ids = await write(log, 3)  # below the first checkpoint, so only the chain can tell
     stored = log.get(ids[1])
     assert stored is not None
@@ -111,13 +110,41 @@ async def test_edited_and_rehashed_record_is_named(log: AuditLog, audit_store: A
     forged = {**stored.body, "output": {"items": []}}
     audit_store.execute(
         "UPDATE audit_records SET body = ?, hash = ? WHERE id = ?",
-        (canonical_json(forged).decode(), record_hash(forged), ids[1]),
+        (canonical_json(forged).decode(), sha256_hex(canonical_json(forged)), ids[1]),
     )
     report = reopen(audit_store).verify()
     assert not report.ok
     assert report.first_bad_id == ids[1]
     assert report.reason is not None
     assert report.reason.startswith("changed")
+
+
+def spaced(body: dict[str, Any]) -> str:
+    """The same JSON with the json module's default spacing."""
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+def reordered(body: dict[str, Any]) -> str:
+    """The same JSON, compact, with the keys in reverse order."""
+    return json.dumps(dict(reversed(body.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("rewrite", [spaced, reordered])
+async def test_same_meaning_in_other_bytes_is_changed(
+    log: AuditLog, audit_store: AuditStoreHandle, rewrite: Any
+) -> None:
+    """Verification hashes the stored bytes: a body rewritten with the same meaning still fails."""
+    ids = await write(log, 3)  # below the first checkpoint, so only the record's own hash can tell
+    [(text,)] = audit_store.execute("SELECT body FROM audit_records WHERE id = ?", (ids[1],))
+    body = json.loads(text)
+    other = rewrite(body)
+    assert other != text
+    assert json.loads(other) == body
+    audit_store.execute("UPDATE audit_records SET body = ? WHERE id = ?", (other, ids[1]))
+    report = reopen(audit_store).verify()
+    assert not report.ok
+    assert report.first_bad_id == ids[1]
+    assert report.reason == "changed"
 
 
 async def test_deleted_record_is_named(log: AuditLog, audit_store: AuditStoreHandle) -> None:
@@ -213,9 +240,9 @@ async def test_export_tampering_truncation_and_garbage(log: AuditLog, tmp_path: 
     out = tmp_path / "export.jsonl"
     log.export(out)
     lines = out.read_text().splitlines()
-    # A changed record.
+    # A changed record (its body is the stored text, changed and written canonically again).
     changed = [json.loads(line) for line in lines]
-    changed[3]["body"]["latency_ms"] = 999.0
+    changed[3]["body"] = canonical_json({**json.loads(changed[3]["body"]), "latency_ms": 999.0}).decode()
     (tmp_path / "changed.jsonl").write_text("\n".join(json.dumps(x) for x in changed) + "\n")
     report = verify_export(tmp_path / "changed.jsonl")
     assert not report.ok
@@ -251,6 +278,31 @@ async def test_export_tampering_truncation_and_garbage(log: AuditLog, tmp_path: 
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ExportFormatError, match="empty"):
         verify_export(tmp_path / "empty.jsonl")
+    # An export of another format version (version 1 carried parsed bodies, not the stored bytes).
+    header = json.loads(lines[0])
+    (tmp_path / "v1.jsonl").write_text("\n".join([json.dumps({**header, "version": 1}), *lines[1:]]) + "\n")
+    with pytest.raises(ExportFormatError, match="version 1"):
+        verify_export(tmp_path / "v1.jsonl")
+
+
+@pytest.mark.parametrize("rewrite", [spaced, reordered])
+async def test_export_carries_the_stored_bytes(
+    log: AuditLog, audit_store: AuditStoreHandle, tmp_path: Path, rewrite: Any
+) -> None:
+    """Each record line holds the stored text verbatim; the same meaning in other bytes fails offline too."""
+    ids = await write(log, 3)
+    out = tmp_path / "export.jsonl"
+    log.export(out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    stored = dict(audit_store.execute("SELECT id, body FROM audit_records"))
+    records = [line for line in lines if line["type"] == "record"]
+    assert [r["body"] for r in records] == [stored[i] for i in ids]
+    records[1]["body"] = rewrite(json.loads(records[1]["body"]))
+    (tmp_path / "rewritten.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = verify_export(tmp_path / "rewritten.jsonl")
+    assert not report.ok
+    assert report.first_bad_id == ids[1]
+    assert report.reason == "changed"
 
 
 async def test_purge_keeps_the_chain_valid(log: AuditLog, audit_store: AuditStoreHandle, tmp_path: Path) -> None:
@@ -314,7 +366,7 @@ async def log_with_personal(log: AuditLog) -> list[str]:
         "query": "gift for Ada Lovelace, mail ada@example.org or call +44 20 7946 0958, card 4111 1111 1111 1111",
         "context": {"user": {"name": "Ada Lovelace"}},
     }
-    return [await log.record(endpoint="/v1/search", caller=CALLER, request=request, output={}, latency_ms=1.0)]
+    return [await log.record(AuditEvent("/v1/search", request, {}, caller=CALLER, latency_ms=1.0))]
 
 
 async def test_review_queue_and_decisions(log: AuditLog) -> None:
@@ -392,9 +444,7 @@ async def test_async_mode_commits_in_the_background(audit_store: AuditStoreHandl
 
 
 async def test_locked_sqlite_fails_the_write_cleanly(tmp_path: Path) -> None:
-    from governance.audit import AuditConfig
-
-    config = AuditConfig(path=tmp_path / "a.sqlite", key_path=tmp_path / "k.pem", busy_timeout_ms=100)
+    config = audit_config(tmp_path, busy_timeout_ms=100)
     log = AuditLog(config)
     await log.start()
     await write(log, 1)
@@ -413,11 +463,9 @@ async def test_locked_sqlite_fails_the_write_cleanly(tmp_path: Path) -> None:
 
 
 async def test_corrupted_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
-    from governance.audit import AuditConfig
-
-    path = tmp_path / "a.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    log = AuditLog(AuditConfig(path=path, key_path=tmp_path / "k.pem"))
+    config = audit_config(tmp_path)
+    config.path.write_bytes(b"this is not a database" * 100)
+    log = AuditLog(config)
     await log.start()  # logs, does not raise
     assert log.failure is not None
     assert "audit database" in log.failure

@@ -1,0 +1,131 @@
+"""What chained records hold: the common envelope, an audited call's body, a stored record as reviewers see it.
+
+A route describes its call as one :class:`AuditEvent`; :func:`event_record` turns it into the chained body (the
+request redacted, its personal data kept apart).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+from governance.audit.chain import canonical_json, sha256_hex
+from governance.audit.redact import redact_request
+from governance.audit.store import Pending, Stored
+
+
+class Retrieved(TypedDict):
+    """One retrieved result, in rank order: an item id (or ``doc_id#chunk_id`` for passages) and its score."""
+
+    id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audited call as its route computed it, in plain JSON-ready values; chained as one record.
+
+    The route builds the event from what it computed (its ranked items, their explanations, the models that served
+    it); the service adds the caller, the latency and the config hash (``app.auditing.audit_call``).
+
+    Attributes:
+        endpoint: The route, e.g. ``/v1/search``.
+        request: The request body; personal data is redacted before it is chained.
+        output: The response without its audit id; per-result explanations are left to ``explanation``.
+        retrieved: The results in rank order.
+        explanation: What explains the output (per-result reasons, cited passages and the grounding check).
+        models: Model ids and versions that served the call.
+        index_version: The index snapshot that served it, if one did.
+        ai_generated: Whether an AI system produced the output (the disclosure flag).
+        needs_review: A reason to queue the record for human review (abstained, low confidence).
+        abstained: An answer abstained (counted in summaries).
+        flags: Free-form markers, e.g. ``reported``.
+        target_id: The record this one is about (feedback); it makes the record a ``feedback`` record.
+        review_update: ``(record_id, state)``: move another record's review state in the same commit.
+        caller: The API key's ``{"key_id", "role"}``.
+        config_hash: Digest of the effective settings.
+        latency_ms: Handling time before the audit step.
+    """
+
+    endpoint: str
+    request: Any
+    output: Any
+    retrieved: Sequence[Retrieved] = ()
+    explanation: Any = None
+    models: Mapping[str, Any] = field(default_factory=dict)
+    index_version: str | None = None
+    ai_generated: bool = True
+    needs_review: str | None = None
+    abstained: bool = False
+    flags: Sequence[str] = ()
+    target_id: str | None = None
+    review_update: tuple[str, str] | None = None
+    caller: Mapping[str, str] = field(default_factory=dict)
+    config_hash: str | None = None
+    latency_ms: float | None = None
+
+
+def new_record_id(now: float) -> str:
+    """A time-ordered record id: ``aud_`` + milliseconds (hex) + 48 random bits."""
+    return f"aud_{int(now * 1000):012x}{secrets.token_hex(6)}"
+
+
+def iso(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds and a ``Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def envelope(kind: str, endpoint: str = "") -> dict[str, Any]:
+    """The fields every chained record starts with: a fresh time-ordered id, its kind, the time and the route."""
+    now = time.time()
+    return {"id": new_record_id(now), "kind": kind, "ts": iso(now), "ts_epoch": round(now, 6), "endpoint": endpoint}
+
+
+def event_record(event: AuditEvent) -> Pending:
+    """The chained record of an audited call, with what redaction took out kept apart (erasable).
+
+    The request is chained redacted, beside a salted hash of the original; the salt and the redacted spans go to
+    the personal data, so erasing them leaves the hash unlinkable to the request.
+    """
+    redacted, found = redact_request(event.request)
+    salt = secrets.token_hex(16)
+    body: dict[str, Any] = {
+        **envelope("feedback" if event.target_id else "inference", event.endpoint),
+        "caller": dict(event.caller),
+        "request_hash": "sha256:" + sha256_hex(salt.encode() + canonical_json(event.request)),
+        "request": redacted,
+        "models": dict(event.models),
+        "index_version": event.index_version,
+        "config_hash": event.config_hash,
+        "retrieved": [dict(r) for r in event.retrieved],
+        "output": event.output,
+        "explanation": event.explanation,
+        "latency_ms": None if event.latency_ms is None else round(event.latency_ms, 3),
+        "ai_generated": event.ai_generated,
+        "abstained": event.abstained,
+        "flags": list(event.flags),
+        "review": {"state": "pending" if event.needs_review else "not_required", "reason": event.needs_review},
+        "target_id": event.target_id,
+    }
+    return Pending(body, json.dumps({"salt": salt, "found": found}), event.review_update)
+
+
+def record_view(stored: Stored) -> dict[str, Any]:
+    """A stored record as shown to reviewers: its chained body plus the derived review state."""
+    return {
+        "id": stored.id,
+        "seq": stored.seq,
+        "time": iso(stored.ts),
+        "kind": stored.kind,
+        "endpoint": stored.endpoint,
+        "review_state": stored.review_state,
+        "purged": stored.body is None,
+        "prev_hash": stored.prev_hash,
+        "hash": stored.hash,
+        "record": stored.body,
+    }

@@ -1,0 +1,40 @@
+"""Human oversight: a reviewer's decision on a record, chained as a record of its own.
+
+The decision moves the target's (derived, unchained) review state in the same commit; the target itself is never
+changed, so the chain keeps what was decided, by whom and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from governance.audit.records import envelope
+from governance.audit.store import Pending, Stored
+
+Decision = Literal["approve", "reject", "escalate"]
+DECISION_STATE: dict[Decision, str] = {"approve": "approved", "reject": "rejected", "escalate": "escalated"}
+
+
+def review_record(target: Stored, decision: Decision, note: str, caller: Mapping[str, str]) -> Pending:
+    """The chained record of a reviewer's decision on ``target``, moving its review state when committed.
+
+    Args:
+        target: The record decided on.
+        decision: ``approve`` and ``reject`` take it out of the review queue; ``escalate`` keeps it there.
+        note: The reviewer's reasons.
+        caller: The reviewer's ``{"key_id", "role"}``.
+
+    Returns:
+        The record to chain; its ``review_update`` moves the target's review state in the same commit.
+    """
+    body = {
+        **envelope("review", f"/v1/audit/records/{target.id}/review"),
+        "caller": dict(caller),
+        "target_id": target.id,
+        "decision": decision,
+        "note": note,
+        "previous_state": target.review_state,
+        "review": {"state": "not_required", "reason": None},
+    }
+    return Pending(body, None, (target.id, DECISION_STATE[decision]))
