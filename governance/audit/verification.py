@@ -183,9 +183,15 @@ def _read_lines(source: Path) -> tuple[list[dict[str, Any]], bool]:
     return parsed, complete
 
 
-def _record_row(obj: dict[str, Any]) -> Row:
-    """A record line as the checker reads it: its body is the stored text (or ``null`` once purged), never parsed."""
+def _record_row(obj: dict[str, Any], version: int) -> Row:
+    """A record line as the checker reads it: its body is the stored text (or ``null`` once purged), never parsed.
+
+    Version 1 exports carried the body as a JSON object; every body was stored as canonical JSON, so its canonical
+    form gives back the stored bytes, and such a file still verifies.
+    """
     text = obj.get("body")
+    if version == 1 and isinstance(text, dict):
+        text = canonical_json(text).decode()
     if text is not None and not isinstance(text, str):
         raise TypeError("a record's body must be its stored text (a JSON string) or null")
     return Row(int(obj["seq"]), str(obj["id"]), str(obj["prev_hash"]), str(obj["hash"]), text)
@@ -203,7 +209,7 @@ def verify_export(path: str | Path, public_key_pem: str | None = None) -> Verify
         The report; a file cut short fails with reason ``truncated``.
 
     Raises:
-        ExportFormatError: The file is missing, empty, not an audit export or of another format version.
+        ExportFormatError: The file is missing, empty, not an audit export or of an unknown format version.
     """
     source = Path(path)
     parsed, complete = _read_lines(source)
@@ -211,9 +217,10 @@ def verify_export(path: str | Path, public_key_pem: str | None = None) -> Verify
     if header.get("type") != "header" or header.get("format") != EXPORT_FORMAT:
         raise ExportFormatError(f"{source}: first line is not a {EXPORT_FORMAT} header")
     version = header.get("version")
-    if version != EXPORT_VERSION:
+    if version not in (1, EXPORT_VERSION):
         raise ExportFormatError(
-            f"{source}: export format version {version} is not supported (this release reads version {EXPORT_VERSION})"
+            f"{source}: export format version {version} is not supported (this release reads versions 1 and"
+            f" {EXPORT_VERSION})"
         )
     key_pem = public_key_pem or header.get("public_key")
     if not isinstance(key_pem, str):
@@ -229,7 +236,7 @@ def verify_export(path: str | Path, public_key_pem: str | None = None) -> Verify
         for obj in parsed[1:]:
             kind = obj.get("type")
             if kind == "record":
-                rows.append(_record_row(obj))
+                rows.append(_record_row(obj, int(version)))
             elif kind == "checkpoint":
                 cps.append(Checkpoint(int(obj["seq"]), obj["hash"], float(obj["ts"]), obj["key_id"], obj["signature"]))
             elif kind == "end":

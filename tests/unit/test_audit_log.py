@@ -278,11 +278,34 @@ async def test_export_tampering_truncation_and_garbage(log: AuditLog, tmp_path: 
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ExportFormatError, match="empty"):
         verify_export(tmp_path / "empty.jsonl")
-    # An export of another format version (version 1 carried parsed bodies, not the stored bytes).
+    # An unknown format version is refused with a clear error.
     header = json.loads(lines[0])
-    (tmp_path / "v1.jsonl").write_text("\n".join([json.dumps({**header, "version": 1}), *lines[1:]]) + "\n")
-    with pytest.raises(ExportFormatError, match="version 1"):
-        verify_export(tmp_path / "v1.jsonl")
+    (tmp_path / "v9.jsonl").write_text("\n".join([json.dumps({**header, "version": 9}), *lines[1:]]) + "\n")
+    with pytest.raises(ExportFormatError, match="version 9"):
+        verify_export(tmp_path / "v9.jsonl")
+
+
+async def test_version_1_exports_still_verify(log: AuditLog, tmp_path: Path) -> None:
+    """Exports written before format 2 carried each body as a JSON object; they verify, and changes still fail."""
+    ids = await write(log, 5)
+    out = tmp_path / "export.jsonl"
+    log.export(out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    old = [{**line, "version": 1} if line["type"] == "header" else line for line in lines]
+    for line in old:
+        if line["type"] == "record" and line["body"] is not None:
+            line["body"] = json.loads(line["body"])
+    (tmp_path / "v1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in old))
+    report = verify_export(tmp_path / "v1.jsonl")
+    assert report.ok, report.reason
+    assert report.count == 5
+    records = [line for line in old if line["type"] == "record"]
+    records[2]["body"]["latency_ms"] = 999.0
+    (tmp_path / "v1-changed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in old))
+    report = verify_export(tmp_path / "v1-changed.jsonl")
+    assert not report.ok
+    assert report.first_bad_id == ids[2]
+    assert report.reason == "changed"
 
 
 @pytest.mark.parametrize("rewrite", [spaced, reordered])
