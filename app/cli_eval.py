@@ -38,6 +38,25 @@ def service_answer_backends(settings: Any) -> dict[str, Any]:
     )
 
 
+def registered_models(settings: Any) -> Any:
+    """Resolves ``(kind, version or alias)`` to a registered model's folder, for tasks that name one."""
+    from app.models import open_registry
+
+    def resolve(kind: str, ref: str) -> tuple[Path, str]:
+        registry = open_registry(settings)
+        if registry is None:
+            raise click.ClickException(f"no model registry at {settings.registry_uri} (train and register a model)")
+        from retrieval.registry import RegistryError
+
+        try:
+            version = registry.get(kind, ref)  # type: ignore[arg-type]
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return registry.local_path(version), version.ref
+
+    return resolve
+
+
 def _summary_lines(results: dict[str, Any]) -> list[str]:
     rows: dict[tuple[str, str], list[str]] = {}
     for metric in results["metrics"]:
@@ -107,6 +126,7 @@ def eval_run(
                 baseline=baseline,
                 progress=progress,
                 answer_backends=available_backends(service_answer_backends(settings)),
+                models=registered_models(settings),
             ),
         )
     except EvalError as exc:
@@ -117,7 +137,9 @@ def eval_run(
     for line in _summary_lines(summary.results):
         click.echo(f"  {line}")
     for result in summary.gates:
-        click.echo(f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}", err=True)
+        click.echo(
+            f"gate {result.status.upper() if result.status == 'failed' else result.status}: {result.reason}", err=True
+        )
     if gate and not summary.gates_passed:
         failed = sum(1 for g in summary.gates if not g.passed)
         click.echo(f"{failed} gate(s) failed", err=True)

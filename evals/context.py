@@ -19,6 +19,9 @@ from evals.stats import rng_for
 from evals.suite import LoadedSuite
 from retrieval.encoder import Encoder, load_encoder
 
+# (kind, version or alias) -> (the model's local folder, its name such as "recommender:3")
+ModelResolver = Callable[[str, str], tuple[Path, str]]
+
 
 @dataclass
 class RunContext:
@@ -32,6 +35,7 @@ class RunContext:
         progress: Draw progress bars on stderr.
         preloaded_encoder: An encoder to use instead of loading ``system.encoder`` (tests, notebooks).
         answer_backends: Answer backend factories by name.
+        models: Resolves a registered model (kind, version or alias) to its local folder and name.
         notes: Messages for the person running the suite (skips, warnings).
     """
 
@@ -42,6 +46,7 @@ class RunContext:
     progress: bool = True
     preloaded_encoder: Encoder | None = None
     answer_backends: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    models: ModelResolver | None = None
     notes: list[str] = field(default_factory=list)
     _encoder: Encoder | None = None
 

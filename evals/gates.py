@@ -6,15 +6,18 @@ A rule reads ``METRIC[FILTERS] OP BOUND``:
 - ``FILTERS`` (optional) narrow it down: ``task=``, ``dataset=``, ``split=``, ``system=``, ``group=``, with
   shell-style wildcards (``system=*``, ``group=gender:*``). Without ``group=`` only overall figures match;
 - ``OP`` is one of ``>= <= > < ==``;
-- ``BOUND`` is a number, ``baseline``, ``baseline + x``, ``baseline - x`` or ``baseline * x``; ``baseline`` is the
-  same figure in the baseline run.
+- ``BOUND`` is a number; ``baseline``, ``baseline + x``, ``baseline - x`` or ``baseline * x``, where ``baseline`` is
+  the same figure in the baseline run; or another figure of the same run, ``METRIC[FILTERS]`` optionally followed by
+  ``+ x``, ``- x`` or ``* x`` (its selector must match exactly one figure).
 
 Every metric the selector matches must satisfy the rule; a rule that matches nothing fails, so a gate cannot
-pass by accident when a task was skipped. Examples::
+pass by accident when a task was skipped. A rule that compares with a baseline when no baseline run was given is
+skipped (it neither passes nor fails the run, and says so). Examples::
 
     "ndcg@10[task=retrieval.scifact] >= baseline - 0.01"
     "hr@10[system=embedding] >= 0.05"
     "ndcg@10.gap[group=gender] <= 0.05"
+    "ndcg@10[task=recommendation.loo, system=candor-hybrid] >= ndcg@10[task=recommendation.loo, system=item-knn] * 1.3"
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ _RULE = re.compile(
     r"^\s*(?P<metric>[A-Za-z0-9_@.\-]+)\s*(?:\[(?P<filters>[^\]]*)\])?\s*(?P<op>>=|<=|==|>|<)\s*(?P<bound>.+?)\s*$"
 )
 _BOUND = re.compile(r"^baseline(?:\s*(?P<op>[-+*])\s*(?P<num>[0-9.eE+-]+))?$")
+_REFERENCE = re.compile(
+    r"^(?P<metric>[A-Za-z][A-Za-z0-9_@.\-]*)\s*(?:\[(?P<filters>[^\]]*)\])?(?:\s*(?P<op>[-+*])\s*(?P<num>[0-9.eE+-]+))?$"
+)
 _FILTER_KEYS = ("task", "dataset", "split", "system", "group")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -53,8 +59,9 @@ class Rule:
         filters: Field to wildcard pattern.
         op: Comparison.
         constant: The bound when it is a number.
-        baseline_op: ``+``, ``-``, ``*`` or ``""`` when the bound uses the baseline.
-        baseline_arg: The number combined with the baseline value.
+        baseline_op: ``+``, ``-``, ``*`` or ``""`` when the bound uses the baseline or another figure.
+        baseline_arg: The number combined with the baseline value or the other figure.
+        reference: The other figure of the same run the bound is made from, if it is one.
     """
 
     text: str
@@ -64,11 +71,12 @@ class Rule:
     constant: float | None
     baseline_op: str | None = None
     baseline_arg: float = 0.0
+    reference: Rule | None = None
 
     @property
     def uses_baseline(self) -> bool:
         """Whether the bound refers to a baseline run."""
-        return self.baseline_op is not None
+        return self.baseline_op is not None and self.reference is None
 
     def matches(self, metric: MetricRecord) -> bool:
         """Whether the selector picks this metric."""
@@ -100,7 +108,28 @@ class Rule:
         if self.constant is not None:
             return f"{self.op} {self.constant:g}"
         suffix = f" {self.baseline_op} {self.baseline_arg:g}" if self.baseline_op else ""
-        return f"{self.op} {self.bound(baseline):.4f} (baseline {baseline:.4f}{suffix})"
+        source = "baseline" if self.reference is None else self.reference.text
+        return f"{self.op} {self.bound(baseline):.4f} ({source} {baseline:.4f}{suffix})"
+
+
+def _filters(text: str, rule: str) -> dict[str, str]:
+    filters: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _FILTER_KEYS or not value.strip():
+            raise GateError(f"gate {rule!r}: filter {part.strip()!r} must be KEY=VALUE with KEY in {_FILTER_KEYS}")
+        filters[key] = value.strip()
+    return filters
+
+
+def _number(text: str | None, rule: str) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError as exc:
+        raise GateError(f"gate {rule!r}: {text!r} is not a number") from exc
 
 
 def parse_rule(text: str) -> Rule:
@@ -112,29 +141,24 @@ def parse_rule(text: str) -> Rule:
     match = _RULE.match(text)
     if not match:
         raise GateError(f"gate {text!r}: expected METRIC[FILTERS] OP BOUND, e.g. 'ndcg@10 >= baseline - 0.01'")
-    filters: dict[str, str] = {}
-    for part in (match.group("filters") or "").split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in _FILTER_KEYS or not value.strip():
-            raise GateError(f"gate {text!r}: filter {part.strip()!r} must be KEY=VALUE with KEY in {_FILTER_KEYS}")
-        filters[key] = value.strip()
+    filters = _filters(match.group("filters") or "", text)
+    metric, op = match.group("metric"), match.group("op")
     bound = match.group("bound").strip()
     baseline = _BOUND.match(bound)
     if baseline:
-        arg = baseline.group("num")
-        try:
-            value = float(arg) if arg else 0.0
-        except ValueError as exc:
-            raise GateError(f"gate {text!r}: {arg!r} is not a number") from exc
-        return Rule(text, match.group("metric"), filters, match.group("op"), None, baseline.group("op") or "", value)
+        return Rule(text, metric, filters, op, None, baseline.group("op") or "", _number(baseline.group("num"), text))
     try:
-        constant = float(bound)
-    except ValueError as exc:
-        raise GateError(f"gate {text!r}: the bound must be a number or baseline [+-*] number") from exc
-    return Rule(text, match.group("metric"), filters, match.group("op"), constant)
+        return Rule(text, metric, filters, op, float(bound))
+    except ValueError:
+        pass
+    other = _REFERENCE.match(bound)
+    if not other:
+        raise GateError(
+            f"gate {text!r}: the bound must be a number, baseline [+-*] number, or METRIC[FILTERS] [+-*] number"
+        )
+    reference_text = bound[: other.start("op")].strip() if other.group("op") else bound
+    reference = Rule(reference_text, other.group("metric"), _filters(other.group("filters") or "", text), op, None)
+    return Rule(text, metric, filters, op, None, other.group("op") or "", _number(other.group("num"), text), reference)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +167,32 @@ class GateResult:
 
     Attributes:
         rule: The rule as written.
-        passed: Whether every matched metric satisfied it.
-        reason: One readable line: what failed and by how much, or what passed.
+        passed: Whether every matched metric satisfied it (true for a skipped rule: it does not fail the run).
+        reason: One readable line: what failed and by how much, what passed, or why it was skipped.
         checks: One entry per matched metric (key, value, threshold, passed).
+        skipped: The rule needs a baseline run and none was given.
     """
 
     rule: str
     passed: bool
     reason: str
     checks: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed`` or ``skipped``."""
+        return "skipped" if self.skipped else "passed" if self.passed else "failed"
 
     def to_json(self) -> dict[str, Any]:
         """As a ``gates`` entry of ``results.json``."""
-        return {"rule": self.rule, "passed": self.passed, "reason": self.reason, "checks": self.checks}
+        return {
+            "rule": self.rule,
+            "passed": self.passed,
+            "status": self.status,
+            "reason": self.reason,
+            "checks": self.checks,
+        }
 
 
 def evaluate_rule(
@@ -168,15 +205,24 @@ def evaluate_rule(
     if rule.uses_baseline and baseline is None:
         return GateResult(
             rule.text,
-            False,
-            f"{rule.text}: compares with a baseline, but none was given (gates.baseline or --baseline)",
+            True,
+            f"{rule.text}: skipped: it compares with a baseline run and none was given (gates.baseline or --baseline)",
+            skipped=True,
         )
+    if rule.reference is not None:
+        referenced = [m for m in metrics if rule.reference.matches(m)]
+        if len(referenced) != 1:
+            return GateResult(
+                rule.text, False, f"{rule.text}: {rule.reference.text} matches {len(referenced)} figures, not one"
+            )
     by_key = {m.key: m for m in baseline or ()}
     checks: list[dict[str, Any]] = []
     failures: list[str] = []
     for metric in matched:
         base_value: float | None = None
-        if rule.uses_baseline:
+        if rule.reference is not None:
+            base_value = referenced[0].value
+        elif rule.uses_baseline:
             base = by_key.get(metric.key)
             if base is None:
                 failures.append(f"{metric.key} is not in the baseline run {baseline_name}".rstrip())

@@ -2,7 +2,7 @@
 
 Protocols:
 
-- ``leave-last-out``: each user's latest interaction (ties in time keep file order) is held out; the user's other
+- ``leave-last-out``: each user's latest interaction (ties in time broken by item id) is held out; the user's other
   interactions with other items are the training data. Users with nothing left to train on are skipped.
 - an official split name (MovieLens ``ua``, ``ub``, ``u1``..``u5``): ``<name>.base`` trains, ``<name>.test`` is
   held out; held-out items the user also has in training are dropped.
@@ -15,8 +15,9 @@ the max-min gap between groups of at least ``min_group_size`` users.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,10 +34,20 @@ from evals.datasets import (
 )
 from evals.errors import SuiteError
 from evals.rec_metrics import coverage, popular_mask, rank_unseen, user_metrics
-from evals.recommenders import ALS, EmbeddingRecommender, ItemKNN, MostPopular, Recommender, TrainData
+from evals.recommenders import (
+    ALS,
+    EmbeddingRecommender,
+    ItemKNN,
+    MostPopular,
+    Recommender,
+    RegisteredRecommender,
+    TrainData,
+    TrainedRecommender,
+)
 from evals.results import MetricRecord, TaskOutput
 from evals.stats import group_gap
 from evals.suite import RecommendationTask
+from retrieval.collaborative import MODEL_FILE, CollaborativeModel, Holdout, Kind
 from retrieval.types import Interaction
 
 CHUNK_USERS = 256
@@ -54,7 +65,8 @@ def leave_last_out(events: Sequence[Interaction]) -> tuple[list[Interaction], di
     train: list[Interaction] = []
     test: dict[str, list[Interaction]] = {}
     for user, history in by_user.items():
-        ordered = sorted(history, key=lambda e: e.ts)  # stable: equal times keep file order
+        # Equal times are ordered by item id, so the held-out item does not depend on the file's line order.
+        ordered = sorted(history, key=lambda e: (e.ts, e.item_id))
         last = ordered[-1]
         rest = [e for e in ordered if e.item_id != last.item_id]
         train += rest
@@ -117,6 +129,7 @@ class RecommendationEvaluator:
 
     def _recommenders(self, data: InteractionData) -> tuple[list[Recommender], dict[str, Any]]:
         spec, ctx = self.spec, self.ctx
+        config = ctx.loaded.suite.system.recommender.to_config()
         made: list[Recommender] = []
         extra: dict[str, Any] = {}
         for name in spec.recommenders:
@@ -128,12 +141,45 @@ class RecommendationEvaluator:
                 made.append(
                     ALS(spec.als_factors, spec.als_iterations, spec.als_regularization, spec.als_alpha, ctx.seed)
                 )
+            elif name == "embedding":
+                made.append(EmbeddingRecommender(self._vectors(data, extra), config, ctx.encoder_info()))
+            elif name == "registered":
+                made.append(self._registered(data, extra, config.event_weights))
             else:
-                vectors, cache = ctx.embed_corpus(f"{self.task} items", data.item_ids, data.item_texts)
-                extra["cache"] = cache.to_json()
-                config = ctx.loaded.suite.system.recommender.to_config()
-                made.append(EmbeddingRecommender(vectors, config, ctx.encoder_info()))
+                kind = cast(Kind, name.removeprefix("candor-"))
+                vectors = self._vectors(data, extra) if kind == "hybrid" else None
+                info = ctx.encoder_info() if vectors is not None else None
+                # Validation mirrors the task: the latest item for leave-last-out, one at random for a random split.
+                holdout: Holdout = "latest" if spec.protocol == "leave-last-out" else "random"
+                made.append(TrainedRecommender(kind, config.event_weights, ctx.seed, vectors, info, holdout))
         return made, extra
+
+    def _vectors(self, data: InteractionData, extra: dict[str, Any]) -> np.ndarray:
+        """The items' vectors from the encoder under test (cached)."""
+        vectors, cache = self.ctx.embed_corpus(f"{self.task} items", data.item_ids, data.item_texts)
+        extra["cache"] = cache.to_json()
+        return vectors
+
+    def _registered(
+        self, data: InteractionData, extra: dict[str, Any], event_weights: Mapping[str, float]
+    ) -> RegisteredRecommender:
+        """The trained recommender the task's ``model`` names (a model folder, or a registry version)."""
+        ref = self.spec.model
+        if not ref:
+            raise SuiteError(f"{self.task}: 'registered' needs the task's model (a registry version or a folder)")
+        folder = Path(ref)
+        if not (folder / MODEL_FILE).is_file():
+            if self.ctx.models is None:
+                raise SuiteError(f"{self.task}: {ref!r} is not a model folder, and no model registry was given")
+            folder, ref = self.ctx.models("recommender", ref)
+        try:
+            model = CollaborativeModel.load(folder)
+        except ValueError as exc:
+            raise SuiteError(f"{self.task}: {exc}") from exc
+        if not any(item in model.index for item in data.item_ids):
+            raise SuiteError(f"{self.task}: {ref} was trained on another catalog: it knows none of the task's items")
+        vectors = self._vectors(data, extra) if model.uses_content else None
+        return RegisteredRecommender(model, ref, event_weights, vectors)
 
     def run(self) -> TaskOutput:
         """Split, fit, rank and score every recommender."""

@@ -13,6 +13,10 @@ items and ranks the rest.
   is scored.
 - ``als``: implicit-feedback matrix factorisation (Hu, Koren and Volinsky 2008) from the ``implicit`` library, on
   the CPU with one BLAS thread (as the library asks), seeded.
+- ``candor-item-knn``, ``candor-ease``, ``candor-als``, ``candor-hybrid``: the recommenders ``candor train
+  recommender`` learns and the service serves (:mod:`retrieval.collaborative`), fitted on the training split with
+  hyper-parameters chosen on a validation split of it, and scored exactly as the service scores.
+- ``registered``: an already trained version (``[recommendation.<id>] model``), scored the same way.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import sparse
 
+from retrieval import collaborative
+from retrieval.collaborative import CollaborativeModel, FitReport, Holdout, Kind
 from retrieval.recommend import RecommenderConfig, history_from_interactions, history_scores
-from retrieval.types import Interaction
+from retrieval.types import HistoryEntry, Interaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,3 +273,130 @@ class ALS:
             "alpha": self.alpha,
             "seed": self.seed,
         }
+
+
+class TrainedRecommender:
+    """One of Candor's trained recommenders, fitted on the training split as ``candor train recommender`` fits it.
+
+    Hyper-parameters are chosen on a validation split of the training interactions only (one item of each training
+    user: the latest, or one at random to match a randomly drawn test split), then every user is scored with
+    :func:`retrieval.collaborative.score_all`, the service's scoring.
+
+    Args:
+        kind: ``item-knn``, ``ease``, ``als`` or ``hybrid``.
+        event_weights: The service's event weights.
+        seed: The suite seed.
+        item_vectors: Unit vectors of the items in catalog order (the hybrid needs them).
+        encoder: Identity of the encoder that made ``item_vectors``, for ``results.json``.
+        holdout: What validation holds out of each training user: the latest item, or one at random (to match a
+            task whose held-out items were drawn at random).
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        event_weights: Mapping[str, float],
+        seed: int,
+        item_vectors: np.ndarray | None = None,
+        encoder: Mapping[str, Any] | None = None,
+        holdout: Holdout = "latest",
+    ) -> None:
+        self.kind: Kind = kind
+        self.holdout: Holdout = holdout
+        self.name = f"candor-{kind}"
+        self.event_weights = dict(event_weights)
+        self.seed = seed
+        self.item_vectors = item_vectors
+        self.encoder = dict(encoder or {})
+        self.model: CollaborativeModel | None = None
+        self.report: FitReport | None = None
+        self._histories: dict[str, list[HistoryEntry]] = {}
+
+    def fit(self, data: TrainData) -> None:
+        """Learn the model from the training interactions."""
+        events = [e for user_events in data.events.values() for e in user_events]
+        item_ids = sorted(data.item_index, key=data.item_index.__getitem__)
+        self.model, self.report = collaborative.fit(
+            events,
+            item_ids,
+            kind=self.kind,
+            event_weights=self.event_weights,
+            seed=self.seed,
+            item_vectors=self.item_vectors,
+            holdout=self.holdout,
+        )
+        self._histories = collaborative.ordered_histories(events, self.event_weights)
+
+    def scores(self, users: Sequence[str]) -> np.ndarray:
+        """The service's scores of every item for each user's training history."""
+        assert self.model is not None
+        model = self.model
+        out = np.zeros((len(users), len(model.item_ids)))
+        for row, user in enumerate(users):
+            history = self._histories.get(user)
+            if history:
+                out[row] = collaborative.score_all(model, history, self.item_vectors)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The chosen hyper-parameters and how they were chosen."""
+        described: dict[str, Any] = {"kind": self.kind, "scoring": "retrieval.collaborative.score_all"}
+        if self.report is not None:
+            described |= {
+                "chosen": self.report.chosen,
+                "validation_ndcg@10": self.report.validation_ndcg,
+                "validation": f"one item of each training user held out ({self.report.holdout})",
+            }
+        if self.kind == "hybrid":
+            described["encoder"] = self.encoder
+        return described
+
+
+class RegisteredRecommender(TrainedRecommender):
+    """A recommender already trained (a registry version or a model folder), scored as the service scores it.
+
+    Nothing is learned from the training split: the model was trained by ``candor train recommender``, which
+    holds out each user's latest interaction, the same items a ``leave-last-out`` task holds out. A catalog that
+    changed since training is served as the service serves it (:meth:`CollaborativeModel.restricted_to`).
+
+    Args:
+        model: The loaded model.
+        ref: How it is named (``recommender:3``, or the folder).
+        event_weights: The service's event weights (how histories are read).
+        item_vectors: Unit vectors of the task's items in catalog order (the hybrid needs them).
+    """
+
+    def __init__(
+        self,
+        model: CollaborativeModel,
+        ref: str,
+        event_weights: Mapping[str, float],
+        item_vectors: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(model.kind, event_weights, 0, item_vectors)
+        self.name = "registered"
+        self.ref = ref
+        self.model = model
+
+    def fit(self, data: TrainData) -> None:
+        """Read the histories, and put the model on the task's catalog as the service would serve it.
+
+        Items of the task the model never saw get no collaborative score (the hybrid scores them by content).
+
+        Raises:
+            ValueError: The model knows none of the task's items.
+        """
+        item_ids = sorted(data.item_index, key=data.item_index.__getitem__)
+        assert self.model is not None
+        if list(self.model.item_ids) != item_ids:
+            known = sum(1 for item in item_ids if item in self.model.index)
+            if not known:
+                raise ValueError(f"{self.ref} was trained on another catalog: it knows none of the task's items")
+            self.model = self.model.restricted_to(item_ids)
+        events = [e for user_events in data.events.values() for e in user_events]
+        self._histories = collaborative.ordered_histories(events, self.event_weights)
+
+    def describe(self) -> dict[str, Any]:
+        """The registered version and its training parameters."""
+        assert self.model is not None
+        return {"ref": self.ref, "kind": self.model.kind, "params": self.model.params}

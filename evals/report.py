@@ -19,10 +19,17 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ci{color:#777;font-size:.8rem}.pass{color:#17612a;font-weight:600}.fail{color:#a11;font-weight:600}
+.ci{color:#777;font-size:.8rem}.pass{color:#17612a;font-weight:600}.fail{color:#a11;font-weight:600}.skip{color:#777}
 .banner{background:#fff6d6;border:1px solid #e6c200;padding:.5rem .75rem;margin:.5rem 0}
 .better{background:#e8f6ec}.worse{background:#fbe9e9}code{font-size:.85rem}
 """
+
+
+_GATE_STATUS = {
+    "passed": '<span class="pass">pass</span>',
+    "failed": '<span class="fail">FAIL</span>',
+    "skipped": '<span class="skip">skipped</span>',
+}
 
 
 def esc(value: object) -> str:
@@ -233,7 +240,7 @@ def render_run(results: Mapping[str, Any]) -> str:
         rows = [
             [
                 esc(g["rule"]),
-                '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>',
+                _GATE_STATUS[g.get("status") or ("passed" if g["passed"] else "failed")],
                 esc(g["reason"]),
             ]
             for g in gates
@@ -247,8 +254,9 @@ def render_run(results: Mapping[str, Any]) -> str:
     if encoder:
         parts.append("<h3>Encoder</h3>" + _kv(encoder))
     parts.append("<h3>Index</h3>" + _kv(system.get("index", {})))
-    answer = system.get("answer_backend", {})
-    parts.append("<h3>Answer backend</h3>" + _kv(answer))
+    answer = system.get("answer_backend")
+    if answer:  # only suites with an answers task use one
+        parts.append("<h3>Answer backend</h3>" + _kv(answer))
     for task, recs in system.get("recommenders", {}).items():
         parts.append(f"<h3>Recommenders ({esc(task)})</h3>")
         parts.append(_table(["recommender", "settings"], [[esc(n), esc(s)] for n, s in recs.items()], numeric_from=99))

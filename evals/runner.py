@@ -18,7 +18,7 @@ from typing import Any
 from evals.answer_task import AnswerEvaluator
 from evals.answers import available_backends
 from evals.cache import EmbeddingCache
-from evals.context import RunContext
+from evals.context import ModelResolver, RunContext
 from evals.datasets import merge_dataset_entries
 from evals.errors import RunNotFoundError
 from evals.gates import GateResult, evaluate_gates
@@ -30,6 +30,7 @@ from evals.results import (
     RESULTS_FILE,
     SCHEMA,
     LoadedRun,
+    MetricRecord,
     TaskOutput,
     load_run,
     write_json,
@@ -66,6 +67,7 @@ class RunOptions:
         progress: Draw progress bars.
         encoder: An already loaded encoder to use instead of loading ``system.encoder``.
         answer_backends: Backend factories (default: :func:`evals.answers.available_backends`).
+        models: Resolves registered models for tasks that name one (``registered`` recommenders).
     """
 
     data_root: Path | None = None
@@ -76,6 +78,7 @@ class RunOptions:
     progress: bool = True
     encoder: Encoder | None = None
     answer_backends: Mapping[str, Callable[..., Any]] | None = None
+    models: ModelResolver | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,10 @@ class RunSummary:
     def gates_passed(self) -> bool:
         """Whether every gate passed (true when there are none)."""
         return all(g.passed for g in self.gates)
+
+    def metrics(self) -> list[MetricRecord]:
+        """The run's metric records."""
+        return [MetricRecord.from_json(m) for m in self.results.get("metrics", [])]
 
 
 def new_run_id(suite_name: str) -> str:
@@ -162,7 +169,21 @@ def run_suite(loaded: LoadedSuite, options: RunOptions | None = None) -> RunSumm
     baseline = _baseline(options.baseline or suite.gates.baseline, runs_dir)
     run_id = new_run_id(suite.suite.name)
     run_dir = options.out_dir or runs_dir / run_id
+    existed = run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(loaded, options, baseline, run_id, run_dir)
+    except BaseException:
+        # A failed run leaves no folder behind (unless it wrote into one that was already there).
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(
+    loaded: LoadedSuite, options: RunOptions, baseline: LoadedRun | None, run_id: str, run_dir: Path
+) -> RunSummary:
+    suite = loaded.suite
     os.environ.setdefault("MPLCONFIGDIR", str(options.state_dir / "matplotlib"))
     ctx = RunContext(
         loaded=loaded,
@@ -172,6 +193,7 @@ def run_suite(loaded: LoadedSuite, options: RunOptions | None = None) -> RunSumm
         progress=options.progress,
         preloaded_encoder=options.encoder,
         answer_backends=options.answer_backends if options.answer_backends is not None else available_backends(),
+        models=options.models,
     )
     started_at = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
@@ -194,7 +216,8 @@ def run_suite(loaded: LoadedSuite, options: RunOptions | None = None) -> RunSumm
         "encoder": None,
         "index": suite.system.index.model_dump(),
         "recommender": suite.system.recommender.model_dump(),
-        "answer_backend": {"name": suite.system.answer.backend, "available": False},
+        # Named only when a task answered questions: a suite without answers tasks uses no answer backend.
+        "answer_backend": None,
         "recommenders": {},
     }
     datasets: list[dict[str, Any]] = []
@@ -209,6 +232,8 @@ def run_suite(loaded: LoadedSuite, options: RunOptions | None = None) -> RunSumm
             system["recommenders"][task] = out.system["recommenders"]
         if "answer_backend" in out.system:
             system["answer_backend"] = {**out.system["answer_backend"], "available": True}
+        elif kind == "answers" and system["answer_backend"] is None:
+            system["answer_backend"] = {"name": suite.system.answer.backend, "available": False}
         datasets += out.datasets
         tasks[task] = {
             "kind": kind,

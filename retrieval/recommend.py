@@ -168,13 +168,22 @@ def history_scores(
     return shares.sum(axis=1), shares
 
 
-def explain_history(history_items: Sequence[Item], shares: np.ndarray, score: float) -> Explanation:
+def explain_history(
+    history_items: Sequence[Item],
+    shares: np.ndarray,
+    score: float,
+    *,
+    method: str = "history-similarity-decomposition",
+    note: str = "",
+) -> Explanation:
     """Name the history items that contributed most to one result.
 
     Args:
         history_items: The history, aligned with ``shares``.
         shares: This result's share from each history item.
         score: The result's score (the sum of ``shares``).
+        method: How the shares were computed (the model that scored).
+        note: A sentence put before the summary (e.g. that a fallback answered).
     """
     order = np.argsort(-shares)[:MAX_CONTRIBUTIONS]
     contributions = tuple(
@@ -183,10 +192,19 @@ def explain_history(history_items: Sequence[Item], shares: np.ndarray, score: fl
     leaders = [history_items[i].title for i in order[:2] if shares[i] > 0]
     if leaders:
         names = " and ".join(f"'{t}'" for t in leaders)
-        summary = f"Because of your interest in {names} (score {score:.2f})."
+        summary = f"Because of your interest in {names} (score {score:.3g})."
     else:
-        summary = f"Weakly related to your history (score {score:.2f})."
-    return Explanation(method="history-similarity-decomposition", summary=summary, contributions=contributions)
+        summary = f"Weakly related to your history (score {score:.3g})."
+    return Explanation(method=method, summary=f"{note} {summary}" if note else summary, contributions=contributions)
+
+
+def explain_popular(item: Item, users: float) -> Explanation:
+    """A result of the popularity fallback, for a shopper with no history yet."""
+    return Explanation(
+        method="popularity-fallback",
+        summary=f"No history for this shopper yet: popular with {int(users)} other shoppers.",
+        contributions=(Contribution(source="popularity", score=float(users)),),
+    )
 
 
 def history_from_interactions(interactions: Sequence[Interaction], config: RecommenderConfig) -> list[HistoryEntry]:

@@ -85,6 +85,8 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
         "item-knn",
         "embedding",
         "als",
+        "candor-ease",
+        "candor-hybrid",
     }
     (dataset,) = results["datasets"]
     assert dataset["hash"].startswith("sha256:")
@@ -102,7 +104,7 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     for metric in results["metrics"]:
         assert {"name", "value", "higher_is_better", "dataset", "task", "system"} <= set(metric)
     names = {(m["system"], m["name"], m.get("group")) for m in results["metrics"]}
-    for system in ("most-popular", "item-knn", "embedding", "als"):
+    for system in ("most-popular", "item-knn", "embedding", "als", "candor-ease", "candor-hybrid"):
         for name in ("hr@10", "ndcg@10", "mrr", "coverage@10", "novelty@10", "popularity_bias@10"):
             assert (system, name, None) in names
         assert (system, "ndcg@10.gap", "gender") in names
@@ -110,7 +112,7 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     gap = next(m for m in results["metrics"] if m["name"] == "ndcg@10.gap" and m["system"] == "embedding")
     assert gap["higher_is_better"] is False
     assert gap["ci_low"] <= gap["value"] <= gap["ci_high"]
-    assert [g["passed"] for g in results["gates"]] == [True, True]
+    assert [g["status"] for g in results["gates"]] == ["passed", "passed", "passed"]
     assert "retrieval.search" in demo.cli_output
     assert f"run {results['run_id']}" in demo.cli_output
 

@@ -23,7 +23,14 @@ def test_shipped_suites_load() -> None:
         assert loaded.path == SUITES_DIR / f"{name}.toml"
     demo = load_suite("demo").suite
     assert demo.retrieval["search"].metrics[0] == "ndcg@10"
-    assert demo.recommendation["shoppers"].recommenders == ["most-popular", "item-knn", "embedding", "als"]
+    assert demo.recommendation["shoppers"].recommenders == [
+        "most-popular",
+        "item-knn",
+        "embedding",
+        "als",
+        "candor-ease",
+        "candor-hybrid",
+    ]
 
 
 def test_overrides_by_path_and_by_suffix() -> None:
@@ -111,8 +118,32 @@ def test_gate_rules() -> None:
     assert len(results[4].checks) == 2  # both systems, overall figures only
     assert "no metric in this run matches" in results[5].reason
     no_base = evaluate_gates(["ndcg@10 >= baseline"], run, None)
-    assert not no_base[0].passed
+    assert no_base[0].skipped
+    assert no_base[0].status == "skipped"
+    assert no_base[0].passed  # a skipped rule does not fail the run
     assert "none was given" in no_base[0].reason
+
+
+def test_gates_compare_figures_of_the_same_run() -> None:
+    run = [
+        MetricRecord("ndcg@10", 0.10, True, "recommendation.loo", "ml", "leave-last-out", "candor-hybrid"),
+        MetricRecord("ndcg@10", 0.06, True, "recommendation.loo", "ml", "leave-last-out", "item-knn"),
+        MetricRecord("ndcg@10", 0.07, True, "recommendation.loo", "ml", "leave-last-out", "als"),
+    ]
+    results = evaluate_gates(
+        [
+            "ndcg@10[system=candor-hybrid] >= ndcg@10[system=item-knn] * 1.3",
+            "ndcg@10[system=candor-hybrid] >= ndcg@10[system=als] * 1.5",
+            "ndcg@10[system=item-knn] > ndcg@10[system=als]",
+            "ndcg@10[system=candor-hybrid] > ndcg@10",
+        ],
+        run,
+        None,
+    )
+    assert [r.status for r in results] == ["passed", "failed", "failed", "failed"]
+    assert results[0].checks[0]["threshold"] == pytest.approx(0.078)
+    assert "needs >= 0.1050 (ndcg@10[system=als] 0.0700 * 1.5)" in results[1].reason
+    assert "matches 3 figures, not one" in results[3].reason
 
 
 @pytest.mark.parametrize("rule", ["ndcg@10 >=", "ndcg@10[colour=red] >= 1", "ndcg@10 >= baseline / 2", "x => 1"])
