@@ -29,13 +29,14 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from app import schemas
+from app import models, schemas
 from app.auth import KeyStore
 from app.errors import EXCEPTION_HANDLERS
 from app.hooks import check_api_request, reject_unknown_query
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
 from app.routes import ops
+from app.routes.admin import reload_models
 from app.routes.answers import AnswerController, DocumentController
 from app.routes.audit import AuditController, feedback
 from app.routes.items import ItemController
@@ -189,7 +190,8 @@ def create_app(
     metrics = Metrics()
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    engine = RetrievalEngine(settings.engine_config(show_progress=show_progress), observer=metrics, encoder=encoder)
+    serving, engine_config = models.pinned_engine_config(settings, show_progress=show_progress, encoder=encoder)
+    engine = RetrievalEngine(engine_config, observer=metrics, encoder=encoder)
     answers = build_answer_service(settings, engine, metrics)
 
     @asynccontextmanager
@@ -206,6 +208,7 @@ def create_app(
             audit=audit,
             answers=answers,
             config_digest=settings.digest(),
+            models=serving,
         )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
@@ -251,6 +254,7 @@ def create_app(
             feedback,
             ops.info,
             compliance_report,
+            reload_models,
         ],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},

@@ -1,4 +1,4 @@
-"""The ``candor`` command line: serve, build the index, manage API keys, validate and import domain packs."""
+"""The ``candor`` command line: serve, build the index, manage API keys and domain packs, train and promote models."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import click
 from app.cli_audit import audit_group
 from app.cli_common import CONFIG_OPTION, load_settings_or_fail
 from app.cli_eval import eval_group
+from app.cli_models import models_group
 from app.cli_report import report_group
+from app.cli_train import train_group
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,6 +29,8 @@ def main() -> None:
 main.add_command(eval_group)
 main.add_command(audit_group)
 main.add_command(report_group)
+main.add_command(train_group)
+main.add_command(models_group)
 
 
 @main.command()

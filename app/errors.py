@@ -88,7 +88,8 @@ _STATUS_DOCS = {
     410: "The record's content was purged under retention",
     413: "Request body over the configured size: payload_too_large",
     415: "Body not sent as application/json: unsupported_media_type",
-    422: "The request is valid but the record cannot be explained this way",
+    422: "The request is valid but cannot be carried out as asked (a record that cannot be explained this way, a "
+    "model that cannot serve this catalog)",
     429: "Too many requests queued: overloaded; retry after the Retry-After header's seconds",
     502: "The answer model's backend failed: upstream_error",
     503: "Starting or stopping, or a part is unavailable (not_ready, queue_timeout, audit_unavailable...); "

@@ -131,11 +131,25 @@ class IndexOut(Struct):
     size: int
 
 
+class RecommenderOut(Struct):
+    """What scored a history or user recommendation."""
+
+    kind: Annotated[
+        str,
+        Meta(
+            description="a trained recommender (item-knn, ease, als, hybrid); content-similarity (no trained "
+            "recommender, or none of the history items known to it); popularity (a shopper with no history)"
+        ),
+    ]
+    version: Annotated[str | None, Meta(description="registry version of a trained recommender, recommender:<n>")]
+
+
 class ModelOut(Struct):
     """Model and index versions behind a response."""
 
     encoder: EncoderOut
     index: IndexOut
+    recommender: RecommenderOut | None = None
 
 
 class SearchResponse(Struct):

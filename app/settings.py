@@ -20,11 +20,12 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from governance.audit.log import AuditConfig
+from governance.audit import AuditConfig
 from retrieval import settings as core
 from retrieval.answers.local_model import LocalGeneratorConfig
 from retrieval.encoder import EncoderConfig
 from retrieval.engine import EngineConfig
+from retrieval.registry import default_uri
 from retrieval.settings import (
     BatchingSettings,
     EncoderSettings,
@@ -138,6 +139,15 @@ class GeneratorSettings(Section):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
 
 
+class ModelSettings(Section):
+    """``[models]``: the model registry and the versions the service pins."""
+
+    registry_uri: str = ""
+    recommender: str = "production"
+    encoder: str = "production"
+    min_recommender_coverage: float = Field(default=0.5, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """All of Candor's settings (``configs/default.toml`` says what each knob does)."""
 
@@ -156,6 +166,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     answers: AnswerSettings = Field(default_factory=AnswerSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -236,7 +247,14 @@ class Settings(BaseSettings):
             chunking=self.knowledge.to_config(),
             answer_items=self.knowledge.answer_items,
             item_passage_chars=self.knowledge.item_passage_chars,
+            min_recommender_coverage=self.models.min_recommender_coverage,
+            recommender_model=None,
         )
+
+    @property
+    def registry_uri(self) -> str:
+        """The model registry's URI: ``[models] registry_uri``, or a file store under the state folder."""
+        return self.models.registry_uri or default_uri(self.state_dir)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

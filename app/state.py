@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar.datastructures import State
 
 from app.auth import KeyStore
 from app.metrics import Metrics
+from app.models import ServingModels
 from app.settings import Settings
 from governance.audit import AuditLog
 from retrieval.answers import AnswerService
@@ -25,6 +26,7 @@ class Services:
     answers: AnswerService
     audit: AuditLog | None = None
     config_digest: str = ""
+    models: ServingModels = field(default_factory=ServingModels)
 
 
 def provide_services(state: State) -> Services:

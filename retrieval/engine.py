@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,8 @@ import structlog
 from retrieval.answers import ContextPassage
 from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.encoder import Encoder, EncoderConfig, EncoderInfo, load_encoder
-from retrieval.errors import NotReadyError
+from retrieval.errors import NotReadyError, UnknownUserError
+from retrieval.gate import SwapGate
 from retrieval.index import IndexSpec
 from retrieval.item_store import ItemStore
 from retrieval.knowledge import ChunkingConfig, DocumentChange
@@ -61,6 +63,9 @@ class EngineConfig:
         chunking: How knowledge-base documents are cut into chunks.
         answer_items: Whether item texts are answerable (searched beside the documents).
         item_passage_chars: Longest item text given to an answer backend.
+        min_recommender_coverage: Least share of the catalog a trained recommender must know to be served.
+        recommender_model: The trained recommender to serve from the start: its folder and its name
+            (``recommender:<version>``); ``None`` serves content similarity.
     """
 
     state_dir: Path
@@ -75,6 +80,8 @@ class EngineConfig:
     chunking: ChunkingConfig
     answer_items: bool
     item_passage_chars: int
+    min_recommender_coverage: float
+    recommender_model: tuple[Path, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class RetrievalEngine:
         self._passages: PassageRetriever | None = None
         self._encode_batcher: DynamicBatcher[list[int], np.ndarray] | None = None
         self._search_batcher: DynamicBatcher[SearchQuery, tuple[np.ndarray, np.ndarray]] | None = None
+        self._gate = SwapGate()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -136,23 +144,7 @@ class RetrievalEngine:
         self.status = "loading"
         try:
             await asyncio.to_thread(self._load)
-            encoder = self.encoder
-            workers, threads = encoder.plan_workers(self.config.encoder.workers, self.config.encoder.threads)
-            self._encode_batcher = DynamicBatcher(
-                "encoder",
-                lambda batch: list(encoder.embed_token_batch(batch)),
-                replace(self.config.encoder_batching, workers=workers, packed=encoder.packed),
-                cost=len,
-                observer=self._observer,
-                thread_init=lambda: encoder.use_threads(threads),
-            )
-            logger.info(
-                "encoder_workers",
-                workers=workers,
-                threads_each=threads,
-                device=encoder.info.device,
-                packed=encoder.packed,
-            )
+            self._encode_batcher = self._encoder_batcher(self.encoder)
             store = self.store
             self._search_batcher = DynamicBatcher(
                 "index",
@@ -160,7 +152,6 @@ class RetrievalEngine:
                 self.config.search_batching,
                 observer=self._observer,
             )
-            self._encode_batcher.start()
             self._search_batcher.start()
         except Exception as exc:
             self.status = "failed"
@@ -195,6 +186,59 @@ class RetrievalEngine:
         self.status = "stopped"
         return info
 
+    def _encoder_batcher(self, encoder: Encoder) -> DynamicBatcher[list[int], np.ndarray]:
+        """A started batcher running ``encoder`` on as many workers and threads as the machine allows."""
+        workers, threads = encoder.plan_workers(self.config.encoder.workers, self.config.encoder.threads)
+        batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(
+            "encoder",
+            lambda batch: list(encoder.embed_token_batch(batch)),
+            replace(self.config.encoder_batching, workers=workers, packed=encoder.packed),
+            cost=len,
+            observer=self._observer,
+            thread_init=lambda: encoder.use_threads(threads),
+        )
+        logger.info(
+            "encoder_workers", workers=workers, threads_each=threads, device=encoder.info.device, packed=encoder.packed
+        )
+        batcher.start()
+        return batcher
+
+    async def swap_encoder(self, config: EncoderConfig) -> EncoderInfo:
+        """Serve another encoder: load it, re-embed the catalog and the knowledge base beside the serving ones, swap.
+
+        Searches, recommendations and answers go on with the old encoder while the new one loads and embeds
+        (catalog vectors are cached by encoder and catalog content, so a known pair embeds nothing). Item and
+        document writes wait meanwhile. The swap itself waits for the requests in flight to finish with the old
+        encoder, then replaces encoder, vectors, index and knowledge base in one step; the old encoder's batcher is
+        drained and released.
+
+        Returns:
+            The new encoder's identity.
+
+        Raises:
+            ValueError: The new encoder's vectors have another dimension than the index's.
+        """
+        self.require_ready()
+        store, passages = self.store, self.passages
+        encoder = await asyncio.to_thread(load_encoder, config)
+        await asyncio.to_thread(encoder.warmup)
+        if encoder.dim != self.encoder.dim:
+            raise ValueError(f"the new encoder makes {encoder.dim}-d vectors; the index holds {self.encoder.dim}-d")
+        async with store.write_lock, passages.write_lock:
+            prepared = await asyncio.to_thread(store.prepare_encoder, encoder)
+            staged = await asyncio.to_thread(passages.prepare_encoder, encoder)
+            batcher = self._encoder_batcher(encoder)
+            async with self._gate.exclusive():
+                old_batcher = self._encode_batcher
+                await asyncio.to_thread(store.commit_encoder, prepared)
+                await asyncio.to_thread(passages.commit_encoder, encoder, staged)
+                self._encoder, self._encode_batcher = encoder, batcher
+                self.config = replace(self.config, encoder=config)
+        if old_batcher is not None:
+            await old_batcher.stop()
+        logger.info("encoder_swapped", encoder=encoder.info.identity())
+        return encoder.info
+
     def _load(self, *, reset_from_pack: bool = False) -> None:
         cfg = self.config
         self._pack = pack = load_pack(cfg.pack_path)
@@ -226,6 +270,12 @@ class RetrievalEngine:
         self._passages = passages
         self._ranker = Ranker(store, self._neighbours, cfg.recommender)
         self._ranker.load(pack.interactions)
+        if cfg.recommender_model is not None:
+            folder, version = cfg.recommender_model
+            try:
+                self._ranker.load_model(folder, version, cfg.min_recommender_coverage)
+            except ValueError as exc:  # a pin that cannot serve this catalog must not keep the service down
+                logger.error("recommender_not_served", version=version, reason=str(exc))
 
     def _close(self) -> None:
         for part in (self._store, self._passages):
@@ -289,19 +339,29 @@ class RetrievalEngine:
 
     # -- embedding and neighbours (through the batchers) ------------------------------------------------------
 
+    def lease(self) -> AbstractAsyncContextManager[None]:
+        """Hold the models still: a model swap waits until this ends (see :class:`~retrieval.gate.SwapGate`).
+
+        Every read method takes one; a caller that makes several calls whose vectors must come from one encoder
+        (an answer: the question's passages, then its sentences) holds one around all of them.
+        """
+        return self._gate.lease()
+
     async def embed_query(self, text: str, request_id: str = "-") -> np.ndarray:
         """Embed one query through the encoder's batcher."""
         self.require_ready()
-        assert self._encode_batcher is not None
-        return await self._encode_batcher.submit(self.encoder.token_ids(text), request_id)
+        async with self._gate.lease():
+            assert self._encode_batcher is not None
+            return await self._encode_batcher.submit(self.encoder.token_ids(text), request_id)
 
     async def embed_texts(self, texts: Sequence[str], request_id: str = "-") -> np.ndarray:
         """Embed several texts through the encoder's batcher (they join other requests' batches)."""
         self.require_ready()
-        assert self._encode_batcher is not None
-        batcher, encoder = self._encode_batcher, self.encoder
-        vectors = await asyncio.gather(*(batcher.submit(encoder.token_ids(t), request_id) for t in texts))
-        return np.stack(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
+        async with self._gate.lease():
+            assert self._encode_batcher is not None
+            batcher, encoder = self._encode_batcher, self.encoder
+            vectors = await asyncio.gather(*(batcher.submit(encoder.token_ids(t), request_id) for t in texts))
+            return np.stack(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
 
     async def _neighbours(
         self, vectors: Sequence[np.ndarray], k: int, request_id: str
@@ -339,16 +399,17 @@ class RetrievalEngine:
             diversity: MMR trade-off in ``[0, 1]``.
             request_id: Carried into batch workers for logs.
         """
-        vector = await self.embed_query(query, request_id)
-        return await self.ranker.search(
-            query,
-            vector,
-            k=k,
-            filters=filters or Filters(),
-            exclude=exclude,
-            diversity=diversity,
-            request_id=request_id,
-        )
+        async with self._gate.lease():
+            vector = await self.embed_query(query, request_id)
+            return await self.ranker.search(
+                query,
+                vector,
+                k=k,
+                filters=filters or Filters(),
+                exclude=exclude,
+                diversity=diversity,
+                request_id=request_id,
+            )
 
     async def more_like_this(
         self,
@@ -362,9 +423,10 @@ class RetrievalEngine:
     ) -> Ranked:
         """Items most similar to a catalog item, never the item itself (see :meth:`Ranker.more_like_this`)."""
         self.require_ready()
-        return await self.ranker.more_like_this(
-            item_id, k=k, filters=filters or Filters(), exclude=exclude, diversity=diversity, request_id=request_id
-        )
+        async with self._gate.lease():
+            return await self.ranker.more_like_this(
+                item_id, k=k, filters=filters or Filters(), exclude=exclude, diversity=diversity, request_id=request_id
+            )
 
     async def recommend_for_history(
         self,
@@ -378,17 +440,72 @@ class RetrievalEngine:
     ) -> Ranked:
         """Items for a shopper from the items they viewed or bought (see :meth:`Ranker.for_history`)."""
         self.require_ready()
-        return await self.ranker.for_history(
-            history, k=k, filters=filters or Filters(), exclude=exclude, diversity=diversity, request_id=request_id
-        )
+        async with self._gate.lease():
+            return await self.ranker.for_history(
+                history, k=k, filters=filters or Filters(), exclude=exclude, diversity=diversity, request_id=request_id
+            )
 
-    def history_for_user(self, user_id: str) -> list[HistoryEntry]:
-        """Weighted history of a user from the pack's interactions (see :meth:`Ranker.history_for_user`)."""
-        return self.ranker.history_for_user(user_id)
+    async def recommend_for_user(
+        self,
+        user_id: str,
+        *,
+        k: int = 10,
+        filters: Filters | None = None,
+        exclude: Sequence[str] = (),
+        diversity: float = 0.0,
+        request_id: str = "-",
+    ) -> Ranked:
+        """Items for a known shopper from their recorded interactions, never an item they interacted with.
 
-    def seen_by_user(self, user_id: str) -> set[str]:
-        """Every item the user interacted with, including ones they rated low: never recommended back."""
-        return self.ranker.seen_by_user(user_id)
+        A shopper with no recorded interactions gets the most popular items, and each result says so.
+
+        Raises:
+            UnknownUserError: No shopper has any recorded interaction (nothing to fall back on).
+            InvalidQueryError: The shopper's interactions express no interest (content recommender only).
+        """
+        self.require_ready()
+        ranker = self.ranker
+        try:
+            history = ranker.history_for_user(user_id)
+        except UnknownUserError:
+            fallback = ranker.popular(k=k, filters=filters or Filters(), exclude=exclude)
+            if not fallback.items and not ranker.has_interactions:
+                raise
+            return fallback
+        async with self._gate.lease():
+            return await ranker.for_history(
+                history,
+                k=k,
+                filters=filters or Filters(),
+                exclude=[*exclude, *sorted(ranker.seen_by_user(user_id))],
+                diversity=diversity,
+                request_id=request_id,
+            )
+
+    async def use_recommender(self, folder: Path | None, version: str | None = None) -> dict[str, Any]:
+        """Serve history and user recommendations with a trained recommender (``None``: content similarity).
+
+        The model loads beside the one serving and replaces it in one step; requests already scoring finish with
+        the model they started with.
+
+        Returns:
+            :meth:`recommender_info` after the swap.
+
+        Raises:
+            ValueError: The folder holds no recommender, or one trained on too little of this catalog.
+        """
+        if folder is None:
+            self.ranker.use_model(None)
+            return self.recommender_info()
+        await asyncio.to_thread(self.ranker.load_model, folder, version, self.config.min_recommender_coverage)
+        return self.recommender_info()
+
+    def recommender_info(self) -> dict[str, Any]:
+        """What serves history and user recommendations: a trained recommender's kind and version, or content."""
+        model = self.ranker.model
+        if model is None:
+            return {"kind": "content-similarity", "version": None}
+        return {"kind": model.kind, "version": self.ranker.model_version, "items": len(model.item_ids)}
 
     # -- grounded answers -------------------------------------------------------------------------------------------
 
@@ -396,8 +513,9 @@ class RetrievalEngine:
         self, question: str, k: int, request_id: str = "-"
     ) -> tuple[np.ndarray, list[ContextPassage]]:
         """The question's vector and its ``k`` best passages: knowledge-base chunks and (by config) items."""
-        vector = await self.embed_query(question, request_id)
-        return vector, await self.passages.retrieve(vector, k, request_id)
+        async with self._gate.lease():
+            vector = await self.embed_query(question, request_id)
+            return vector, await self.passages.retrieve(vector, k, request_id)
 
     async def upsert_documents(self, documents: Sequence[Document]) -> list[DocumentChange]:
         """Add or replace knowledge-base documents; they are answerable when this returns."""
@@ -417,8 +535,13 @@ class RetrievalEngine:
 
     async def upsert(self, item: Item, request_id: str = "-") -> Item:
         """Embed and store an item; it is searchable when this returns."""
-        vector = await self.embed_query(item.embedding_text(), request_id)
-        await self.store.upsert(item, vector)
+        self.require_ready()
+        store = self.store
+        # The write lock first, then the lease: an encoder swap holds the lock while it re-embeds the catalog and
+        # then waits for leases to end, so a write must never wait for the lock while holding a lease.
+        async with store.write_lock, self._gate.lease():
+            vector = await self.embed_query(item.embedding_text(), request_id)
+            await store.upsert_locked(item, vector)
         return item
 
     async def delete(self, item_id: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ logger = structlog.get_logger(__name__)
 
 def _text_digest(item: Item) -> str:
     return hashlib.sha256(item.embedding_text().encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedVectors:
+    """The catalog embedded by another encoder, and an index over it, ready to swap in."""
+
+    encoder: Encoder
+    vectors: dict[str, np.ndarray]
+    index: VectorIndex
 
 
 class ItemStore:
@@ -247,12 +257,60 @@ class ItemStore:
             "catalog_seq": catalog.seq,
         }
 
+    # -- another encoder (hot swap) ----------------------------------------------------------------------------------
+
+    def prepare_encoder(self, encoder: Encoder) -> PreparedVectors:
+        """Every item's vector from another encoder, and an index over them, built beside the serving ones.
+
+        Vectors are cached under the state folder by (encoder weights, catalog content), so going back to an
+        encoder that served this catalog before embeds nothing. Call it while writes are held (see
+        :attr:`write_lock`): a write made meanwhile would be missing from the new vectors.
+        """
+        catalog = self.catalog
+        items = catalog.items()
+        digest = hashlib.sha256()
+        for item in items:
+            digest.update(f"{item.id}\0{_text_digest(item)}\n".encode())
+        version = encoder.info.version
+        cached = self.state_dir / "vector-cache" / version.replace(":", "-") / f"{digest.hexdigest()[:16]}.npy"
+        if cached.is_file():
+            vectors = np.load(cached)
+            logger.info("encoder_vectors_cached", encoder=version, items=len(items))
+        else:
+            with tqdm(total=len(items), desc="embedding items", unit="item", disable=not self._show_progress) as bar:
+                vectors = encoder.encode(
+                    [item.embedding_text() for item in items], batch_size=self._bulk_batch_size, progress=bar.update
+                )
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".partial.npy")
+            np.save(partial, vectors)
+            partial.replace(cached)
+        ids = np.asarray([catalog.faiss_id(item.id) for item in items], dtype=np.int64)
+        index = VectorIndex.build(encoder.dim, self.spec, ids, vectors)
+        return PreparedVectors(encoder, {item.id: vec for item, vec in zip(items, vectors, strict=True)}, index)
+
+    def commit_encoder(self, prepared: PreparedVectors) -> None:
+        """Make prepared vectors the catalog's and their index the one searched (one step for searches)."""
+        self.catalog.replace_vectors(prepared.vectors, prepared.encoder.info.version)
+        self._encoder = prepared.encoder
+        self._index = prepared.index
+        self._save_snapshot()
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held by every write; hold it to keep the catalog still (an encoder swap does)."""
+        return self._write_lock
+
     # -- writes (on the event loop; the blocking parts run in worker threads) -----------------------------------
 
     async def upsert(self, item: Item, vector: np.ndarray) -> None:
         """Store an item with its vector; it is searchable when this returns."""
         async with self._write_lock:
-            await asyncio.to_thread(self._apply_upsert, item, vector)
+            await self.upsert_locked(item, vector)
+
+    async def upsert_locked(self, item: Item, vector: np.ndarray) -> None:
+        """:meth:`upsert` for a caller already holding :attr:`write_lock`."""
+        await asyncio.to_thread(self._apply_upsert, item, vector)
         self._schedule_snapshot()
 
     def _apply_upsert(self, item: Item, vector: np.ndarray) -> None:

@@ -198,6 +198,11 @@ class KnowledgeBase:
             rows = self._db.execute("SELECT id, title, text, source FROM documents ORDER BY id").fetchall()
         return [Document(id=r[0], title=r[1], text=r[2], source=r[3]) for r in rows]
 
+    def origins(self) -> dict[str, Origin]:
+        """Where each stored document came from (``pack`` or ``api``), by id."""
+        with self._lock:
+            return dict(self._db.execute("SELECT id, origin FROM documents").fetchall())
+
     def get(self, doc_id: str) -> Document | None:
         """The stored document with this id."""
         with self._lock:

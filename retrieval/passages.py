@@ -62,18 +62,57 @@ class PassageRetriever:
 
     # -- lifecycle (blocking: run in a worker thread) ----------------------------------------------------------
 
-    def open(self, documents: Sequence[Document]) -> None:
-        """Open the knowledge base and make the pack's documents current (changed texts are embedded again)."""
-        encoder = self._encoder
-        self._knowledge = KnowledgeBase(
-            self._path,
+    def _open_at(self, path: Path, encoder: Encoder) -> KnowledgeBase:
+        kb = KnowledgeBase(
+            path,
             encoder.dim,
             encoder.info.version,
             lambda text: max(0, len(encoder.token_ids(text)) - 2),  # without [CLS] and [SEP]
             self._chunking,
         )
-        self._knowledge.open(self._embed)
+        kb.open(lambda texts: encoder.encode(list(texts), batch_size=self._bulk_batch_size))
+        return kb
+
+    def open(self, documents: Sequence[Document]) -> None:
+        """Open the knowledge base and make the pack's documents current (changed texts are embedded again)."""
+        self._knowledge = self._open_at(self._path, self._encoder)
         self._knowledge.sync_pack(documents, self._embed)
+
+    def prepare_encoder(self, encoder: Encoder) -> Path:
+        """A copy of the knowledge base with every document embedded by another encoder, beside the serving one.
+
+        Call it while document writes are held (see :attr:`write_lock`). Returns the copy's file, for
+        :meth:`commit_encoder`.
+        """
+        current = self.knowledge
+        staged = self._path.with_name(self._path.stem + ".next.sqlite")
+        for leftover in staged.parent.glob(staged.name + "*"):  # an earlier swap that stopped half-way
+            leftover.unlink()
+        fresh = self._open_at(staged, encoder)
+        origins = current.origins()
+        by_origin: dict[str, list[Document]] = {}
+        for doc in current.documents():
+            by_origin.setdefault(origins.get(doc.id, "api"), []).append(doc)
+        embed = lambda texts: encoder.encode(list(texts), batch_size=self._bulk_batch_size)  # noqa: E731
+        for origin, docs in by_origin.items():
+            fresh.upsert(docs, embed, origin="pack" if origin == "pack" else "api")
+        fresh.close()
+        return staged
+
+    def commit_encoder(self, encoder: Encoder, staged: Path) -> None:
+        """Serve the copy :meth:`prepare_encoder` made: it replaces the knowledge base's file in one rename."""
+        old = self.knowledge
+        old.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self._path}{suffix}").unlink(missing_ok=True)
+        staged.replace(self._path)
+        self._encoder = encoder
+        self._knowledge = self._open_at(self._path, encoder)
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held by every document write; hold it to keep the knowledge base still (an encoder swap does)."""
+        return self._write_lock
 
     def close(self) -> None:
         """Close the knowledge base."""

@@ -161,18 +161,34 @@ class AnswerController(Controller):
                 {"backend": backend, "available": list(answers.backends)},
             )
         request_id = current_request_id()
-        # Twice k: passages kept out of the context (they address the model) must not shrink it.
-        vector, passages = await services.engine.retrieve_passages(question, 2 * k, request_id)
+        engine = services.engine
         if not data.stream:
-            result = await answers.answer(
-                question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
-            )
+            # One lease for the question's vector and the answer's sentence vectors: one encoder makes them all.
+            async with engine.lease():
+                # Twice k: passages kept out of the context (they address the model) must not shrink it.
+                vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
+                result = await answers.answer(
+                    question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
+                )
             response = answer_out(result, cfg.disclosure_notice, request_id)
             event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
             response.audit_id = await audit_call(services, request, event, started)
             return Response(response)
+        # Retrieved here, so overload and bad input still answer with their HTTP status before the stream starts.
+        vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
+        retrieved_with = engine.encoder_info.version
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
+            async with engine.lease():
+                # An encoder swapped in since retrieval would score sentences in another space: retrieve again.
+                fresh = engine.encoder_info.version == retrieved_with
+                question_vector, context = (
+                    (vector, passages) if fresh else await engine.retrieve_passages(question, 2 * k, request_id)
+                )
+                async for item in _answer_events(question_vector, context):
+                    yield item
+
+        async def _answer_events(vector: Any, passages: Any) -> AsyncIterator[ServerSentEventMessage]:
             async for kind, payload in answers.stream(
                 question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
             ):

@@ -36,7 +36,7 @@ from governance.audit.store import REVIEW_STATES
 
 T = TypeVar("T")
 MAX_LIMIT = 500
-KINDS = ("inference", "feedback", "review", "purge", "erase")
+KINDS = ("inference", "feedback", "review", "purge", "erase", "model")
 EXPLANATION_METHODS = ("stored", "integrated-gradients")
 
 

@@ -59,7 +59,8 @@ async def info(state: State) -> Response[dict[str, Any]]:
         {
             "service": {"name": "candor", "version": SERVICE_VERSION},
             "models": {
-                "encoder": enc.describe(),
+                "encoder": {**enc.describe(), "registry_version": services.models.describe()["encoder"]},
+                "recommender": engine.recommender_info(),
                 "answers": {name: services.answers.model_of(name) for name in services.answers.backends},
             },
             "device": enc.device,

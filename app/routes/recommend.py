@@ -26,6 +26,7 @@ from app.schemas import (
     ModelOut,
     RecommendationRequest,
     RecommendationResponse,
+    RecommenderOut,
     SearchRequest,
     SearchResponse,
 )
@@ -86,13 +87,15 @@ def item_out(scored: ScoredItem) -> ItemOut:
     )
 
 
-def model_out(engine: RetrievalEngine) -> ModelOut:
-    """Versions of the encoder and index that served a response."""
+def model_out(engine: RetrievalEngine, ranked: Ranked | None = None) -> ModelOut:
+    """Versions of the encoder, the index and (for history and user requests) the recommender behind a response."""
     enc = engine.encoder_info
     index = engine.index_info()
+    served = ranked.recommender if ranked is not None else None
     return ModelOut(
         encoder=EncoderOut(**enc.identity()),
         index=IndexOut(kind=index["kind"], version=index["version"], size=index["size"]),
+        recommender=RecommenderOut(str(served["kind"]), served["version"]) if served else None,
     )
 
 
@@ -199,27 +202,27 @@ class RecommendationController(Controller):
             ranked = await engine.more_like_this(
                 data.item_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
             )
-        else:
-            if data.history is not None:
-                if not data.history:
-                    raise invalid("history", "must list at least one item")
-                if len(data.history) > limits.max_history:
-                    raise invalid("history", f"at most {limits.max_history} entries")
-                history = [
-                    HistoryEntry(e.item_id, e.weight) if isinstance(e, HistoryEntryIn) else HistoryEntry(e)
-                    for e in data.history
-                ]
-            else:
-                assert data.user_id is not None
-                history = engine.history_for_user(data.user_id)
-                exclude = [*exclude, *sorted(engine.seen_by_user(data.user_id))]
+        elif data.history is not None:
+            if not data.history:
+                raise invalid("history", "must list at least one item")
+            if len(data.history) > limits.max_history:
+                raise invalid("history", f"at most {limits.max_history} entries")
+            history = [
+                HistoryEntry(e.item_id, e.weight) if isinstance(e, HistoryEntryIn) else HistoryEntry(e)
+                for e in data.history
+            ]
             ranked = await engine.recommend_for_history(
                 history, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
+            )
+        else:
+            assert data.user_id is not None
+            ranked = await engine.recommend_for_user(
+                data.user_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
             )
         response = RecommendationResponse(
             items=[item_out(s) for s in ranked.items],
             mode=mode,
-            model=model_out(engine),
+            model=model_out(engine, ranked),
             request_id=request_id,
             ignored_history=ranked.ignored_history,
         )

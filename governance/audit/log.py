@@ -29,7 +29,7 @@ from governance.audit.backends import open_backend
 from governance.audit.config import AuditConfig
 from governance.audit.connections import AuditConnections
 from governance.audit.errors import AuditNotFoundError, AuditUnavailableError
-from governance.audit.records import AuditEvent, event_record
+from governance.audit.records import AuditEvent, event_record, model_change_record
 from governance.audit.reviews import Decision, review_record
 from governance.audit.signing import CheckpointSigner
 from governance.audit.store import AuditBackend, Pending, RecordQuery, Stored
@@ -189,6 +189,19 @@ class AuditLog:
             Counts of records and checkpoints written.
         """
         return verification.export(self._conns, out)
+
+    def record_model_change(self, change: Mapping[str, Any], caller: Mapping[str, str]) -> str:
+        """Chain a change to the models in service (see :func:`~governance.audit.records.model_change_record`).
+
+        Returns:
+            The record's id.
+
+        Raises:
+            AuditUnavailableError: The store failed.
+        """
+        pending = model_change_record(change, caller)
+        self._conns.append([pending])
+        return str(pending.body["id"])
 
     # -- retention and erasure ------------------------------------------------------------------------------------
 

@@ -129,3 +129,20 @@ def record_view(stored: Stored) -> dict[str, Any]:
         "hash": stored.hash,
         "record": stored.body,
     }
+
+
+def model_change_record(change: Mapping[str, Any], caller: Mapping[str, str]) -> Pending:
+    """The chained record of a change to the models in service: a promotion (gated or forced) or a rollback.
+
+    ``change`` holds what changed and why (``action``, ``model``, ``version``, ``previous``, ``forced``, ``reason``,
+    the gates and the evaluation runs). A forced promotion joins the review queue: it went past a failed gate.
+    """
+    forced = bool(change.get("forced"))
+    return Pending(
+        {
+            **envelope("model", f"models:{change.get('action', 'change')}"),
+            "caller": dict(caller),
+            **change,
+            "review": {"state": "pending" if forced else "not_required", "reason": "forced" if forced else None},
+        }
+    )

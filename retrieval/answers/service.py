@@ -144,25 +144,29 @@ def _sigmoid(x: float) -> float:
 
 
 class SentenceCache:
-    """Vectors of passage sentences already embedded (passages repeat across questions)."""
+    """Vectors of passage sentences already embedded (passages repeat across questions), per encoder.
+
+    Entries are keyed by the encoder's weights digest and the text, so after an encoder swap no vector from the old
+    encoder is served with a question vector from the new one.
+    """
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
-    async def embed(self, texts: Sequence[str], embed: Embed, request_id: str) -> np.ndarray:
-        """Vectors for ``texts``, embedding only the ones not seen recently."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._data))
+    async def embed(self, texts: Sequence[str], embed: Embed, request_id: str, encoder: str = "") -> np.ndarray:
+        """Vectors for ``texts`` from the encoder named ``encoder``, embedding only the ones not seen recently."""
+        missing = list(dict.fromkeys(t for t in texts if (encoder, t) not in self._data))
         if missing:
             vectors = await embed(missing, request_id)
             for text, vector in zip(missing, vectors, strict=True):
-                self._data[text] = vector
+                self._data[(encoder, text)] = vector
                 if len(self._data) > self.capacity:
                     self._data.popitem(last=False)
         out = []
         for text in texts:
-            self._data.move_to_end(text)
-            out.append(self._data[text])
+            self._data.move_to_end((encoder, text))
+            out.append(self._data[(encoder, text)])
         return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
 
 
@@ -221,6 +225,10 @@ class AnswerService:
             return {"backend": "extractive", **self._extractive_model()}
         return {"backend": backend, **self.generators[backend].describe()}
 
+    async def _sentence_vectors(self, texts: Sequence[str], request_id: str) -> np.ndarray:
+        encoder = str(self._extractive_model().get("version", ""))  # read before embedding: see SentenceCache
+        return await self._cache.embed(texts, self._embed, request_id, encoder)
+
     # -- shared steps ------------------------------------------------------------------------------------------
 
     async def _prepare(
@@ -237,7 +245,7 @@ class AnswerService:
         if excluded:
             logger.warning("passages_excluded_as_instructions", chunk_ids=list(excluded), request_id=request_id)
         sentences = passage_sentences([p.text for p in kept])
-        vectors = await self._cache.embed([s.text for s in sentences], self._embed, request_id) if sentences else None
+        vectors = await self._sentence_vectors([s.text for s in sentences], request_id) if sentences else None
         extracted = None
         if sentences and vectors is not None:
             extracted = extract_answer(
@@ -300,7 +308,7 @@ class AnswerService:
         chosen = [i for i, s in enumerate(ctx.sentences) if s.passage in set(cited)]
         if not answer_sentences or not chosen:
             return SupportReport((), False, 0.0)
-        vectors = await self._cache.embed(answer_sentences, self._embed, request_id)
+        vectors = await self._sentence_vectors(answer_sentences, request_id)
         return check_support(
             answer_sentences,
             vectors,
@@ -339,7 +347,7 @@ class AnswerService:
         if inferred:  # keep only the passages that actually support a sentence
             best = {
                 int(np.argmax(ctx.sentence_vectors @ v))
-                for v in await self._cache.embed([s.text for s in report.sentences], self._embed, request_id)
+                for v in await self._sentence_vectors([s.text for s in report.sentences], request_id)
             }
             cited = sorted({ctx.sentences[i].passage for i in best})
         return GroundedAnswer(

@@ -79,9 +79,16 @@ def test_every_recommendation_mode(server: Server) -> None:
     assert history["ignored_history"] == ["missing-id"]
     assert not {watch, by_item["items"][0]["id"]} & {i["id"] for i in history["items"]}
     assert history["items"][0]["explanation"]["method"] == "history-similarity-decomposition"
+    assert history["model"]["recommender"] == {"kind": "content-similarity", "version": None}
     by_user = post(server, "/v1/recommendations", {"user_id": "u0002", "k": 3, "diversity": 0.5}, key).json()
     assert by_user["mode"] == "user_id"
     assert len(by_user["items"]) == 3
+    # A shopper with no history yet gets popular items, and each result says so.
+    new_user = post(server, "/v1/recommendations", {"user_id": "nobody", "k": 3}, key).json()
+    assert new_user["model"]["recommender"] == {"kind": "popularity", "version": None}
+    assert len(new_user["items"]) == 3
+    assert all(i["explanation"]["method"] == "popularity-fallback" for i in new_user["items"])
+    assert "No history for this shopper yet" in new_user["items"][0]["explanation"]["summary"]
     by_query = post(
         server,
         "/v1/recommendations",
@@ -122,7 +129,6 @@ def test_authentication_and_roles(server: Server) -> None:
         ("/v1/recommendations", {"history": [{"item_id": "a", "weight": 0}]}, 400, "validation_error"),
         ("/v1/recommendations", {"item_id": "no-such-item"}, 404, "item_not_found"),
         ("/v1/recommendations", {"history": ["no-such-item"]}, 404, "item_not_found"),
-        ("/v1/recommendations", {"user_id": "nobody"}, 404, "user_not_found"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(server: Server, path: str, body: Any, status: int, code: str) -> None:

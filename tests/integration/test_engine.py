@@ -69,12 +69,17 @@ async def test_unknown_history_items_are_ignored_and_reported(engine: RetrievalE
 
 
 async def test_user_history_comes_from_interactions(engine: RetrievalEngine) -> None:
-    history = engine.history_for_user("u0001")
+    history = engine.ranker.history_for_user("u0001")
     assert history
     ranked = await engine.recommend_for_history(history, k=5)
     assert not {s.item.id for s in ranked.items} & {h.item_id for h in history}
     with pytest.raises(UnknownUserError):
-        engine.history_for_user("nobody")
+        engine.ranker.history_for_user("nobody")
+    fallback = await engine.recommend_for_user("nobody", k=4)
+    assert fallback.recommender == {"kind": "popularity", "version": None}
+    assert [s.explanation.method for s in fallback.items] == ["popularity-fallback"] * 4
+    users = [s.score for s in fallback.items]
+    assert users == sorted(users, reverse=True)
 
 
 async def test_filters_hold_even_when_the_nearest_items_fail_them(engine: RetrievalEngine) -> None:

@@ -1,0 +1,141 @@
+"""Trained models in the service: the registry, the versions the settings pin, and putting them into service.
+
+``[models]`` pins each kind to an alias (``production``), a version number, or nothing. At start and on
+``POST /v1/admin/reload`` the pins are resolved against the registry; a kind with no such version serves without a
+trained model (content similarity for history recommendations, the ``[encoder]`` model for texts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import structlog
+
+from app.settings import Settings
+from retrieval.encoder import Encoder, EncoderConfig
+from retrieval.engine import EngineConfig, RetrievalEngine
+from retrieval.registry import ModelKind, ModelRegistry, ModelVersion, RegistryError
+
+logger = structlog.get_logger(__name__)
+
+
+def open_registry(settings: Settings, *, create: bool = False) -> ModelRegistry | None:
+    """The configured registry; ``None`` for a local store that does not exist yet (nothing was ever registered).
+
+    Args:
+        settings: The effective settings.
+        create: Open (and create) a local store even if it does not exist yet (training and the CLI).
+    """
+    uri = settings.registry_uri
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and not create and not Path(unquote(parsed.path)).is_dir():
+        return None
+    return ModelRegistry(uri, settings.state_dir / "models")
+
+
+def pinned(registry: ModelRegistry | None, kind: ModelKind, pin: str) -> ModelVersion | None:
+    """The version a pin names, or ``None`` when the pin is empty or the registry has no such version."""
+    if registry is None or not pin:
+        return None
+    try:
+        return registry.get(kind, pin)
+    except RegistryError as exc:
+        logger.debug("no_pinned_model", kind=kind, pin=pin, reason=str(exc))
+        return None
+
+
+def encoder_config(settings: Settings, registry: ModelRegistry | None) -> tuple[EncoderConfig, ModelVersion | None]:
+    """The encoder to load: the pinned registry version's folder, or the ``[encoder]`` model."""
+    config = settings.encoder_config()
+    version = pinned(registry, "encoder", settings.models.encoder)
+    if version is None:
+        return config, None
+    return replace(
+        config, path=str(registry.local_path(version)) if registry else config.path, name=version.ref
+    ), version
+
+
+def pinned_engine_config(
+    settings: Settings, *, show_progress: bool, encoder: Encoder | None = None
+) -> tuple[ServingModels, EngineConfig]:
+    """The engine's configuration with the pinned versions in it, and which versions those are.
+
+    Args:
+        settings: The effective settings.
+        show_progress: Draw progress bars while embedding.
+        encoder: An encoder the caller already loaded (tests): no encoder pin is applied then.
+    """
+    registry = open_registry(settings)
+    serving = ServingModels()
+    config = settings.engine_config(show_progress=show_progress)
+    if encoder is None:
+        encoder_cfg, serving.encoder = encoder_config(settings, registry)
+        config = replace(config, encoder=encoder_cfg)
+    serving.recommender = pinned(registry, "recommender", settings.models.recommender)
+    if registry is not None and serving.recommender is not None:
+        config = replace(config, recommender_model=(registry.local_path(serving.recommender), serving.recommender.ref))
+    return serving, config
+
+
+@dataclass(slots=True)
+class ServingModels:
+    """The registry versions the service serves (``None``: no trained model of that kind)."""
+
+    encoder: ModelVersion | None = None
+    recommender: ModelVersion | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """``{kind: version ref or None}``, for ``/v1/info``."""
+        return {
+            "encoder": self.encoder.ref if self.encoder else None,
+            "recommender": self.recommender.ref if self.recommender else None,
+        }
+
+
+async def apply_recommender(settings: Settings, engine: RetrievalEngine, serving: ServingModels) -> dict[str, Any]:
+    """Resolve the recommender pin and put that version into service if it is not serving already.
+
+    Returns:
+        ``{"kind": "recommender", "changed": bool, "from": ref, "to": ref}``.
+
+    Raises:
+        RegistryError: The registry cannot be read.
+        ValueError: The pinned version cannot serve this catalog.
+    """
+    registry = await asyncio.to_thread(open_registry, settings)
+    wanted = await asyncio.to_thread(pinned, registry, "recommender", settings.models.recommender)
+    before = serving.recommender.ref if serving.recommender else None
+    after = wanted.ref if wanted else None
+    if before == after:
+        return {"kind": "recommender", "changed": False, "from": before, "to": after}
+    folder = await asyncio.to_thread(registry.local_path, wanted) if registry and wanted else None
+    await engine.use_recommender(folder, after)
+    serving.recommender = wanted
+    logger.info("recommender_swapped", previous=before, current=after)
+    return {"kind": "recommender", "changed": True, "from": before, "to": after}
+
+
+async def apply_encoder(settings: Settings, engine: RetrievalEngine, serving: ServingModels) -> dict[str, Any]:
+    """Resolve the encoder pin and swap that version in if it is not serving already (the catalog is re-embedded).
+
+    Returns:
+        ``{"kind": "encoder", "changed": bool, "from": ref, "to": ref}``.
+
+    Raises:
+        RegistryError: The registry cannot be read.
+        ValueError: The pinned encoder cannot serve this index.
+    """
+    registry = await asyncio.to_thread(open_registry, settings)
+    config, wanted = await asyncio.to_thread(encoder_config, settings, registry)
+    before = serving.encoder.ref if serving.encoder else None
+    after = wanted.ref if wanted else None
+    if before == after:
+        return {"kind": "encoder", "changed": False, "from": before, "to": after}
+    await engine.swap_encoder(config)
+    serving.encoder = wanted
+    logger.info("encoder_swapped", previous=before, current=after)
+    return {"kind": "encoder", "changed": True, "from": before, "to": after}
