@@ -18,6 +18,7 @@ from evals.datasets import (
     resolve_dataset,
 )
 from evals.errors import SuiteError
+from evals.folds import in_fold
 from evals.ir_metrics import evaluate_run, write_trec_run
 from evals.results import TaskOutput
 from evals.suite import RetrievalTask
@@ -56,10 +57,15 @@ class RetrievalEvaluator:
         raise SuiteError(f"{self.task}: dataset {self.spec.dataset!r} is {fmt}, not a retrieval dataset")
 
     def run(self) -> TaskOutput:
-        """Embed, index, search and score every judged query."""
+        """Embed, index, search and score every judged query (of one fold, when the task names one)."""
         ctx, spec = self.ctx, self.spec
         data, split = self._load()
         qids = sorted(data.queries)
+        split_queries = len(qids)
+        if spec.folds:
+            qids = in_fold(qids, spec.folds, spec.fold, spec.fold_seed)
+            if not qids:
+                raise SuiteError(f"{self.task}: fold {spec.fold} of {spec.folds} holds none of the {split} queries")
         if spec.max_queries and spec.max_queries < len(qids):
             picked = ctx.rng(self.task, "queries").choice(len(qids), size=spec.max_queries, replace=False)
             qids = sorted(qids[i] for i in picked)
@@ -107,6 +113,14 @@ class RetrievalEvaluator:
             "primary_metric": self.primary_metric,
             "documents": len(data.corpus_ids),
             "queries": len(qids),
+            # which of the split's judged queries were scored (training on the other folds never saw these)
+            "fold": {
+                "fold": spec.fold if spec.folds else None,
+                "folds": spec.folds,
+                "seed": spec.fold_seed if spec.folds else None,
+                "count": len(qids),
+                "split_queries": split_queries,
+            },
             "judged_pairs": sum(len(j) for j in qrels.values()),
             "judged_docs_missing_from_corpus": data.missing_docs,
             "depth": spec.depth,

@@ -19,17 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evals.errors import SuiteError
+from evals.folds import DEFAULT_FOLD_SEED
 from evals.ir_metrics import parse_metric
 from retrieval.settings import EncoderSettings, IndexSettings, RecommenderSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = PROJECT_ROOT / "configs" / "evals"
 
-RecommenderName = Literal["most-popular", "item-knn", "embedding", "als"]
-ALL_RECOMMENDERS: tuple[RecommenderName, ...] = ("most-popular", "item-knn", "embedding", "als")
+RecommenderName = Literal[
+    "most-popular",
+    "item-knn",
+    "embedding",
+    "als",
+    "candor-item-knn",
+    "candor-ease",
+    "candor-als",
+    "candor-hybrid",
+    "registered",
+]
+ALL_RECOMMENDERS: tuple[RecommenderName, ...] = ("most-popular", "item-knn", "embedding", "als", "candor-hybrid")
 GROUP_METRIC_KINDS = ("hr", "ndcg", "mrr", "novelty", "popularity_bias")
 
 
@@ -79,11 +90,24 @@ class RetrievalTask(_Model):
     depth: int = Field(default=100, gt=0)
     ignore_identical_ids: bool = True
     max_queries: int = Field(default=0, ge=0)
+    folds: int = Field(
+        default=0, ge=0, description="split the split's queries into this many folds and score one (0: all queries)"
+    )
+    fold: int = Field(default=0, ge=0, description="the fold scored when folds is set (0 to folds - 1)")
+    fold_seed: int = Field(default=DEFAULT_FOLD_SEED, description="seed of the query-id hash that assigns folds")
 
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: list[str]) -> list[str]:
         return [parse_metric(m).name for m in value]
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> RetrievalTask:
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (all queries) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"fold must be between 0 and {self.folds - 1}")
+        return self
 
 
 class RecommendationTask(_Model):
@@ -104,6 +128,10 @@ class RecommendationTask(_Model):
     als_iterations: int = Field(default=15, gt=0)
     als_regularization: float = Field(default=0.05, ge=0)
     als_alpha: float = Field(default=1.0, gt=0)
+    model: str = Field(
+        default="",
+        description="the trained recommender 'registered' scores: a registry version or alias, or a model folder",
+    )
 
     @field_validator("group_metrics")
     @classmethod
