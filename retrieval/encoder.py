@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,26 @@ def free_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' per-load chatter out of the logs; its errors still show.
+
+    Loading draws a weights progress bar, and tracing warns about a causal-LM ``loss_type`` an encoder never uses.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    hf_logging: Any = transformers_logging  # some of its functions carry no annotations
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -123,9 +144,10 @@ class Encoder:
         # Weights load as float32 whatever dtype the folder stores (many checkpoints ship float16, which
         # transformers would otherwise keep: slow on most CPUs and not what the CPU path is checked against);
         # CUDA then halves them.
-        self._model = SentenceTransformer(
-            str(path), device=self._device, local_files_only=True, model_kwargs={"dtype": torch.float32}
-        )
+        with _quiet_transformers():
+            self._model = SentenceTransformer(
+                str(path), device=self._device, local_files_only=True, model_kwargs={"dtype": torch.float32}
+            )
         if max_seq_length:
             self._model.max_seq_length = max_seq_length
         if self._device == "cuda":
@@ -154,8 +176,9 @@ class Encoder:
         self._fast.no_padding()
         self._fast.enable_truncation(self.info.max_seq_length)
         self._pooling_mode = self._numpy_pooling_mode()
-        self._traced: Any = self._trace_transformer() if trace else None
-        self._packed: Any = self._trace_packed() if trace and packed else None
+        with _quiet_transformers():  # tracing reads every module attribute, and one of them warns
+            self._traced: Any = self._trace_transformer() if trace else None
+            self._packed: Any = self._trace_packed() if trace and packed else None
         logger.info(
             "encoder_loaded",
             name=name,
