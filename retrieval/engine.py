@@ -260,6 +260,7 @@ class RetrievalEngine:
             cfg.state_dir,
             encoder,
             cfg.chunking,
+            cfg.index,
             store,
             self._neighbours,
             answer_items=cfg.answer_items,

@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 
 from retrieval.chunking import chunk_text
-from retrieval.index import VectorIndex
+from retrieval.index import IndexSpec, VectorIndex
 from retrieval.pack import Document
 from retrieval.sqlite import connect, transaction
 
@@ -108,6 +108,7 @@ class KnowledgeBase:
         encoder_version: Identity of the encoder; stored vectors from another encoder are embedded again.
         count_tokens: Token count of a text (the encoder's tokenizer), for chunk sizes.
         chunking: Chunk size and overlap.
+        index: How FAISS searches (threads, BLAS threshold); the structure is always exact (flat).
     """
 
     def __init__(
@@ -117,17 +118,15 @@ class KnowledgeBase:
         encoder_version: str,
         count_tokens: Callable[[str], int],
         chunking: ChunkingConfig,
+        index: IndexSpec,
     ) -> None:
-        # retrieval.settings imports this module (ChunkingConfig), so its sections are imported here, at use.
-        from retrieval.settings import IndexSettings
-
         self.path = Path(path)
         self.dim = dim
         self.encoder_version = encoder_version
         self._count = count_tokens
         self.chunking = chunking
         # Exact search: a help centre's few thousand chunks need no approximate index, whatever the catalog uses.
-        self._spec = IndexSettings(kind="flat").to_config()
+        self._spec = replace(index, kind="flat")
         self._lock = threading.RLock()
         self._db = connect(self.path, foreign_keys=True)
         self._db.executescript(_SCHEMA)

@@ -16,6 +16,7 @@ import numpy as np
 from retrieval.answers import ContextPassage
 from retrieval.encoder import Encoder
 from retrieval.errors import NotReadyError
+from retrieval.index import IndexSpec
 from retrieval.item_store import ItemStore
 from retrieval.knowledge import ChunkingConfig, DocumentChange, KnowledgeBase
 from retrieval.pack import Document
@@ -30,6 +31,7 @@ class PassageRetriever:
         state_dir: Folder of the knowledge-base database (``knowledge.sqlite``).
         encoder: Embeds documents (in bulk) and counts their tokens for chunking.
         chunking: How documents are cut into chunks.
+        index: How FAISS searches the chunks (their index is always exact).
         store: The items, answerable beside the documents when ``answer_items`` is set.
         neighbours: Batched nearest-neighbour search over the items.
         answer_items: Whether item texts are answerable.
@@ -42,6 +44,7 @@ class PassageRetriever:
         state_dir: Path,
         encoder: Encoder,
         chunking: ChunkingConfig,
+        index: IndexSpec,
         store: ItemStore,
         neighbours: Neighbours,
         *,
@@ -52,6 +55,7 @@ class PassageRetriever:
         self._path = state_dir / "knowledge.sqlite"
         self._encoder = encoder
         self._chunking = chunking
+        self._index_spec = index
         self._store = store
         self._neighbours = neighbours
         self.answer_items = answer_items
@@ -69,6 +73,7 @@ class PassageRetriever:
             encoder.info.version,
             lambda text: max(0, len(encoder.token_ids(text)) - 2),  # without [CLS] and [SEP]
             self._chunking,
+            self._index_spec,
         )
         kb.open(lambda texts: encoder.encode(list(texts), batch_size=self._bulk_batch_size))
         return kb
