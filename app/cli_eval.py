@@ -63,8 +63,13 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         if metric.get("group") is not None or metric.get("timing"):
             continue
         ci = f" [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]" if "ci_low" in metric else ""
-        rows.setdefault((metric["task"], metric["system"]), []).append(f"{metric['name']} {metric['value']:.4f}{ci}")
-    return [f"{task}  {system}: " + ", ".join(values) for (task, system), values in rows.items()]
+        system = metric["system"] + (f" ({metric['setting']})" if metric.get("setting") else "")
+        rows.setdefault((metric["task"], system), []).append(f"{metric['name']} {metric['value']:.4f}{ci}")
+    lines = [f"{task}  {system}: " + ", ".join(values) for (task, system), values in rows.items()]
+    # Who produced the answers, so a backend is never credited with another one's (answers tasks).
+    for task, info in results.get("tasks", {}).items():
+        lines += [f"{task}  {sentence}" for sentence in info.get("details", {}).get("attribution", [])]
+    return lines
 
 
 @click.group("eval")

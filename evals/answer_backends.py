@@ -3,8 +3,11 @@
 The harness hands each question its passages; the adaptor scores them against the question with the encoder
 under test (what retrieval would have scored), runs the same :class:`retrieval.answers.AnswerService` the
 service runs, and reports the answer span when one was found (SQuAD's exact match rewards spans), else the
-answer sentences. Suite options (``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``),
-``max_tokens``, ``min_confidence``, ``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
+answer sentences, with who produced it: the service names the backend behind every answer, any fallback (an
+ungrounded ``local`` answer replaced by the extractive one) and why it abstained, and the harness reports the
+backend's own answers apart from the ones it fell back on (:func:`system_answer`). Suite options
+(``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``), ``max_tokens``, ``min_confidence``,
+``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
 
 The service's configured answer settings come in as :class:`ServiceAnswerDefaults` (the app builds them from its
 settings, so the backends start from what the service would run); :func:`service_backends` turns them into harness
@@ -23,7 +26,15 @@ import numpy as np
 
 from evals.answers import AnswerBackendContext, AnswerFactory, Passage, SystemAnswer
 from evals.errors import SuiteError
-from retrieval.answers import AnswerConfig, AnswerService, ContextPassage, Generator, LocalBackend, RemoteBackend
+from retrieval.answers import (
+    AnswerConfig,
+    AnswerService,
+    ContextPassage,
+    Generator,
+    GroundedAnswer,
+    LocalBackend,
+    RemoteBackend,
+)
 from retrieval.answers.local_model import LocalGeneratorConfig
 from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
@@ -121,13 +132,30 @@ class ServiceAnswerSystem:
         result = self._loop.run_until_complete(
             self._service.answer(question, vectors[0], context, backend=self.name, max_tokens=self._max_tokens)
         )
-        text = result.span if self._answer_text == "span" and result.span else result.answer
-        return SystemAnswer(text=text, cited_ids=tuple(c.doc_id for c in result.citations), abstained=result.abstained)
+        return system_answer(result, self._answer_text)
 
     def close(self) -> None:
         """Stop generators and the private event loop."""
         self._loop.run_until_complete(self._service.stop())
         self._loop.close()
+
+
+def system_answer(result: GroundedAnswer, answer_text: str = "span") -> SystemAnswer:
+    """The harness's view of a service answer, with the backend that produced it, any fallback and why it abstained.
+
+    Args:
+        result: The service's answer.
+        answer_text: ``span`` reports the short span when one was found, ``sentence`` the answer sentences.
+    """
+    text = result.span if answer_text == "span" and result.span else result.answer
+    return SystemAnswer(
+        text=text,
+        cited_ids=tuple(c.doc_id for c in result.citations),
+        abstained=result.abstained,
+        produced_by=result.backend,
+        fallback=str((result.fallback or {}).get("reason", "")),
+        reason=result.reason or "",
+    )
 
 
 def factory(backend: str, defaults: ServiceAnswerDefaults) -> AnswerFactory:

@@ -1,30 +1,39 @@
-"""Answer evaluation: an answer backend gets questions with passages; answers, citations and abstentions are scored.
+"""Answer evaluation: questions posed in the gold and the open setting, with unanswerable probes.
 
-- **SQuAD**: each question gets its own paragraph (reading comprehension, as the official evaluation). A seeded
-  sample of ``max_questions`` questions is used.
-- **Domain packs** (``eval/qa.jsonl``): each question gets the ``passages`` pack documents and items the encoder
-  ranks highest for it (what the service would retrieve); questions marked ``"answerable": false`` should be
-  declined.
-- **Unanswerable probes** (both): ``unanswerable`` answerable questions paired with passages from other articles
-  that do not contain the answer; the right response is to abstain.
+Answers, citations, abstentions and who produced each answer are scored.
 
-Metrics: ``em`` and ``f1`` (answerable questions; an abstention scores 0), ``false_abstention`` (answerable
-questions declined), ``citation_precision`` (answered questions that cite something), ``faithfulness`` (every
-answer given), ``abstention_accuracy`` (unanswerable questions declined), and latency per question.
+- **Questions**: SQuAD (a seeded sample of ``max_questions``; each names its own paragraph) or a domain pack's
+  ``eval/qa.jsonl`` (questions marked ``"answerable": false`` should be declined; answerable ones may name
+  ``supporting_ids``).
+- **Settings** (:mod:`evals.answer_cases`): ``open`` gives each question the ``passages`` passages the encoder
+  ranks highest among all of the dataset's passages (the service's situation, the headline); ``gold`` gives it
+  the passages that hold its answer (reading comprehension, as SQuAD's official evaluation, so its citation
+  precision is 1 by construction and not a finding).
+- **Unanswerable probes**: ``unanswerable`` answerable questions, each made into one probe per kind (``nearest``,
+  ``removed``, ``random``); the right response is to abstain.
+
+Metrics, per setting: ``em`` and ``f1`` (answerable questions; an abstention scores 0), ``false_abstention``,
+``citation_precision`` (answered questions that cite something), ``faithfulness`` (every answer given),
+``abstention_recall`` (unanswerable questions declined; also per probe kind, ``group = probe:<kind>``),
+``abstention_precision`` (declined questions that were unanswerable), ``share`` of answerable questions by who
+answered (``group = outcome:own|fallback|abstained``) with ``em`` and ``f1`` of each, and latency per question.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evals.answer_cases import Case, CaseBuilder
 from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness
-from evals.answers import AnswerBackendContext, AnswerSystem, SystemAnswer
+from evals.answers import OUTCOMES, AnswerBackendContext, AnswerSystem, SystemAnswer, answer_outcome
 from evals.context import RunContext, summarise
 from evals.datasets import (
     DatasetRecord,
@@ -37,16 +46,29 @@ from evals.datasets import (
     pack_files,
     pack_passages,
     resolve_dataset,
-    wrong_context_probes,
 )
 from evals.errors import SuiteError
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
-from retrieval.index import VectorIndex
-from retrieval.pack import DomainPack
-from retrieval.settings import IndexSettings
 
-Case = tuple[QAExample, tuple[Passage, ...]]
+
+@dataclass
+class _Source:
+    """Questions, the passages they are asked over (in embedding order) and what was read."""
+
+    examples: list[QAExample]
+    passages: list[Passage]
+    groups: dict[str, str]
+    record: DatasetRecord
+    split: str
+    # Passage id to the text the encoder embeds (pack items as product search embeds them, so the cache serves both).
+    embed_text: dict[str, str] = field(default_factory=dict)
+    # The passages' ids in blocks embedded (and cached) together, in pool order: (label, ids).
+    blocks: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+def _share(count: int, total: int) -> str:
+    return f"{100.0 * count / total:.0f}%" if total else "0%"
 
 
 class AnswerEvaluator:
@@ -66,61 +88,43 @@ class AnswerEvaluator:
         self.task = f"answers.{task_id}"
         self.spec = spec
         self.ctx = ctx
-        self._split = "eval"
 
     def _skip(self, reason: str, datasets: list[dict[str, Any]] | None = None) -> TaskOutput:
         self.ctx.note(f"{self.task}: skipped: {reason}")
         return TaskOutput(skipped=reason, datasets=datasets or [], details={"primary_metric": self.primary_metric})
 
-    def _squad_cases(self) -> tuple[list[Case], DatasetRecord]:
-        path = resolve_dataset(self.spec.dataset, self.ctx.data_root)
+    def _squad(self, path: Path) -> _Source:
         data = load_squad(path, self.spec.file)
         examples = data.examples
         if self.spec.max_questions and self.spec.max_questions < len(examples):
             picked = self.ctx.rng(self.task, "questions").choice(len(examples), self.spec.max_questions, replace=False)
             examples = [examples[i] for i in sorted(picked)]
-        cases: list[Case] = [(e, (data.passages[e.context_id],)) for e in examples if e.context_id]
-        probes = wrong_context_probes(
-            examples, data.passages, data.passage_group, self.spec.unanswerable, self.ctx.seed
-        )
-        return cases + probes, DatasetRecord.of(self.spec.dataset, path, data.files)
+        passages = list(data.passages.values())
+        texts = {p.id: f"{p.title.replace('_', ' ')}. {p.text}" for p in passages}
+        record = DatasetRecord.of(self.spec.dataset, path, data.files)
+        split = data.files[0].stem if data.files else "dev"
+        blocks = [("passages", [p.id for p in passages])]
+        return _Source(examples, passages, dict(data.passage_group), record, split, texts, blocks)
 
-    def _pack_examples(self) -> tuple[Path, DomainPack, list[QAExample]] | str:
-        path = resolve_dataset(self.spec.dataset, self.ctx.data_root)
+    def _pack(self, path: Path) -> _Source | str:
         qa_path = path / "eval" / "qa.jsonl"
         if not qa_path.is_file():
             return f"{qa_path} is not there yet, so there are no pack questions to ask"
         pack = load_domain_pack(path)
-        return path, pack, load_pack_qa(qa_path, pack)
-
-    def _pack_cases(self, path: Path, pack: DomainPack, examples: list[QAExample]) -> tuple[list[Case], DatasetRecord]:
+        examples = load_pack_qa(qa_path, pack)
         pool = pack_passages(pack)
         # Items are embedded exactly as the product search task embeds them, so the cache serves both.
-        ids = [item.id for item in pack.items]
-        vectors, _ = self.ctx.embed_corpus(f"{self.task} items", ids, [item.embedding_text() for item in pack.items])
-        docs = [doc for doc in pack.documents if doc.id not in set(ids)]
-        if docs:
-            doc_vectors, _ = self.ctx.embed_corpus(
-                f"{self.task} documents", [d.id for d in docs], [f"{d.title}. {d.text}" for d in docs]
-            )
-            ids += [d.id for d in docs]
-            vectors = np.concatenate([vectors, doc_vectors])
-        exact = IndexSettings(kind="flat").to_config()
-        index = VectorIndex.build(vectors.shape[1], exact, np.arange(len(ids)), vectors)
-        queries, _ = self.ctx.embed_texts(f"{self.task} questions", [e.question for e in examples])
-        _, hits = index.search(queries, min(self.spec.passages, len(ids)))
-        cases: list[Case] = [
-            (e, tuple(pool[ids[int(h)]] for h in row if h >= 0)) for e, row in zip(examples, hits, strict=True)
-        ]
-        groups = {pid: pid for pid in pool}  # no articles in a pack: any passage but the supporting ones
-        probes = wrong_context_probes(
-            examples, pool, groups, self.spec.unanswerable, self.ctx.seed, contexts=self.spec.passages
-        )
-        files = [*pack_files(path, "items.jsonl", "documents.jsonl"), path / "eval" / "qa.jsonl"]
-        return cases + probes, DatasetRecord.of(self.spec.dataset, path, files)
+        texts = {item.id: item.embedding_text() for item in pack.items}
+        docs = [d for d in pack.documents if d.id not in texts]
+        texts.update({d.id: f"{d.title}. {d.text}" for d in docs})
+        blocks = [("items", [item.id for item in pack.items]), ("documents", [d.id for d in docs])]
+        passages = [pool[pid] for _, ids in blocks for pid in ids]
+        files = [*pack_files(path, "items.jsonl", "documents.jsonl"), qa_path]
+        record = DatasetRecord.of(self.spec.dataset, path, files)
+        return _Source(examples, passages, {}, record, "eval", texts, blocks)
 
     def run(self) -> TaskOutput:
-        """Ask every question, then score answers, citations, abstentions and latency.
+        """Pose every question in each setting, then score answers, citations, abstentions, attribution, latency.
 
         Without a registered backend the dataset is still read and checked, but nothing is embedded or asked.
         """
@@ -133,32 +137,72 @@ class AnswerEvaluator:
         factory = ctx.answer_backends.get(backend_name)
         known = ", ".join(sorted(ctx.answer_backends)) or "none"
         no_backend = f"no answer backend is available: {backend_name!r} is not registered (registered: {known})"
-        if fmt == "squad":
-            cases, record = self._squad_cases()
-            self._split = Path(record.files[0][0]).stem if record.files else "dev"
-            if factory is None:
-                reason = f"{no_backend}; {len(cases)} questions were read and checked, none asked"
-                return self._skip(reason, [record.to_json()])
-        else:
-            loaded = self._pack_examples()
-            if isinstance(loaded, str):
-                return self._skip(f"{no_backend}; and {loaded}" if factory is None else loaded)
-            if factory is None:
-                return self._skip(f"{no_backend}; {len(loaded[2])} pack questions were read and checked, none asked")
-            cases, record = self._pack_cases(*loaded)
+        loaded = self._squad(path) if fmt == "squad" else self._pack(path)
+        if isinstance(loaded, str):
+            return self._skip(f"{no_backend}; and {loaded}" if factory is None else loaded)
+        if factory is None:
+            reason = f"{no_backend}; {len(loaded.examples)} questions were read and checked, none asked"
+            return self._skip(reason, [loaded.record.to_json()])
+        builder = self._builder(loaded)
+        cases, details = self._cases(loaded, builder)
         system: AnswerSystem = factory(
             AnswerBackendContext(dict(ctx.loaded.suite.system.answer.options), ctx.encoder, ctx.seed)
         )
-        answers, latencies = self._ask(system, cases)
-        return self._score(system, cases, answers, latencies, record)
+        answers: dict[str, tuple[list[SystemAnswer], list[float]]] = {}
+        for setting, posed in cases.items():
+            answers[setting] = self._ask(system, posed, setting)
+        return self._score(system, loaded, cases, answers, details)
 
-    def _ask(self, system: AnswerSystem, cases: Sequence[Case]) -> tuple[list[SystemAnswer], list[float]]:
+    def _builder(self, source: _Source) -> CaseBuilder:
+        parts = [
+            self.ctx.embed_corpus(f"{self.task} {label}", ids, [source.embed_text[i] for i in ids])[0]
+            for label, ids in source.blocks
+            if ids
+        ]
+        vectors = np.concatenate(parts).astype(np.float32, copy=False)
+        questions, _ = self.ctx.embed_texts(f"{self.task} questions", [e.question for e in source.examples])
+        by_question = {e.id: questions[i] for i, e in enumerate(source.examples)}
+        return CaseBuilder(source.passages, source.groups, vectors, by_question, self.spec.passages)
+
+    def _cases(self, source: _Source, builder: CaseBuilder) -> tuple[dict[str, list[Case]], dict[str, Any]]:
+        spec = self.spec
+        answerable = [e for e in source.examples if e.answerable]
+        drawn = self.ctx.rng(self.task, "probes").choice(
+            len(answerable), min(spec.unanswerable, len(answerable)), replace=False
+        )
+        probe_sources = [answerable[i] for i in sorted(drawn)]
+        cases: dict[str, list[Case]] = {}
+        details: dict[str, Any] = {"settings": {}}
+        for setting in spec.settings:
+            posed: list[Case] = []
+            no_gold = 0
+            for example in source.examples:
+                if setting == "gold" and example.answerable:
+                    gold = builder.gold(example)
+                    if not gold:
+                        no_gold += 1  # the dataset names no passage: the question has no gold setting
+                        continue
+                    posed.append(Case(example, gold))
+                else:
+                    posed.append(Case(example, builder.retrieved(example)))
+            probes, missing = builder.probes(probe_sources, spec.probes, setting, self.ctx.seed)
+            cases[setting] = posed + probes
+            details["settings"][setting] = {
+                "questions": len(posed),
+                "answerable": sum(c.example.answerable for c in posed),
+                "without_gold_passage": no_gold,
+                "probes": dict(Counter(c.kind for c in probes)),
+                "probes_not_built": {k: v for k, v in missing.items() if v},
+            }
+        return cases, details
+
+    def _ask(self, system: AnswerSystem, cases: Sequence[Case], setting: str) -> tuple[list[SystemAnswer], list[float]]:
         answers: list[SystemAnswer] = []
         latencies: list[float] = []
-        with self.ctx.bar(len(cases), f"{self.task} questions", "q") as bar:
-            for example, passages in cases:
+        with self.ctx.bar(len(cases), f"{self.task} questions ({setting})", "q") as bar:
+            for case in cases:
                 started = time.perf_counter()
-                answers.append(system.answer(example.question, passages))
+                answers.append(system.answer(case.example.question, case.passages))
                 latencies.append((time.perf_counter() - started) * 1000.0)
                 bar.update(1)
         return answers, latencies
@@ -166,26 +210,57 @@ class AnswerEvaluator:
     def _score(
         self,
         system: AnswerSystem,
+        source: _Source,
+        cases: dict[str, list[Case]],
+        answers: dict[str, tuple[list[SystemAnswer], list[float]]],
+        details: dict[str, Any],
+    ) -> TaskOutput:
+        out = TaskOutput(
+            system={"answer_backend": {"name": system.name, **dict(system.describe())}},
+            datasets=[source.record.to_json()],
+            details={
+                "primary_metric": self.primary_metric,
+                "headline_setting": self.spec.settings[0],
+                "split": source.split,
+                "sample": len(source.examples),
+                **details,
+                "attribution": [],
+            },
+        )
+        for setting, posed in cases.items():
+            given, latencies = answers[setting]
+            self._score_setting(out, system.name, source.split, setting, posed, given, latencies)
+        self._write_answers(out, cases, answers)
+        return out
+
+    def _score_setting(
+        self,
+        out: TaskOutput,
+        system: str,
+        split: str,
+        setting: str,
         cases: Sequence[Case],
         answers: Sequence[SystemAnswer],
         latencies: Sequence[float],
-        record: DatasetRecord,
-    ) -> TaskOutput:
-        ctx, spec = self.ctx, self.spec
-        split = self._split
-        common: dict[str, Any] = {"task": self.task, "dataset": spec.dataset, "split": split, "system": system.name}
-        answerable = [i for i, (e, _) in enumerate(cases) if e.answerable]
-        unanswerable = [i for i, (e, _) in enumerate(cases) if not e.answerable]
-        answered = [i for i in range(len(cases)) if not answers[i].abstained]
-        ids = [cases[i][0].id for i in range(len(cases))]
+    ) -> None:
+        ctx = self.ctx
+        common: dict[str, Any] = {
+            "task": self.task,
+            "dataset": self.spec.dataset,
+            "split": split,
+            "system": system,
+            "setting": setting,
+        }
+        ids = [c.example.id for c in cases]
+        answerable = [i for i, c in enumerate(cases) if c.example.answerable]
+        unanswerable = [i for i, c in enumerate(cases) if not c.example.answerable]
+        answered = [i for i, a in enumerate(answers) if not a.abstained]
+        abstained = [i for i, a in enumerate(answers) if a.abstained]
+        outcome = [answer_outcome(system, a) for a in answers]
 
-        def prediction(i: int) -> str:
-            return "" if answers[i].abstained else answers[i].text
-
-        metrics: list[MetricRecord] = []
-        per_unit: dict[str, dict[str, float]] = {}
-
-        def add(units: Sequence[int], values: dict[str, list[float]], higher: dict[str, bool], stream: str) -> None:
+        def add(
+            units: Sequence[int], values: dict[str, list[float]], higher: dict[str, bool], stream: str, **extra: Any
+        ) -> None:
             if not units:
                 return
             recs, unit_values = summarise(
@@ -196,18 +271,24 @@ class AnswerEvaluator:
                 stream=stream,
                 timing=[k for k in values if k.startswith("latency")],
                 **common,
+                **extra,
             )
-            metrics.extend(recs)
-            per_unit.update(unit_values)
+            out.metrics.extend(recs)
+            out.per_unit.update(unit_values)
 
-        golds = {i: cases[i][0].answers for i in range(len(cases))}
+        def prediction(i: int) -> str:
+            return "" if answers[i].abstained else answers[i].text
+
+        def quality(units: Sequence[int]) -> dict[str, list[float]]:
+            golds = [cases[i].example.answers for i in units]
+            return {
+                "em": [exact_match(prediction(i), g) for i, g in zip(units, golds, strict=True)],
+                "f1": [f1(prediction(i), g) for i, g in zip(units, golds, strict=True)],
+            }
+
         add(
             answerable,
-            {
-                "em": [exact_match(prediction(i), golds[i]) for i in answerable],
-                "f1": [f1(prediction(i), golds[i]) for i in answerable],
-                "false_abstention": [float(answers[i].abstained) for i in answerable],
-            },
+            {**quality(answerable), "false_abstention": [float(answers[i].abstained) for i in answerable]},
             {"em": True, "f1": True, "false_abstention": False},
             "answerable",
         )
@@ -216,27 +297,51 @@ class AnswerEvaluator:
         for i in answerable:
             if answers[i].abstained:
                 continue
-            texts = {p.id: p.text for p in cases[i][1]}
-            value = citation_precision(answers[i].cited_ids, texts, golds[i], cases[i][0].supporting_ids)
+            texts = {p.id: p.text for p in cases[i].passages}
+            value = citation_precision(
+                answers[i].cited_ids, texts, cases[i].example.answers, cases[i].example.supporting_ids
+            )
             if value is not None:
                 cited.append(i)
                 precision.append(value)
         add(cited, {"citation_precision": precision}, {"citation_precision": True}, "cited")
 
         def support(i: int) -> float:
-            texts = {p.id: p.text for p in cases[i][1]}
+            texts = {p.id: p.text for p in cases[i].passages}
             return faithfulness(answers[i].text, [texts[c] for c in answers[i].cited_ids if c in texts])
 
         add(answered, {"faithfulness": [support(i) for i in answered]}, {"faithfulness": True}, "answered")
+        declined = {"abstention_recall": True}
         add(
             unanswerable,
-            {"abstention_accuracy": [float(answers[i].abstained) for i in unanswerable]},
-            {"abstention_accuracy": True},
+            {"abstention_recall": [float(answers[i].abstained) for i in unanswerable]},
+            declined,
             "unanswerable",
         )
+        for kind in dict.fromkeys(cases[i].kind for i in unanswerable):
+            units = [i for i in unanswerable if cases[i].kind == kind]
+            values = {"abstention_recall": [float(answers[i].abstained) for i in units]}
+            add(units, values, declined, "unanswerable", group=f"probe:{kind}")
+        add(
+            abstained,
+            {"abstention_precision": [float(not cases[i].example.answerable) for i in abstained]},
+            {"abstention_precision": True},
+            "abstained",
+        )
+        for name in OUTCOMES:
+            add(
+                answerable,
+                {"share": [float(outcome[i] == name) for i in answerable]},
+                {"share": True},
+                "answerable",
+                group=f"outcome:{name}",
+            )
+            units = [i for i in answerable if outcome[i] == name]
+            if name != "abstained":
+                add(units, quality(units), {"em": True, "f1": True}, f"outcome-{name}", group=f"outcome:{name}")
         add(list(range(len(cases))), {"latency_ms": list(latencies)}, {"latency_ms": False}, "all")
         for q in (50, 95):
-            metrics.append(
+            out.metrics.append(
                 MetricRecord(
                     f"latency_p{q}_ms",
                     float(np.percentile(latencies, q)) if latencies else 0.0,
@@ -246,32 +351,63 @@ class AnswerEvaluator:
                     **common,
                 )
             )
-        artifact = f"answers-{self.task_id}.jsonl"
-        with (ctx.run_dir / artifact).open("w", encoding="utf-8") as handle:
-            for i, (example, passages) in enumerate(cases):
-                row = {
-                    "id": example.id,
-                    "question": example.question,
-                    "answerable": example.answerable,
-                    "gold": list(example.answers),
-                    "passages": [p.id for p in passages],
-                    "answer": answers[i].text,
-                    "cited": list(answers[i].cited_ids),
-                    "abstained": answers[i].abstained,
-                    "latency_ms": round(latencies[i], 3),
-                }
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return TaskOutput(
-            metrics=metrics,
-            per_unit=per_unit,
-            system={"answer_backend": {"name": system.name, **dict(system.describe())}},
-            datasets=[record.to_json()],
-            details={
-                "primary_metric": self.primary_metric,
-                "questions": len(cases),
-                "answerable": len(answerable),
-                "unanswerable_probes": len(unanswerable),
-                "abstained": len(cases) - len(answered),
-            },
-            artifacts=[artifact],
+        out.details["attribution"].append(self._attribution(system, setting, answerable, answers, outcome))
+
+    def _attribution(
+        self,
+        system: str,
+        setting: str,
+        answerable: Sequence[int],
+        answers: Sequence[SystemAnswer],
+        outcome: Sequence[str],
+    ) -> str:
+        """Who answered the answerable questions of one setting, in words."""
+        n = len(answerable)
+        counts = Counter(outcome[i] for i in answerable)
+        producers = Counter(answers[i].produced_by or "another backend" for i in answerable if outcome[i] == "fallback")
+        reasons = Counter(answers[i].fallback or "unstated" for i in answerable if outcome[i] == "fallback")
+        text = (
+            f"{setting} setting: of {n} answerable questions, {system} answered {counts['own']} "
+            f"({_share(counts['own'], n)}) itself"
         )
+        if counts["fallback"]:
+            by = ", ".join(f"{name} {count}" for name, count in producers.most_common())
+            why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+            text += (
+                f", {counts['fallback']} ({_share(counts['fallback'], n)}) are another backend's answers "
+                f"after a fallback ({by}; why: {why})"
+            )
+        text += f", and declined {counts['abstained']} ({_share(counts['abstained'], n)})."
+        if counts["fallback"]:
+            text += " Its own figures are the outcome:own rows; the task's overall figures include the fallback's."
+        return text
+
+    def _write_answers(
+        self,
+        out: TaskOutput,
+        cases: dict[str, list[Case]],
+        answers: dict[str, tuple[list[SystemAnswer], list[float]]],
+    ) -> None:
+        artifact = f"answers-{self.task_id}.jsonl"
+        with (self.ctx.run_dir / artifact).open("w", encoding="utf-8") as handle:
+            for setting, posed in cases.items():
+                given, latencies = answers[setting]
+                for case, answer, latency in zip(posed, given, latencies, strict=True):
+                    row = {
+                        "setting": setting,
+                        "id": case.example.id,
+                        "kind": case.kind,
+                        "question": case.example.question,
+                        "answerable": case.example.answerable,
+                        "gold": list(case.example.answers),
+                        "passages": [p.id for p in case.passages],
+                        "answer": answer.text,
+                        "cited": list(answer.cited_ids),
+                        "abstained": answer.abstained,
+                        "produced_by": answer.produced_by,
+                        "fallback": answer.fallback,
+                        "reason": answer.reason,
+                        "latency_ms": round(latency, 3),
+                    }
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.artifacts.append(artifact)

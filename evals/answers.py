@@ -1,7 +1,10 @@
 """The interface an answer backend implements to be evaluated, and the registry the runner looks backends up in.
 
 A backend is anything with a ``name``, a ``describe()`` and an ``answer(question, passages)`` that returns the
-answer text, the ids of the passages it cites and whether it abstained. The runner builds it with a factory
+answer text, the ids of the passages it cites and whether it abstained, and, when the backend can hand a question
+to another one (the service replaces an ungrounded generation by the extractive answer), who produced the answer
+and why: the harness then attributes every answer to the backend itself, a fallback, or an abstention
+(:func:`answer_outcome`). The runner builds it with a factory
 registered under the name a suite gives in ``[system.answer] backend``; the factory receives the backend's
 options from the suite and a way to get the encoder under test. The service's backends (``extractive``,
 ``local``, ``openai``; :mod:`evals.answer_backends`) are handed in by ``candor eval`` with the service's settings;
@@ -12,17 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from evals.datasets import Passage
 from retrieval.encoder import Encoder
 
 __all__ = [
+    "OUTCOMES",
     "AnswerBackendContext",
     "AnswerFactory",
     "AnswerSystem",
+    "Outcome",
     "Passage",
     "SystemAnswer",
+    "answer_outcome",
     "available_backends",
     "register_answer_backend",
     "unregister_answer_backend",
@@ -37,11 +43,36 @@ class SystemAnswer:
         text: The answer (ignored when ``abstained``).
         cited_ids: Ids of the passages the answer cites, most important first.
         abstained: Whether the system declined to answer (e.g. the passages do not hold the answer).
+        produced_by: The backend whose answer this is, when not the system itself (``extractive`` after the
+            service replaced an ungrounded ``local`` answer); empty: the system itself.
+        fallback: Why another backend's answer replaced the system's (``ungrounded``, ``upstream_timeout``, ...),
+            also when that replacement then abstained; empty: no replacement.
+        reason: Why the system abstained (``low_retrieval``, ``low_confidence``, ``model_declined``, ...), if known.
     """
 
     text: str
     cited_ids: tuple[str, ...] = ()
     abstained: bool = False
+    produced_by: str = ""
+    fallback: str = ""
+    reason: str = ""
+
+
+Outcome = Literal["own", "fallback", "abstained"]
+OUTCOMES: tuple[Outcome, ...] = ("own", "fallback", "abstained")
+
+
+def answer_outcome(system: str, answer: SystemAnswer) -> Outcome:
+    """Who gave an answer: ``own`` (the system named ``system``), ``fallback`` (another backend), or ``abstained``.
+
+    An abstention counts as ``abstained`` even after a fallback (the replacement declined too); an answer counts
+    as a fallback when the system says it was replaced or names another backend as its producer.
+    """
+    if answer.abstained:
+        return "abstained"
+    if answer.fallback or (answer.produced_by and answer.produced_by != system):
+        return "fallback"
+    return "own"
 
 
 @runtime_checkable

@@ -135,17 +135,24 @@ def summarise(
     timing: Sequence[str] = (),
     stream: str = "",
     series: str | None = None,
+    setting: str | None = None,
+    group: str | None = None,
 ) -> tuple[list[MetricRecord], dict[str, dict[str, float]]]:
     """Mean of each per-unit metric with a bootstrap interval, and the per-unit values keyed by metric key.
 
     One resampling of the units serves every metric of the same task and system, so their intervals are
-    consistent with each other. ``series`` names the competitor when a task compares several (see
+    consistent with each other. ``series`` names the competitor when a task compares several, ``setting`` how
+    the task posed its questions, ``group`` the subset of units the figures describe (see
     :class:`~evals.results.MetricRecord`). ``stream`` separates the draws of metrics over different sets of units.
     """
     suite = ctx.loaded.suite.suite
     n = len(units)
+    # The setting and group join the seed only when given, so the draws of tasks without them stay as they were.
+    labels = [label for label in (setting, group) if label is not None]
     idx = (
-        ctx.rng(task, system, stream).integers(0, n, size=(suite.bootstrap, n)) if n >= 2 and suite.bootstrap else None
+        ctx.rng(task, system, stream, *labels).integers(0, n, size=(suite.bootstrap, n))
+        if n >= 2 and suite.bootstrap
+        else None
     )
     alpha = (1.0 - suite.confidence) / 2.0
     records: list[MetricRecord] = []
@@ -169,6 +176,8 @@ def summarise(
             ci_high=high,
             n=n,
             timing=name in timing,
+            setting=setting,
+            group=group,
         )
         records.append(record)
         per_unit[record.key] = {u: float(v) for u, v in zip(units, vals, strict=True)}

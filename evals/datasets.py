@@ -10,13 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from evals.answer_metrics import normalize_answer
 from evals.errors import DatasetFormatError, DatasetNotFoundError
 from retrieval.digest import file_sha256
 from retrieval.errors import PackValidationError
@@ -480,56 +478,6 @@ def load_pack_qa(path: Path, pack: DomainPack) -> list[QAExample]:
         seen.add(qid)
         examples.append(QAExample(qid, question, tuple(answers), tuple(supporting), answerable))
     return examples
-
-
-def wrong_context_probes(
-    examples: Sequence[QAExample],
-    passages: Mapping[str, Passage],
-    groups: Mapping[str, str],
-    count: int,
-    seed: int,
-    *,
-    contexts: int = 1,
-) -> list[tuple[QAExample, tuple[Passage, ...]]]:
-    """Unanswerable probes: answerable questions paired with passages that cannot answer them.
-
-    A wrong passage comes from another article (when articles are known), is not a supporting passage, and does
-    not contain any gold answer after SQuAD normalisation.
-
-    Args:
-        examples: Answerable questions to draw from.
-        passages: The passage pool.
-        groups: Passage id to article; passages of the question's own article are never chosen.
-        count: Probes wanted (fewer if the pool runs out).
-        seed: Seed of the draw.
-        contexts: Wrong passages per probe.
-
-    Returns:
-        ``(probe, passages)`` pairs; each probe has no answers and ``answerable=False``.
-    """
-    rng = random.Random(seed)  # noqa: S311 - a reproducible sample, not a secret
-    pool = sorted(passages)
-    candidates = [e for e in examples if e.answerable]
-    chosen = rng.sample(candidates, min(count, len(candidates)))
-    probes: list[tuple[QAExample, tuple[Passage, ...]]] = []
-    normalised = {pid: normalize_answer(passages[pid].text) for pid in pool}
-    for example in chosen:
-        own = {groups.get(s) for s in example.supporting_ids if s in groups}
-        golds = [normalize_answer(a) for a in example.answers]
-        picked: list[Passage] = []
-        for _ in range(50 * contexts):
-            pid = pool[rng.randrange(len(pool))]
-            if pid in example.supporting_ids or (own and groups.get(pid) in own):
-                continue
-            if any(g and g in normalised[pid] for g in golds) or any(p.id == pid for p in picked):
-                continue
-            picked.append(passages[pid])
-            if len(picked) == contexts:
-                break
-        if len(picked) == contexts:
-            probe = QAExample(f"{example.id}#wrong-context", example.question, (), (), False, None)
-            probes.append((probe, tuple(picked)))
-    return probes
 
 
 # -- interactions (MovieLens, packs) ------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A rule reads ``METRIC[FILTERS] OP BOUND``:
 
 - ``METRIC`` is a metric name as in ``results.json`` (``ndcg@10``, ``hr@10``, ``ndcg@10.gap``, ...);
-- ``FILTERS`` (optional) narrow it down: ``task=``, ``dataset=``, ``split=``, ``system=``, ``group=``, with
-  shell-style wildcards (``system=*``, ``group=gender:*``). Without ``group=`` only overall figures match;
+- ``FILTERS`` (optional) narrow it down: ``task=``, ``dataset=``, ``split=``, ``system=``, ``setting=``
+  (``open`` or ``gold`` for answers), ``group=``, with shell-style wildcards (``system=*``, ``group=gender:*``).
+  Without ``group=`` only overall figures match;
 - ``OP`` is one of ``>= <= > < ==``;
 - ``BOUND`` is a number; ``baseline``, ``baseline + x``, ``baseline - x`` or ``baseline * x``, where ``baseline`` is
   the same figure in the baseline run; or another figure of the same run, ``METRIC[FILTERS]`` optionally followed by
@@ -12,7 +13,8 @@ A rule reads ``METRIC[FILTERS] OP BOUND``:
 
 Every metric the selector matches must satisfy the rule; a rule that matches nothing fails, so a gate cannot
 pass by accident when a task was skipped. A rule that compares with a baseline when no baseline run was given is
-skipped (it neither passes nor fails the run, and says so). Examples::
+skipped (it neither passes nor fails the run, and says so), and so is a rule that matches nothing because the
+tasks it names were disabled (``enabled = false``). Examples::
 
     "ndcg@10[task=retrieval.scifact] >= baseline - 0.01"
     "hr@10[system=embedding] >= 0.05"
@@ -25,7 +27,7 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +41,7 @@ _BOUND = re.compile(r"^baseline(?:\s*(?P<op>[-+*])\s*(?P<num>[0-9.eE+-]+))?$")
 _REFERENCE = re.compile(
     r"^(?P<metric>[A-Za-z][A-Za-z0-9_@.\-]*)\s*(?:\[(?P<filters>[^\]]*)\])?(?:\s*(?P<op>[-+*])\s*(?P<num>[0-9.eE+-]+))?$"
 )
-_FILTER_KEYS = ("task", "dataset", "split", "system", "group")
+_FILTER_KEYS = ("task", "dataset", "split", "system", "setting", "group")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -170,7 +172,7 @@ class GateResult:
         passed: Whether every matched metric satisfied it (true for a skipped rule: it does not fail the run).
         reason: One readable line: what failed and by how much, what passed, or why it was skipped.
         checks: One entry per matched metric (key, value, threshold, passed).
-        skipped: The rule needs a baseline run and none was given.
+        skipped: The rule needs a baseline run and none was given, or names only disabled tasks.
     """
 
     rule: str
@@ -195,11 +197,39 @@ class GateResult:
         }
 
 
+def _disabled_only(rule: Rule, matched: Sequence[MetricRecord], disabled: Collection[str]) -> list[str]:
+    """The disabled tasks a rule (or the figure its bound refers to) names, when that is why it matches nothing."""
+    pattern = rule.filters.get("task")
+    if matched or pattern is None:
+        return []
+    return sorted(t for t in disabled if fnmatch.fnmatchcase(t, pattern))
+
+
 def evaluate_rule(
-    rule: Rule, metrics: Sequence[MetricRecord], baseline: Sequence[MetricRecord] | None, baseline_name: str = ""
+    rule: Rule,
+    metrics: Sequence[MetricRecord],
+    baseline: Sequence[MetricRecord] | None,
+    baseline_name: str = "",
+    disabled: Collection[str] = (),
 ) -> GateResult:
-    """Check one rule against a run's metrics (and a baseline run's, when the rule uses one)."""
+    """Check one rule against a run's metrics (and a baseline run's, when the rule uses one).
+
+    Args:
+        rule: The rule.
+        metrics: The run's figures.
+        baseline: The baseline run's figures, if one was given.
+        baseline_name: The baseline's run id, for messages.
+        disabled: Tasks the suite disabled: a rule that matches nothing because of them is skipped.
+    """
     matched = [m for m in metrics if rule.matches(m)]
+    referenced = [m for m in metrics if rule.reference.matches(m)] if rule.reference is not None else []
+    off = _disabled_only(rule, matched, disabled)
+    if rule.reference is not None and not off:
+        off = _disabled_only(rule.reference, referenced, disabled)
+    if off:
+        return GateResult(
+            rule.text, True, f"{rule.text}: skipped: task {', '.join(off)} is disabled (enabled = false)", skipped=True
+        )
     if not matched:
         return GateResult(rule.text, False, f"{rule.text}: no metric in this run matches (was the task skipped?)")
     if rule.uses_baseline and baseline is None:
@@ -209,12 +239,10 @@ def evaluate_rule(
             f"{rule.text}: skipped: it compares with a baseline run and none was given (gates.baseline or --baseline)",
             skipped=True,
         )
-    if rule.reference is not None:
-        referenced = [m for m in metrics if rule.reference.matches(m)]
-        if len(referenced) != 1:
-            return GateResult(
-                rule.text, False, f"{rule.text}: {rule.reference.text} matches {len(referenced)} figures, not one"
-            )
+    if rule.reference is not None and len(referenced) != 1:
+        return GateResult(
+            rule.text, False, f"{rule.text}: {rule.reference.text} matches {len(referenced)} figures, not one"
+        )
     by_key = {m.key: m for m in baseline or ()}
     checks: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -244,6 +272,7 @@ def evaluate_gates(
     metrics: Sequence[MetricRecord],
     baseline: Sequence[MetricRecord] | None,
     baseline_name: str = "",
+    disabled: Collection[str] = (),
 ) -> list[GateResult]:
     """Check every rule; see :func:`evaluate_rule`."""
-    return [evaluate_rule(parse_rule(text), metrics, baseline, baseline_name) for text in rules]
+    return [evaluate_rule(parse_rule(text), metrics, baseline, baseline_name, disabled) for text in rules]

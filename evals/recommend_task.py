@@ -272,6 +272,8 @@ class RecommendationEvaluator:
         outputs.details.update(
             {
                 "protocol": spec.protocol,
+                "split": spec.protocol,
+                "sample": len(users),
                 "k": k,
                 "users_evaluated": len(users),
                 "users_training": n_train_users,

@@ -107,11 +107,21 @@ def _kv(pairs: Mapping[str, Any]) -> str:
     return _table(["", ""], [[esc(k), esc(v)] for k, v in pairs.items()], numeric_from=99)
 
 
+def _row_label(metric: Mapping[str, Any]) -> str:
+    """The system, and the setting its questions were posed in when a task poses them in several."""
+    setting = metric.get("setting")
+    return f"{metric['system']} ({setting})" if setting else str(metric["system"])
+
+
 def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]]) -> str:
     parts = [f"<h2>{esc(task)} <small>({esc(info['kind'])}, {esc(info['dataset'])})</small></h2>"]
-    if info.get("status") == "skipped":
-        parts.append(f'<div class="banner">Skipped: {esc(info.get("skipped_reason"))}</div>')
+    if info.get("status") in ("skipped", "disabled"):
+        parts.append(
+            f'<div class="banner">{esc(str(info["status"]).capitalize())}: {esc(info.get("skipped_reason"))}</div>'
+        )
         return "".join(parts)
+    for sentence in info.get("details", {}).get("attribution", []):
+        parts.append(f"<p>{esc(sentence)}</p>")
     details = {k: v for k, v in info.get("details", {}).items() if not isinstance(v, dict | list)}
     if "cache" in info.get("details", {}):
         cache = info["details"]["cache"]
@@ -122,13 +132,13 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
     details["task seconds"] = info.get("seconds")
     parts.append(_kv(details))
     overall = [m for m in metrics if m.get("group") is None]
-    systems = list(dict.fromkeys(m["system"] for m in overall))
+    systems = list(dict.fromkeys(_row_label(m) for m in overall))
     names = list(dict.fromkeys(m["name"] for m in overall))
     rows = []
     for system in systems:
         row = [esc(system)]
         for name in names:
-            found = [m for m in overall if m["system"] == system and m["name"] == name]
+            found = [m for m in overall if _row_label(m) == system and m["name"] == name]
             row.append(fmt(found[0]["value"]) + _ci(found[0]) if found else "")
         rows.append(row)
     arrows = {m["name"]: "↑" if m["higher_is_better"] else "↓" for m in overall}
@@ -141,7 +151,7 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
                     (
                         (m["value"], m.get("ci_low"), m.get("ci_high"))
                         for m in overall
-                        if m["system"] == system and m["name"] == n
+                        if _row_label(m) == system and m["name"] == n
                     ),
                     (0.0, None, None),
                 )
@@ -158,7 +168,7 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
         in_attr = [m for m in grouped if str(m["group"]).startswith(attribute + ":")]
         metric_names = list(dict.fromkeys(m["name"] for m in in_attr))
         groups = list(dict.fromkeys(str(m["group"]).split(":", 1)[1] for m in in_attr))
-        headers = ["group", "users"] + [f"{s} {n}" for n in metric_names for s in systems]
+        headers = ["group", "n"] + [f"{s} {n}" for n in metric_names for s in systems]
         rows = []
         for group in groups:
             row = [esc(group)]
@@ -169,7 +179,7 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
                     found = [
                         m
                         for m in in_attr
-                        if m["system"] == system and m["name"] == name and m["group"] == f"{attribute}:{group}"
+                        if _row_label(m) == system and m["name"] == name and m["group"] == f"{attribute}:{group}"
                     ]
                     row.append(fmt(found[0]["value"]) + _ci(found[0]) if found else "")
             rows.append(row)
@@ -177,7 +187,9 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
         for name in metric_names:
             for system in systems:
                 found = [
-                    m for m in gaps if m["system"] == system and m["name"] == f"{name}.gap" and m["group"] == attribute
+                    m
+                    for m in gaps
+                    if _row_label(m) == system and m["name"] == f"{name}.gap" and m["group"] == attribute
                 ]
                 gap_row.append(fmt(found[0]["value"]) + _ci(found[0]) if found else "")
         rows.append([f"<b>{c}</b>" if c else c for c in gap_row])
@@ -200,7 +212,7 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
                         (
                             (m["value"], m.get("ci_low"), m.get("ci_high"))
                             for m in in_attr
-                            if m["system"] == system and m["name"] == focus and m["group"] == f"{attribute}:{g}"
+                            if _row_label(m) == system and m["name"] == focus and m["group"] == f"{attribute}:{g}"
                         ),
                         (0.0, None, None),
                     )
@@ -210,6 +222,22 @@ def _task_section(task: str, info: Mapping[str, Any], metrics: Sequence[Mapping[
             }
             parts.append(bar_chart(f"{focus} by {attribute}", groups, series))
     return "".join(parts)
+
+
+def _scope_table(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+    """What every task scored: dataset, split (or protocol), sample size, seed and whether it ran."""
+    rows = [
+        [
+            esc(task),
+            esc(info.get("dataset")),
+            esc(info.get("split")),
+            esc(info.get("sample")),
+            esc(info.get("seed")),
+            esc(info.get("status")),
+        ]
+        for task, info in tasks.items()
+    ]
+    return _table(["task", "dataset", "split", "sample", "seed", "status"], rows, numeric_from=99)
 
 
 def render_run(results: Mapping[str, Any]) -> str:
@@ -231,6 +259,7 @@ def render_run(results: Mapping[str, Any]) -> str:
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Candor evaluation: {esc(results.get('suite'))}</h1>",
         _kv(head),
+        _scope_table(results.get("tasks", {})),
     ]
     for note in results.get("notes", []):
         parts.append(f'<div class="banner">{esc(note)}</div>')

@@ -37,11 +37,15 @@ class MetricRecord:
         series: The competitor within a task when a task compares several (the recommender name); ``None`` when
             the task measures the one system under test (retrieval, answers), so the same figure of two runs with
             different encoders, indexes or backends shares a key and can be compared and gated.
-        group: ``attribute:value`` for a per-group figure, the attribute name for a gap, else ``None``.
+        group: ``attribute:value`` for a per-group figure (``gender:F``, ``probe:removed``, ``outcome:fallback``),
+            the attribute name for a gap, else ``None``.
         ci_low: Lower bound of the bootstrap interval, if computed.
         ci_high: Upper bound.
         n: Units (queries, users, questions) behind the figure.
         timing: Whether it measures time (not reproducible run to run).
+        setting: How the task posed its questions, when it poses them in several ways (answers: ``open``
+            retrieval or the ``gold`` passage); part of the key, so the two settings are never compared or gated
+            as one figure.
     """
 
     name: str
@@ -57,12 +61,15 @@ class MetricRecord:
     ci_high: float | None = None
     n: int = 0
     timing: bool = False
+    setting: str | None = None
 
     @property
     def key(self) -> str:
         """Identity used to match the same figure across runs."""
         suffix = f"[{self.group}]" if self.group is not None else ""
         middle = f"{self.series}/" if self.series is not None else ""
+        if self.setting is not None:
+            middle += f"{self.setting}/"
         return f"{self.task}/{middle}{self.name}{suffix}"
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +89,8 @@ class MetricRecord:
             out["group"] = self.group
         if self.series is not None:
             out["series"] = self.series
+        if self.setting is not None:
+            out["setting"] = self.setting
         if self.ci_low is not None and self.ci_high is not None:
             out["ci_low"], out["ci_high"] = self.ci_low, self.ci_high
         if self.timing:
@@ -105,6 +114,7 @@ class MetricRecord:
             ci_high=obj.get("ci_high"),
             n=int(obj.get("n", 0)),
             timing=bool(obj.get("timing", False)),
+            setting=obj.get("setting"),
         )
 
 

@@ -113,6 +113,8 @@ class RetrievalEvaluator:
             "primary_metric": self.primary_metric,
             "documents": len(data.corpus_ids),
             "queries": len(qids),
+            "split": split,
+            "sample": len(qids),
             # which of the split's judged queries were scored (training on the other folds never saw these)
             "fold": {
                 "fold": spec.fold if spec.folds else None,

@@ -150,6 +150,12 @@ def _baseline(ref: str | None, runs_dir: Path) -> LoadedRun | None:
     raise RunNotFoundError(f"baseline run {ref!r} not found (a run folder, its results.json, or a run id)")
 
 
+def _scope(spec: Any, details: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """What a task scored: its split (or protocol), how many units it scored, and the seed of its draws."""
+    split = details.get("split") or getattr(spec, "split", None) or getattr(spec, "protocol", None)
+    return {"split": split, "sample": details.get("sample"), "seed": seed}
+
+
 def run_suite(loaded: LoadedSuite, options: RunOptions | None = None) -> RunSummary:
     """Run every task of a suite and write the run folder.
 
@@ -204,13 +210,22 @@ def _run(
     ]
     evaluators += [("answers", tid, AnswerEvaluator(tid, spec, ctx)) for tid, spec in suite.answers.items()]
     outputs: dict[str, tuple[str, Any, TaskOutput, float]] = {}
+    disabled: dict[str, tuple[str, Any]] = {}
     for kind, tid, evaluator in evaluators:
+        if not evaluator.spec.enabled:
+            disabled[f"{kind}.{tid}"] = (kind, evaluator)
+            ctx.note(f"{kind}.{tid}: not run (enabled = false)")
+            continue
         task_started = time.perf_counter()
         output: TaskOutput = evaluator.run()
         outputs[f"{kind}.{tid}"] = (kind, evaluator, output, time.perf_counter() - task_started)
     metrics = [m for _, _, out, _ in outputs.values() for m in out.metrics]
     gates = evaluate_gates(
-        suite.gates.rules, metrics, baseline.metrics() if baseline else None, baseline.run_id if baseline else ""
+        suite.gates.rules,
+        metrics,
+        baseline.metrics() if baseline else None,
+        baseline.run_id if baseline else "",
+        disabled=list(disabled),
     )
     system: dict[str, Any] = {
         "encoder": None,
@@ -238,6 +253,7 @@ def _run(
         tasks[task] = {
             "kind": kind,
             "dataset": evaluator.spec.dataset,
+            **_scope(evaluator.spec, out.details, suite.suite.seed),
             "status": "skipped" if out.skipped else "done",
             "skipped_reason": out.skipped,
             "primary_metric": evaluator.primary_metric,
@@ -247,6 +263,16 @@ def _run(
             "artifacts": out.artifacts,
         }
         per_unit.update(out.per_unit)
+    for task, (kind, evaluator) in disabled.items():
+        tasks[task] = {
+            "kind": kind,
+            "dataset": evaluator.spec.dataset,
+            **_scope(evaluator.spec, {}, suite.suite.seed),
+            "status": "disabled",
+            "skipped_reason": "enabled = false",
+            "primary_metric": evaluator.primary_metric,
+            "greater_is_better": evaluator.greater_is_better,
+        }
     if system["encoder"] is None and ctx.encoder_loaded:
         system["encoder"] = ctx.encoder_info()
     git = git_state()

@@ -5,7 +5,9 @@ recommender settings with the service's keys and defaults, answer backend), any 
 ``[retrieval.<id>]``, ``[recommendation.<id>]`` and ``[answers.<id>]``, and ``[gates]``. Every field can be
 overridden from the command line with ``--set KEY=VALUE``: ``KEY`` is a dotted path (``retrieval.scifact.split``)
 or its last part(s) when they are unambiguous or meant for every match (``seed``, ``k``); ``VALUE`` is read as a
-TOML value when it is one (``20``, ``0.5``, ``true``, ``["a", "b"]``) and as a string otherwise.
+TOML value when it is one (``20``, ``0.5``, ``true``, ``["a", "b"]``) and as a string otherwise. Every task has
+``dataset`` and ``enabled``, so a suite can be pointed at another copy of a dataset and a task that does not fit it
+dropped from the command line (``--set recommendation.ua.enabled=false --set dataset=ml-latest-small``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ RecommenderName = Literal[
 ]
 ALL_RECOMMENDERS: tuple[RecommenderName, ...] = ("most-popular", "item-knn", "embedding", "als", "candor-hybrid")
 GROUP_METRIC_KINDS = ("hr", "ndcg", "mrr", "novelty", "popularity_bias")
+AnswerSetting = Literal["open", "gold"]
+ProbeKind = Literal["nearest", "removed", "random"]
+ANSWER_SETTINGS: tuple[AnswerSetting, ...] = ("open", "gold")
+DEFAULT_PROBES: tuple[ProbeKind, ...] = ("nearest", "removed")
+ENABLED_HELP = "false: the task is not run (its gates are skipped); e.g. --set recommendation.ua.enabled=false"
 
 
 class _Model(BaseModel):
@@ -83,6 +90,7 @@ class SystemSpec(_Model):
 class RetrievalTask(_Model):
     """``[retrieval.<id>]``: ranked retrieval over a corpus with judged queries."""
 
+    enabled: bool = Field(default=True, description=ENABLED_HELP)
     dataset: str
     format: Literal["beir", "pack"] | None = None
     split: str = "test"
@@ -113,6 +121,7 @@ class RetrievalTask(_Model):
 class RecommendationTask(_Model):
     """``[recommendation.<id>]``: top-k recommendation from interaction histories."""
 
+    enabled: bool = Field(default=True, description=ENABLED_HELP)
     dataset: str
     format: Literal["ml-100k", "ml-latest", "pack"] | None = None
     protocol: str = "leave-last-out"
@@ -143,14 +152,32 @@ class RecommendationTask(_Model):
 
 
 class AnswerTask(_Model):
-    """``[answers.<id>]``: grounded answers, with unanswerable probes made from wrong contexts."""
+    """``[answers.<id>]``: grounded answers in two settings, with unanswerable probes the backend must decline.
 
+    Settings: ``open`` retrieves ``passages`` passages from all of the dataset's passages for every question (what
+    the service does; the headline), ``gold`` gives each question the passages the dataset names as holding its
+    answer (reading comprehension, as SQuAD's official evaluation). Probe kinds (each made from the same
+    ``unanswerable`` questions): ``nearest`` gives the best-retrieved passages that do not hold the answer (the
+    question's own article first in the gold setting), ``removed`` gives the question's own passage with every
+    sentence holding the answer cut out, ``random`` gives passages of other articles (easy: kept for comparison).
+    """
+
+    enabled: bool = Field(default=True, description=ENABLED_HELP)
     dataset: str
     format: Literal["squad", "pack"] | None = None
     file: str = ""
     max_questions: int = Field(default=500, ge=0)
-    unanswerable: int = Field(default=100, ge=0)
-    passages: int = Field(default=3, gt=0)
+    unanswerable: int = Field(default=100, ge=0, description="questions made into unanswerable probes, per kind")
+    passages: int = Field(default=3, gt=0, description="passages retrieved per question in the open setting")
+    settings: list[AnswerSetting] = Field(default_factory=lambda: list(ANSWER_SETTINGS), min_length=1)
+    probes: list[ProbeKind] = Field(default_factory=lambda: list(DEFAULT_PROBES))
+
+    @field_validator("settings", "probes")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each entry may appear once")
+        return value
 
 
 class GateSpec(_Model):
@@ -317,6 +344,22 @@ def load_suite(ref: str, overrides: Sequence[str] = ()) -> LoadedSuite:
         raise SuiteError(f"{path} with --set {', '.join(applied)}: {_format_validation(exc)}") from exc
     if not (suite.retrieval or suite.recommendation or suite.answers):
         raise SuiteError(f"{path}: the suite has no [retrieval.*], [recommendation.*] or [answers.*] task")
+    if not enabled_tasks(suite):
+        raise SuiteError(f"{path}: every task is disabled (enabled = false)")
     for rule in suite.gates.rules:
         parse_rule(rule)
     return LoadedSuite(suite, path, tuple(applied))
+
+
+def suite_tasks(suite: Suite) -> dict[str, RetrievalTask | RecommendationTask | AnswerTask]:
+    """Every task of a suite by its full name (``retrieval.scifact``), in run order, enabled or not."""
+    tasks: dict[str, RetrievalTask | RecommendationTask | AnswerTask] = {}
+    tasks.update({f"retrieval.{tid}": spec for tid, spec in suite.retrieval.items()})
+    tasks.update({f"recommendation.{tid}": spec for tid, spec in suite.recommendation.items()})
+    tasks.update({f"answers.{tid}": spec for tid, spec in suite.answers.items()})
+    return tasks
+
+
+def enabled_tasks(suite: Suite) -> list[str]:
+    """The full names of the tasks a run will run."""
+    return [name for name, spec in suite_tasks(suite).items() if spec.enabled]

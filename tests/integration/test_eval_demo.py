@@ -98,7 +98,7 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     assert tasks["recommendation.shoppers"]["status"] == "done"
     assert tasks["answers.pack"]["status"] == "done"
     answer_metrics = {m["name"] for m in results["metrics"] if m["task"] == "answers.pack"}
-    assert {"em", "f1", "abstention_accuracy"} <= answer_metrics
+    assert {"em", "f1", "abstention_recall", "abstention_precision", "share"} <= answer_metrics
     assert tasks["retrieval.search"]["primary_metric"] == "ndcg@10"
     assert tasks["retrieval.search"]["greater_is_better"] is True
     for metric in results["metrics"]:
@@ -268,10 +268,24 @@ def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encode
         RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder, answer_backends=factory),
     )
     assert isinstance(_PackOracle(table), AnswerSystem)
-    values = {m["name"]: m["value"] for m in summary.results["metrics"]}
-    assert values["em"] == 1.0  # the encoder retrieved each supporting document in the top 2
-    assert values["citation_precision"] == 1.0
-    assert values["abstention_accuracy"] == 1.0  # the Moon question and both wrong-context probes
-    rows = [json.loads(line) for line in (summary.run_dir / "answers-pack.jsonl").read_text("utf-8").splitlines()]
-    assert len(rows) == 5
-    assert "doc-returns" in rows[0]["passages"]
+    for setting in ("open", "gold"):
+        values = {
+            m["name"]: m["value"]
+            for m in summary.results["metrics"]
+            if m["setting"] == setting and m.get("group") is None
+        }
+        assert values["em"] == 1.0  # open: the encoder retrieved each supporting document in the top 2
+        assert values["citation_precision"] == 1.0
+        assert values["abstention_recall"] == 1.0  # the Moon question and both nearest-passage probes
+        assert values["abstention_precision"] == 1.0
+    answered: list[dict[str, Any]] = [
+        json.loads(line) for line in (summary.run_dir / "answers-pack.jsonl").read_text("utf-8").splitlines()
+    ]
+    opened = [r for r in answered if r["setting"] == "open"]
+    assert len(opened) == 5  # three questions, and two probes: the one-sentence documents cannot lose a sentence
+    assert {r["kind"] for r in opened} == {"question", "nearest"}
+    assert "doc-returns" in opened[0]["passages"]
+    gold_rows = [r for r in answered if r["setting"] == "gold" and r["answerable"]]
+    assert [r["passages"] for r in gold_rows] == [["doc-returns"], ["doc-shipping"]]
+    settings = summary.results["tasks"]["answers.pack"]["details"]["settings"]
+    assert settings["open"]["probes_not_built"] == {"removed": 2}

@@ -1,4 +1,8 @@
-"""The answer harness: a suite without a backend says so and skips; registered backends are scored."""
+"""The answer harness: both settings, hard probes, attribution, and every metric able to fail.
+
+Each metric is checked on a constructed run where it must be high (an oracle) and one where it must be low (a
+backend built to get it wrong), so none of them passes by construction.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.cli_eval import _summary_lines
 from evals.answers import (
     AnswerBackendContext,
     AnswerSystem,
@@ -20,45 +25,72 @@ from evals.answers import (
     register_answer_backend,
     unregister_answer_backend,
 )
-from evals.runner import RunOptions, run_suite
+from evals.runner import RunOptions, RunSummary, run_suite
 from evals.suite import load_suite
 
+# Two paragraphs per article, so the gold setting's nearest probe finds a wrong paragraph on the same subject,
+# and two sentences per paragraph, so the removed probe keeps one.
 ARTICLES = {
-    "Broncos": ("Super Bowl 50 was won by the Denver Broncos.", {"Who won Super Bowl 50?": "Denver Broncos"}),
-    "France": ("Paris is the capital of France.", {"What is the capital of France?": "Paris"}),
-    "Rivers": ("The Nile is the longest river in Africa.", {"Which river is the longest in Africa?": "Nile"}),
-    "Moon": ("Neil Armstrong walked on the Moon in 1969.", {"When did Armstrong walk on the Moon?": "1969"}),
+    "Broncos": [
+        (
+            "Super Bowl 50 was won by the Denver Broncos. The game was played at Levi's Stadium.",
+            "Who won Super Bowl 50?",
+            "Denver Broncos",
+        ),
+        ("The Broncos are based in Colorado. Their stadium sits a mile above sea level.", None, None),
+    ],
+    "France": [
+        ("Paris is the capital of France. It lies on the Seine.", "What is the capital of France?", "Paris"),
+        ("France borders Spain and Italy. Its wines are famous.", None, None),
+    ],
+    "Rivers": [
+        ("The Nile is the longest river in Africa. It flows north.", "Which river is the longest in Africa?", "Nile"),
+        ("Rivers carry sediment to the sea. Deltas form at their mouths.", None, None),
+    ],
+    "Moon": [
+        (
+            "Neil Armstrong walked on the Moon in 1969. Millions watched on television.",
+            "When did Armstrong walk on the Moon?",
+            "1969",
+        ),
+        ("The Moon orbits the Earth. Its gravity causes tides.", None, None),
+    ],
 }
-GOLD = {q: a for _, qas in ARTICLES.values() for q, a in qas.items()}
+GOLD = {q: a for paragraphs in ARTICLES.values() for _, q, a in paragraphs if q and a}
 
 
 def _squad_folder(root: Path) -> Path:
     data = []
-    for title, (context, qas) in ARTICLES.items():
-        questions = [
-            {"id": f"{title}-{i}", "question": q, "answers": [{"text": a}, {"text": a.lower()}]}
-            for i, (q, a) in enumerate(qas.items())
-        ]
-        data.append({"title": title, "paragraphs": [{"context": context, "qas": questions}]})
+    for title, paragraphs in ARTICLES.items():
+        entries = []
+        for i, (context, question, answer) in enumerate(paragraphs):
+            qas = [{"id": f"{title}-{i}", "question": question, "answers": [{"text": answer}]}] if question else []
+            entries.append({"context": context, "qas": qas})
+        data.append({"title": title, "paragraphs": entries})
     root.mkdir(parents=True, exist_ok=True)
     (root / "dev.json").write_text(json.dumps({"version": "1.1", "data": data}), "utf-8")
     return root
 
 
-def _suite(tmp_path: Path, backend: str) -> Path:
+def _suite(tmp_path: Path, backend: str, *, probes: str = '["nearest", "removed", "random"]') -> Path:
     folder = _squad_folder(tmp_path / "squad-mini")
     path = tmp_path / "answers.toml"
     path.write_text(
         f'[suite]\nname = "answers-test"\nbootstrap = 50\n[system.answer]\nbackend = "{backend}"\n'
-        f'[answers.mini]\ndataset = "{folder}"\nmax_questions = 0\nunanswerable = 4\n'
-        '[gates]\nrules = ["abstention_accuracy >= 0.9"]\n',
+        f'[answers.mini]\ndataset = "{folder}"\nmax_questions = 0\nunanswerable = 4\npassages = 3\n'
+        f"probes = {probes}\n"
+        '[gates]\nrules = ["abstention_recall >= 0.9"]\n',
         "utf-8",
     )
     return path
 
 
+def _holding(question: str, passages: Sequence[Passage]) -> Passage | None:
+    return next((p for p in passages if GOLD[question] in p.text), None)
+
+
 class Oracle:
-    """Answers from the gold answers when its passage holds them, else abstains (a test double)."""
+    """Answers from the gold answer when a passage holds it, citing that passage; else abstains."""
 
     name = "oracle"
 
@@ -66,36 +98,86 @@ class Oracle:
         return {"kind": "test double"}
 
     def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
-        gold = GOLD[question]
-        for passage in passages:
-            if gold in passage.text:
-                return SystemAnswer(f"the {gold}", (passage.id,), False)
-        return SystemAnswer("", (), True)
+        found = _holding(question, passages)
+        return SystemAnswer(f"the {GOLD[question]}", (found.id,), False) if found else SystemAnswer("", (), True)
 
 
-class Guesser:
-    """Always answers "Paris", citing the first passage (a test double)."""
+class Inverted:
+    """Declines exactly when the answer is there, and answers "Paris" when it is not: wrong everywhere."""
 
-    name = "guesser"
+    name = "inverted"
 
     def describe(self) -> Mapping[str, Any]:
         return {}
 
     def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
+        if _holding(question, passages):
+            return SystemAnswer("", (), True)
         return SystemAnswer("Paris", (passages[0].id,), False)
+
+
+class WrongCiter:
+    """Gives the right answer but cites a passage without it, whenever it was given one."""
+
+    name = "wrong-citer"
+
+    def describe(self) -> Mapping[str, Any]:
+        return {}
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
+        if not _holding(question, passages):
+            return SystemAnswer("", (), True)
+        wrong = [p for p in passages if GOLD[question] not in p.text]
+        return SystemAnswer(GOLD[question], ((wrong or passages)[0].id,), False)
+
+
+class FallingBack:
+    """The oracle's answers, each reported as another backend's after a failed grounding check."""
+
+    name = "falling-back"
+
+    def describe(self) -> Mapping[str, Any]:
+        return {}
+
+    def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
+        given = Oracle().answer(question, passages)
+        if given.abstained:
+            return given
+        return SystemAnswer(given.text, given.cited_ids, False, produced_by="extractive", fallback="ungrounded")
+
+
+DOUBLES: dict[str, type[Any]] = {
+    "oracle": Oracle,
+    "inverted": Inverted,
+    "wrong-citer": WrongCiter,
+    "falling-back": FallingBack,
+}
 
 
 @pytest.fixture
 def backends() -> Any:
-    register_answer_backend("oracle", lambda ctx: Oracle())
-    register_answer_backend("guesser", lambda ctx: Guesser())
+    for name, cls in DOUBLES.items():
+
+        def factory(ctx: AnswerBackendContext, cls: type[Any] = cls) -> AnswerSystem:
+            return cls()  # type: ignore[no-any-return]
+
+        register_answer_backend(name, factory)
     yield
-    unregister_answer_backend("oracle")
-    unregister_answer_backend("guesser")
+    for name in DOUBLES:
+        unregister_answer_backend(name)
 
 
-def _values(results: dict[str, Any]) -> dict[str, float]:
-    return {m["name"]: m["value"] for m in results["metrics"]}
+def _values(results: dict[str, Any], setting: str, group: str | None = None) -> dict[str, float]:
+    return {
+        m["name"]: m["value"] for m in results["metrics"] if m.get("setting") == setting and m.get("group") == group
+    }
+
+
+def _run(tmp_path: Path, backend: str, encoder: Any, **kwargs: str) -> RunSummary:
+    return run_suite(
+        load_suite(str(_suite(tmp_path, backend, **kwargs))),
+        RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder),
+    )
 
 
 def test_no_backend_is_said_plainly(tmp_path: Path) -> None:
@@ -112,38 +194,88 @@ def test_no_backend_is_said_plainly(tmp_path: Path) -> None:
     assert "gate FAILED" in result.stderr  # a gate on a skipped task cannot pass by accident
 
 
-def test_registered_backends_are_scored(tmp_path: Path, backends: None) -> None:
+def test_the_oracle_scores_high_in_both_settings(tmp_path: Path, backends: None, encoder: Any) -> None:
     assert isinstance(Oracle(), AnswerSystem)
-    assert {"oracle", "guesser"} <= set(available_backends())
-    good = run_suite(
-        load_suite(str(_suite(tmp_path, "oracle"))), RunOptions(state_dir=tmp_path / "state", progress=False)
-    )
-    values = _values(good.results)
-    assert values["em"] == 1.0
-    assert values["f1"] == 1.0
-    assert values["false_abstention"] == 0.0
-    assert values["citation_precision"] == 1.0
-    assert values["faithfulness"] == 1.0
-    assert values["abstention_accuracy"] == 1.0
-    assert values["latency_ms"] >= 0.0
-    assert good.gates_passed
-    assert good.results["system"]["answer_backend"]["available"] is True
-    lines = (good.run_dir / "answers-mini.jsonl").read_text("utf-8").splitlines()
-    assert len(lines) == len(GOLD) + 4
-
-    bad = run_suite(
-        load_suite(str(_suite(tmp_path, "guesser"))), RunOptions(state_dir=tmp_path / "state", progress=False)
-    )
-    values = _values(bad.results)
-    assert values["em"] == pytest.approx(1 / 4)
-    assert values["abstention_accuracy"] == 0.0
-    assert values["citation_precision"] == 1.0  # it cites the paragraph that holds the answer, answering wrongly
-    assert values["faithfulness"] < 1.0  # "Paris" is not in most of the passages it cites
-    assert not bad.gates_passed
-    assert "abstention_accuracy" in bad.gates[0].reason
+    assert set(DOUBLES) <= set(available_backends())
+    run = _run(tmp_path, "oracle", encoder)
+    for setting in ("open", "gold"):
+        values = _values(run.results, setting)
+        assert values["em"] == 1.0, setting  # the encoder ranks each question's paragraph in its top 3
+        assert values["f1"] == 1.0
+        assert values["false_abstention"] == 0.0
+        assert values["citation_precision"] == 1.0
+        assert values["faithfulness"] == 1.0
+        assert values["abstention_recall"] == 1.0
+        assert values["abstention_precision"] == 1.0
+        assert _values(run.results, setting, "outcome:own")["share"] == 1.0
+        for kind in ("nearest", "removed", "random"):
+            assert _values(run.results, setting, f"probe:{kind}")["abstention_recall"] == 1.0
+    assert run.gates_passed
+    rows = [json.loads(line) for line in (run.run_dir / "answers-mini.jsonl").read_text("utf-8").splitlines()]
+    assert len(rows) == 2 * (len(GOLD) + 3 * 4)  # both settings: the questions and one probe per kind
+    for row in rows:  # no probe is given a passage that holds its answer
+        if not row["answerable"]:
+            assert row["abstained"], row
+    task = run.results["tasks"]["answers.mini"]
+    assert task["split"] == "dev"
+    assert task["sample"] == len(GOLD)
+    assert task["seed"] == 13
+    assert task["details"]["settings"]["gold"]["probes"] == {"nearest": 4, "removed": 4, "random": 4}
 
 
-def test_backend_context_carries_options(tmp_path: Path) -> None:
+def test_the_inverted_backend_scores_low(tmp_path: Path, backends: None, encoder: Any) -> None:
+    run = _run(tmp_path, "inverted", encoder)
+    for setting in ("open", "gold"):
+        values = _values(run.results, setting)
+        assert values["em"] == 0.0
+        assert values["f1"] == 0.0
+        assert values["false_abstention"] == 1.0
+        assert values["abstention_recall"] == 0.0
+        assert values["abstention_precision"] == 0.0
+        assert values["faithfulness"] < 0.5  # "Paris" is in none of the passages it cites but France's
+        assert _values(run.results, setting, "outcome:abstained")["share"] == 1.0
+    assert not run.gates_passed
+    assert "abstention_recall" in run.gates[0].reason
+
+
+def test_citations_can_be_wrong_in_the_open_setting(tmp_path: Path, backends: None, encoder: Any) -> None:
+    run = _run(tmp_path, "wrong-citer", encoder)
+    open_, gold = _values(run.results, "open"), _values(run.results, "gold")
+    assert open_["em"] == 1.0
+    assert open_["citation_precision"] == 0.0  # three retrieved passages: two lack the answer, and it cites one
+    assert open_["faithfulness"] < 0.5
+    assert gold["citation_precision"] == 1.0  # the gold setting gives only the right passage: right by construction
+
+
+def test_fallback_answers_are_not_credited_to_the_backend(tmp_path: Path, backends: None, encoder: Any) -> None:
+    run = _run(tmp_path, "falling-back", encoder)
+    for setting in ("open", "gold"):
+        assert _values(run.results, setting)["f1"] == 1.0
+        assert _values(run.results, setting, "outcome:own")["share"] == 0.0
+        fallback = _values(run.results, setting, "outcome:fallback")
+        assert fallback["share"] == 1.0
+        assert fallback["f1"] == 1.0
+    sentences = run.results["tasks"]["answers.mini"]["details"]["attribution"]
+    assert sentences[0].startswith("open setting: of 4 answerable questions, falling-back answered 0 (0%) itself")
+    assert "4 (100%) are another backend's answers after a fallback (extractive 4; why: ungrounded 4)" in sentences[0]
+    printed = _summary_lines(run.results)  # what `candor eval run` prints
+    assert f"answers.mini  {sentences[0]}" in printed
+    assert any(line.startswith("answers.mini  falling-back (open): em 1.0000") for line in printed)
+    report = (run.run_dir / "report.html").read_text("utf-8")
+    assert "are another backend&#x27;s answers" in report
+    assert "falling-back (open)" in report
+    assert "falling-back (gold)" in report
+
+
+def test_one_setting_and_no_probes(tmp_path: Path, backends: None, encoder: Any) -> None:
+    suite = load_suite(str(_suite(tmp_path, "oracle", probes="[]")), ["settings=['gold']"])
+    run = run_suite(suite, RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder))
+    assert {m.get("setting") for m in run.results["metrics"]} == {"gold"}
+    assert "abstention_recall" not in _values(run.results, "gold")
+    assert not run.gates_passed  # the gate names a figure the run could not produce
+
+
+def test_backend_context_carries_options(tmp_path: Path, encoder: Any) -> None:
     seen: list[AnswerBackendContext] = []
 
     def factory(ctx: AnswerBackendContext) -> AnswerSystem:
@@ -151,7 +283,11 @@ def test_backend_context_carries_options(tmp_path: Path) -> None:
         return Oracle()
 
     suite = load_suite(str(_suite(tmp_path, "probe")), ["system.answer.options={top_k = 2}", "seed=9"])
-    run_suite(suite, RunOptions(state_dir=tmp_path / "state", progress=False, answer_backends={"probe": factory}))
+    run_suite(
+        suite,
+        RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder, answer_backends={"probe": factory}),
+    )
     assert seen[0].options == {"top_k": 2}
     assert seen[0].seed == 9
     assert seen[0].encoder is not None
+    assert seen[0].encoder() is encoder

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from evals.answer_metrics import normalize_answer
 from evals.datasets import (
     DatasetRecord,
     age_band,
@@ -22,7 +21,6 @@ from evals.datasets import (
     load_squad,
     merge_dataset_entries,
     resolve_dataset,
-    wrong_context_probes,
 )
 from evals.errors import DatasetFormatError, DatasetNotFoundError
 from evals.pack_judgments import derive, load_rules, render
@@ -124,25 +122,17 @@ def _squad(path: Path) -> Path:
     return path
 
 
-def test_squad_file_and_wrong_context_probes(tmp_path: Path) -> None:
+def test_squad_file(tmp_path: Path) -> None:
     (tmp_path / "squad").mkdir()
     path = _squad(tmp_path / "squad" / "dev.json")
     assert detect_format(path.parent) == "squad"
     data = load_squad(path.parent)
     assert [e.id for e in data.examples] == ["a1", "a2", "b1"]
     assert data.examples[0].context_id == "Broncos#0"
+    assert data.examples[0].supporting_ids == ("Broncos#0",)
     assert data.examples[0].answers == ("Denver Broncos",)
     assert len(data.passages) == 3
-    probes = wrong_context_probes(data.examples, data.passages, data.passage_group, 3, seed=1)
-    assert probes
-    for probe, passages in probes:
-        assert not probe.answerable
-        assert probe.answers == ()
-        original = next(e for e in data.examples if probe.id == f"{e.id}#wrong-context")
-        for passage in passages:
-            assert data.passage_group[passage.id] != data.passage_group[original.context_id or ""]
-            assert all(normalize_answer(a) not in normalize_answer(passage.text) for a in original.answers)
-    assert probes == wrong_context_probes(data.examples, data.passages, data.passage_group, 3, seed=1)
+    assert data.passage_group["Broncos#0"] == "Broncos"
 
 
 def test_squad_errors(tmp_path: Path) -> None:

@@ -223,3 +223,49 @@ def test_latest_run_follows_start_time(tmp_path: Path) -> None:
     (tmp_path / "broken" / "results.json").write_text("{", "utf-8")
     assert latest_run(tmp_path) == tmp_path / "aaa-new"
     assert latest_run(tmp_path, suite="scifact") == tmp_path / "mid"
+
+
+def test_set_picks_dataset_protocol_and_enabled() -> None:
+    loaded = load_suite(
+        "movielens", ["recommendation.ua.enabled=false", "dataset=ml-latest-small", "recommendation.loo.protocol=u1"]
+    )
+    tasks = loaded.suite.recommendation
+    assert not tasks["ua"].enabled
+    assert tasks["loo"].enabled
+    assert tasks["ua"].dataset == tasks["loo"].dataset == "ml-latest-small"
+    assert tasks["loo"].protocol == "u1"
+    assert "recommendation.ua.enabled=false" in loaded.overrides
+    with pytest.raises(SuiteError, match="every task is disabled"):
+        load_suite("movielens", ["enabled=false"])
+    squad = load_suite("squad", ["settings=['gold']", "probes=['random']"]).suite.answers["squad"]
+    assert squad.settings == ["gold"]
+    assert squad.probes == ["random"]
+    with pytest.raises(SuiteError, match="each entry may appear once"):
+        load_suite("squad", ["settings=['open', 'open']"])
+
+
+def test_gates_filter_by_setting_and_skip_disabled_tasks() -> None:
+    run = [
+        MetricRecord("f1", 0.7, True, "answers.squad", "squad", "dev", "extractive", setting="gold"),
+        MetricRecord("f1", 0.4, True, "answers.squad", "squad", "dev", "extractive", setting="open"),
+    ]
+    assert run[0].key == "answers.squad/gold/f1"
+    assert run[0].key != run[1].key
+    assert MetricRecord.from_json(run[0].to_json()) == run[0]
+    results = evaluate_gates(
+        [
+            "f1[setting=open] >= 0.5",
+            "f1[setting=gold] >= 0.5",
+            "f1 >= 0.5",
+            "f1[setting=open] >= f1[setting=gold] - 0.5",
+            "ndcg@10[task=retrieval.off] >= 0.3",
+            "f1[setting=open] >= ndcg@10[task=retrieval.off]",
+            "ndcg@10[task=retrieval.gone] >= 0.3",
+        ],
+        run,
+        None,
+        disabled=["retrieval.off"],
+    )
+    assert [r.status for r in results] == ["failed", "passed", "failed", "passed", "skipped", "skipped", "failed"]
+    assert "retrieval.off is disabled" in results[4].reason
+    assert "no metric in this run matches" in results[6].reason  # not disabled: missing, so it fails
