@@ -8,7 +8,10 @@ the batched encoder) and the offline evaluation (through bulk encoding) run the 
   answer is copied from a cited passage. Where the question asks for a quantity ("how long", "how much") the
   matching span of the chosen sentence is returned as well.
 - **Support checks** accept a generated sentence only when its best-matching passage sentence is similar enough
-  (cosine), shares enough of its content words, and agrees with it on negation ("can" vs "cannot").
+  (cosine), shares enough of its content words, agrees with it on negation ("can" vs "cannot"), and states no
+  fact the cited passages lack: every number (digits or number words, ranges, prices, years, percentages) must
+  occur in them, with the same unit where the sentence names one ("3 days" is not "3 weeks"), and every name
+  (a capitalised word inside the sentence) must occur in them too. Similar wording cannot hide a changed figure.
 - **Prompts** number the passages and fence them as quoted data; text that tries to close the fence or looks
   like an instruction to the model is neutralised or kept out of the context.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.chunking import split_sentences
-from retrieval.text import content_stems, words
+from retrieval.text import content_stems, stem, words
 
 _NEGATIONS = frozenset({"not", "no", "never", "cannot", "cant", "dont", "doesnt", "isnt", "arent", "wont", "nor"})
 _INJECTION = re.compile(
@@ -57,6 +60,119 @@ _SPAN_PATTERNS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
     ),
     (re.compile(r"\bhow many\b", re.I), re.compile(r"\b(?:up to\s+)?\d[\d,]*\b")),
 )
+
+
+_SMALL = "zero one two three four five six seven eight nine ten".split()  # noqa: SIM905 - reads better as text
+_TEENS = "eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()  # noqa: SIM905
+_NUMBER_WORDS = {word: str(value) for value, word in enumerate([*_SMALL, *_TEENS])}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000"})
+_CURRENCY = {"rs": "inr", "inr": "inr", "₹": "inr", "rupee": "inr", "$": "usd", "usd": "usd", "dollar": "usd"}
+_CURRENCY.update({"€": "eur", "eur": "eur", "euro": "eur", "£": "gbp", "gbp": "gbp", "pound": "gbp"})
+_UNITS = {
+    **{u: u for u in ("second", "minute", "hour", "day", "week", "month", "year", "time")},
+    **{u: u for u in ("kg", "g", "mg", "km", "m", "cm", "mm", "mile", "inch", "foot", "feet", "ml", "l")},
+    **{u: u for u in ("gb", "mb", "tb", "w", "kw", "v", "mah", "hz", "ghz", "mp", "item", "order", "card")},
+    "%": "percent",
+    "percent": "percent",
+    "per": "percent",
+    "metre": "m",
+    "meter": "m",
+    "litre": "l",
+    "liter": "l",
+    "hr": "hour",
+    "min": "minute",
+    "sec": "second",
+    "yr": "year",
+    "kilogram": "kg",
+    "gram": "g",
+}
+_UNIT_SKIP = frozenset({"business", "working", "calendar", "full", "more", "extra", "additional"})
+# A comma inside a number groups digits (1,000 or 1,00,000); one followed by a space ends it ("in 1969, 1,000").
+_TOKEN = re.compile(r"\d+(?:,\d{2,3})*(?:\.\d+)?|[A-Za-z]+|[%₹$€£]|[.,;:!?()]")
+_NAME = re.compile(r"\b[A-Z][A-Za-z]+(?:[-'][A-Za-z]+)*\b")
+# Capitalised words that are not names: sentence openers a model uses, pronouns, days and months are names.
+_NOT_NAMES = frozenset({"I", "You", "Yes", "No", "We", "Our", "It", "The", "This", "That", "These", "Those", "A", "An"})
+
+
+def _number(token: str) -> str | None:
+    """A number token's canonical form (``1,000`` -> ``1000``, ``2.50`` -> ``2.5``, ``three`` -> ``3``)."""
+    lowered = token.lower()
+    if lowered in _NUMBER_WORDS:
+        return _NUMBER_WORDS[lowered]
+    if not token[:1].isdigit():
+        return None
+    plain = token.replace(",", "")
+    if "." in plain:
+        plain = plain.rstrip("0").rstrip(".")
+    return plain.lstrip("0") or "0"
+
+
+def quantities(text: str) -> set[tuple[str, str]]:
+    """The numbers a text states, each with its unit (``""`` when none follows or precedes it).
+
+    ``Rs. 499`` gives ``("499", "inr")``; ``3 to 7 business days`` gives ``("3", "day")`` and ``("7", "day")``;
+    ``in 1969`` gives ``("1969", "")``.
+    """
+    tokens = _TOKEN.findall(text)
+    found: set[tuple[str, str]] = set()
+    pending: list[str] = []  # numbers of a range waiting for the unit that follows the last one
+    before = ""  # the last token that was not a full stop ("Rs." is a currency)
+    for token in tokens:
+        value = _number(token)
+        lowered = token.lower()
+        if value is not None:
+            if before in _CURRENCY:
+                found.add((value, _CURRENCY[before]))
+            else:
+                pending.append(value)
+        elif pending and lowered in ("-", "to", "or", "and", *_UNIT_SKIP):
+            pass  # "3 to 7", "2 business days"
+        elif pending:
+            unit = "" if lowered in ".,;:!?()" else _UNITS.get(stem(lowered)) or _CURRENCY.get(stem(lowered), "")
+            found.update((v, unit) for v in pending)
+            pending = []
+        if lowered != ".":
+            before = lowered
+    found.update((v, "") for v in pending)
+    return found
+
+
+def names(text: str) -> set[str]:
+    """Capitalised words inside sentences (not the first word of one), folded to lower case."""
+    found: set[str] = set()
+    for sentence in split_sentences(text):
+        for match in _NAME.finditer(sentence):
+            if match.start() == 0 or match.group() in _NOT_NAMES:
+                continue
+            found.add(match.group().casefold())
+    return found
+
+
+def fact_mismatches(sentence: str, reference: str) -> list[str]:
+    """What a sentence states that the reference text does not: numbers, units and names, as readable reasons.
+
+    Args:
+        sentence: An answer sentence.
+        reference: The text of the passages it cites.
+
+    Returns:
+        One reason per unsupported fact, e.g. ``number 30 (day) is not in the cited passages``; empty when every
+        fact checks out.
+    """
+    reasons: list[str] = []
+    cited = quantities(reference)
+    cited_numbers = {value for value, _ in cited}
+    for value, unit in sorted(quantities(sentence)):
+        if value not in cited_numbers:
+            reasons.append(f"number {value}{f' ({unit})' if unit else ''} is not in the cited passages")
+        elif unit and (value, unit) not in cited and any(u for v, u in cited if v == value):
+            found = sorted(u for v, u in cited if v == value and u)
+            reasons.append(f"{value} {unit}: the cited passages say {value} {', '.join(found)}")
+    reference_words = set(words(reference))
+    for name in sorted(names(sentence)):
+        if name.replace("'", "") not in reference_words and not all(w in reference_words for w in words(name)):
+            reasons.append(f"name {name!r} is not in the cited passages")
+    return reasons
 
 
 def _negated(text: str) -> bool:
@@ -233,6 +349,7 @@ class SentenceSupport:
     overlap: float
     negation_agrees: bool
     supported: bool
+    mismatches: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +372,7 @@ class SupportReport:
                     "overlap": round(s.overlap, 4),
                     "negation_agrees": s.negation_agrees,
                     "supported": s.supported,
+                    **({"mismatches": list(s.mismatches)} if s.mismatches else {}),
                 }
                 for s in self.sentences
             ],
@@ -278,11 +396,13 @@ def check_support(
         config: Thresholds.
 
     Returns:
-        Per-sentence results; ``supported`` when at least ``min_supported`` of the sentences are.
+        Per-sentence results; ``supported`` when at least ``min_supported`` of the sentences are and no sentence
+        states a number, unit or name the cited passages lack (a wrong fact is never outweighed).
     """
     if not answer_sentences or not passage_sentences_:
         return SupportReport((), False, 0.0)
     reference = {t for s in passage_sentences_ for t in content_stems(s)}
+    cited_text = " ".join(passage_sentences_)
     sims = answer_vectors @ passage_vectors.T
     results = []
     for i, sentence in enumerate(answer_sentences):
@@ -290,11 +410,17 @@ def check_support(
         similarity = float(sims[i, j])
         share = overlap(content_stems(sentence), reference)
         agrees = _negated(sentence) == _negated(passage_sentences_[j])
-        ok = similarity >= config.min_similarity and share >= config.min_overlap and agrees
-        results.append(SentenceSupport(sentence, similarity, share, agrees, ok))
+        mismatches = tuple(fact_mismatches(sentence, cited_text))
+        ok = similarity >= config.min_similarity and share >= config.min_overlap and agrees and not mismatches
+        results.append(SentenceSupport(sentence, similarity, share, agrees, ok, mismatches))
     supported_share = sum(r.supported for r in results) / len(results)
-    score = float(np.mean([min(r.similarity, r.overlap) * (1.0 if r.negation_agrees else 0.0) for r in results]))
-    return SupportReport(tuple(results), supported_share >= config.min_supported, score)
+    facts_hold = not any(r.mismatches for r in results)
+    score = float(
+        np.mean(
+            [min(r.similarity, r.overlap) * (1.0 if r.negation_agrees and not r.mismatches else 0.0) for r in results]
+        )
+    )
+    return SupportReport(tuple(results), supported_share >= config.min_supported and facts_hold, score)
 
 
 # -- prompts for generative backends ----------------------------------------------------------------------------

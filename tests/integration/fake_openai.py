@@ -6,7 +6,9 @@ Each call takes the next behaviour from ``script`` (then ``default``):
 - ``hallucinate``: a confident answer the passages do not support;
 - ``idk``: "I don't know.";
 - ``429`` / ``503``: that status (``Retry-After: 0`` on 429);
-- ``slow``: waits ``slow_s`` before answering (for timeouts).
+- ``slow``: waits ``slow_s`` before answering (for timeouts);
+- ``tamper-number``, ``tamper-unit``, ``tamper-name``, ``tamper-negation``: a sentence of passage 1, citing ``[1]``,
+  with one fact changed: its numbers times ten, days made weeks, a name replaced, its negation dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +28,13 @@ import uvicorn
 from tests.e2e.conftest import free_port
 
 HALLUCINATION = "Yes, every gift card can be exchanged for cash at any post office. [1]"
+# How each tamper mode picks a sentence of passage 1 and what it changes in it.
+TAMPER: dict[str, tuple[str, Callable[[str], str]]] = {
+    "number": (r"\d", lambda s: re.sub(r"\d+", lambda m: str(int(m.group()) * 10), s)),
+    "unit": (r"\d+ (?:business )?days", lambda s: s.replace("days", "weeks")),
+    "name": (r"\bMastercard\b", lambda s: s.replace("Mastercard", "Discover")),
+    "negation": (r"\bcannot\b", lambda s: s.replace("cannot", "can")),
+}
 
 
 class FakeOpenAI:
@@ -45,8 +54,12 @@ class FakeOpenAI:
             return "I don't know."
         user = body["messages"][-1]["content"]
         match = re.search(r'<passage id="1"[^>]*>\n(.*?)\n</passage>', user, re.S)
-        first = re.split(r"(?<=[.!?])\s+", match.group(1))[0] if match else "Nothing."
-        return f"{first} [1]"
+        sentences = re.split(r"(?<=[.!?])\s+", match.group(1)) if match else ["Nothing."]
+        if mode.startswith("tamper-"):
+            pattern, change = TAMPER[mode.removeprefix("tamper-")]
+            chosen = next((s for s in sentences if re.search(pattern, s)), sentences[0])
+            return f"{change(chosen)} [1]"
+        return f"{sentences[0]} [1]"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -193,6 +193,32 @@ def test_unsupported_generated_answer_is_replaced_by_the_extractive_one(api: Api
     assert body["citations"][0]["doc_id"] == "kb-gift-cards"
 
 
+@pytest.mark.parametrize(
+    ("mode", "question", "reason"),
+    [
+        ("tamper-number", "How long does standard delivery take?", "number 30 (day) is not in the cited passages"),
+        ("tamper-unit", "How long does standard delivery take?", "3 week: the cited passages say 3 day"),
+        ("tamper-name", "Which credit cards do you accept?", "name 'discover' is not in the cited passages"),
+        ("tamper-negation", "Can I return a gift card?", None),
+    ],
+)
+def test_a_generated_answer_that_changes_a_fact_is_not_grounded(
+    api: Api, mode: str, question: str, reason: str | None
+) -> None:
+    api.fake.script.extend([mode])
+    response = api.ask(question=question, backend="openai")
+    body = response.json()
+    assert body["backend"] == "extractive", body  # the tampered generation was replaced
+    assert body["fallback"] == {"from": "openai", "reason": "ungrounded"}
+    record = httpx.get(f"{api.base}/v1/audit/records/{body['audit_id']}", headers=api.admin, timeout=30).json()
+    checked = record["record"]["explanation"]["grounding"]["replaced"]["sentences"]
+    assert checked[0]["supported"] is False
+    if reason is None:
+        assert checked[0]["negation_agrees"] is False
+    else:
+        assert reason in checked[0]["mismatches"]  # the reason is kept in the audit record
+
+
 def test_model_that_does_not_know_abstains(api: Api) -> None:
     api.fake.script.extend(["idk"])
     body = api.ask(question="Can I return a gift card?", backend="openai").json()

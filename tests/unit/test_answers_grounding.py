@@ -11,9 +11,11 @@ from retrieval.answers.grounding import (
     build_messages,
     check_support,
     extract_answer,
+    fact_mismatches,
     find_span,
     looks_like_injection,
     parse_generation,
+    quantities,
 )
 from retrieval.answers.remote import CircuitBreaker
 from retrieval.chunking import chunk_text, split_sentences
@@ -97,6 +99,59 @@ def test_support_needs_similarity_overlap_and_the_same_negation() -> None:
     invented = check_support(["UPI refunds arrive within 24 hours."], np.array([[0.9, 0.1]]), passage, pv, cfg)
     assert not invented.supported
     assert invented.sentences[0].overlap < 0.6
+
+
+def test_quantities_read_ranges_units_prices_and_separators() -> None:
+    found = quantities("Delivery takes 3 to 7 business days. Rs. 499 or more; 10% off; in 1969, 1,000 items, 2.50 kg")
+    assert found == {
+        ("3", "day"),
+        ("7", "day"),
+        ("499", "inr"),
+        ("10", "percent"),
+        ("1969", ""),
+        ("1000", "item"),
+        ("2.5", "kg"),
+    }
+    assert quantities("valid for one year") == {("1", "year")}
+
+
+PASSAGE = "Standard delivery takes 3 to 7 business days. Express costs Rs. 99 with Blue Dart in India."
+
+
+@pytest.mark.parametrize(
+    ("sentence", "reasons"),
+    [
+        ("Standard delivery takes 3 to 7 business days.", []),
+        ("Standard delivery takes three to seven days.", []),  # number words and a dropped qualifier are fine
+        ("Express delivery is Rs. 99.", []),
+        (
+            "Standard delivery takes 30 to 70 business days.",
+            ["number 30 (day) is not in the cited passages", "number 70 (day) is not in the cited passages"],
+        ),
+        (
+            "Standard delivery takes 3 to 7 weeks.",
+            ["3 week: the cited passages say 3 day", "7 week: the cited passages say 7 day"],
+        ),
+        ("Express costs Rs. 199.", ["number 199 (inr) is not in the cited passages"]),
+        ("Express ships with FedEx in India.", ["name 'fedex' is not in the cited passages"]),
+        ("Express ships with Blue Dart in India.", []),
+    ],
+)
+def test_numbers_units_and_names_must_be_in_the_cited_passages(sentence: str, reasons: list[str]) -> None:
+    assert fact_mismatches(sentence, PASSAGE) == reasons
+
+
+def test_a_changed_fact_fails_the_support_check_however_similar_the_sentence() -> None:
+    cfg = SupportConfig(min_similarity=0.5, min_overlap=0.6, min_supported=0.5)
+    pv = np.array([[1.0, 0.0]], dtype=np.float32)
+    changed = ["Standard delivery takes 30 to 70 business days.", "Express costs Rs. 99."]
+    report = check_support(changed, np.array([[0.99, 0.01], [0.99, 0.01]]), [PASSAGE], pv, cfg)
+    assert not report.supported  # half the sentences pass, which min_supported allows, but a wrong number never does
+    assert report.sentences[0].mismatches
+    assert report.sentences[1].supported
+    recorded = report.to_dict()["sentences"]
+    assert isinstance(recorded, list)
+    assert recorded[0]["mismatches"][0] == "number 30 (day) is not in the cited passages"
 
 
 def test_citations_are_parsed_and_checked() -> None:
