@@ -56,7 +56,7 @@ def free_cores() -> int:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Keep transformers' per-load chatter out of the logs; its errors still show.
 
     Loading draws a weights progress bar, and tracing warns about a causal-LM ``loss_type`` an encoder never uses.
@@ -144,7 +144,7 @@ class Encoder:
         # Weights load as float32 whatever dtype the folder stores (many checkpoints ship float16, which
         # transformers would otherwise keep: slow on most CPUs and not what the CPU path is checked against);
         # CUDA then halves them.
-        with _quiet_transformers():
+        with quiet_transformers():
             self._model = SentenceTransformer(
                 str(path), device=self._device, local_files_only=True, model_kwargs={"dtype": torch.float32}
             )
@@ -176,7 +176,7 @@ class Encoder:
         self._fast.no_padding()
         self._fast.enable_truncation(self.info.max_seq_length)
         self._pooling_mode = self._numpy_pooling_mode()
-        with _quiet_transformers():  # tracing reads every module attribute, and one of them warns
+        with quiet_transformers():  # tracing reads every module attribute, and one of them warns
             self._traced: Any = self._trace_transformer() if trace else None
             self._packed: Any = self._trace_packed() if trace and packed else None
         logger.info(

@@ -26,7 +26,7 @@ import structlog
 import torch
 
 from retrieval.digest import file_sha256
-from retrieval.encoder import Device, free_cores, resolve_device
+from retrieval.encoder import Device, free_cores, quiet_transformers, resolve_device
 
 logger = structlog.get_logger(__name__)
 
@@ -135,9 +135,10 @@ class LocalGenerator:
                 else "-"
             )
         dtype = torch.float16 if self._device == "cuda" else torch.float32
-        self._tokenizer: Any = auto_tokenizer.from_pretrained(str(folder), local_files_only=True)
+        with quiet_transformers():
+            self._tokenizer: Any = auto_tokenizer.from_pretrained(str(folder), local_files_only=True)
+            self._model: Any = auto_model.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         self._tokenizer.padding_side = "left"
-        self._model: Any = auto_model.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         self._model.to(self._device).eval()
         stop_tokens = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"}
         vocab = self._tokenizer.get_vocab()
@@ -164,12 +165,13 @@ class LocalGenerator:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
         try:
-            tokenizer = auto_tokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            # De-quantised straight to float16: the copy is half the size and reloads with identical output.
-            model = auto_model.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float16)
-            model.hf_quantizer = None  # otherwise save_pretrained refuses a "quantised" model
-            model.save_pretrained(str(staging))
-            tokenizer.save_pretrained(str(staging))
+            with quiet_transformers():
+                tokenizer = auto_tokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                # De-quantised straight to float16: the copy is half the size and reloads with identical output.
+                model = auto_model.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float16)
+                model.hf_quantizer = None  # otherwise save_pretrained refuses a "quantised" model
+                model.save_pretrained(str(staging))
+                tokenizer.save_pretrained(str(staging))
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

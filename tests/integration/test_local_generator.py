@@ -41,14 +41,18 @@ class Recorder(NullObserver):
         self.batches.append(stats)
 
 
-def test_loads_offline_from_the_wheel_and_caches_a_converted_copy(local_generator: LocalGenerator) -> None:
+def test_loads_offline_from_the_wheel_and_caches_a_converted_copy(
+    local_generator: LocalGenerator, capfd: pytest.CaptureFixture[str]
+) -> None:
     info = local_generator.info
     assert info.name == "SmolLM2-135M-Instruct"
     assert info.version.startswith("sha256:")
     cached = Path(local_generator.config.cache_dir)
     assert [p.name for p in cached.iterdir() if (p / "config.json").is_file()], "no converted copy was written"
+    capfd.readouterr()
     again = LocalGenerator(local_generator.config)  # reads the copy: no second conversion
     assert again.info.version == info.version
+    assert "Loading weights" not in capfd.readouterr().err  # no transformers progress bar on a load
 
 
 def test_batched_greedy_generation_equals_one_at_a_time(local_generator: LocalGenerator) -> None:
