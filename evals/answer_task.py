@@ -14,7 +14,8 @@ Answers, citations, abstentions and who produced each answer are scored.
 
 Metrics, per setting: ``em`` and ``f1`` (answerable questions; an abstention scores 0), ``false_abstention``,
 ``citation_precision`` (answered questions that cite something), ``faithfulness`` (every answer given),
-``abstention_recall`` (unanswerable questions declined; also per probe kind, ``group = probe:<kind>``),
+``abstention_recall`` (unanswerable questions declined; also per probe kind, ``group = probe:<kind>``, and
+``probe:dataset`` for the questions a pack marks unanswerable),
 ``abstention_precision`` (declined questions that were unanswerable), ``share`` of answerable questions by who
 answered (``group = outcome:own|fallback|abstained``) with ``em`` and ``f1`` of each, and latency per question.
 """
@@ -321,7 +322,8 @@ class AnswerEvaluator:
         for kind in dict.fromkeys(cases[i].kind for i in unanswerable):
             units = [i for i in unanswerable if cases[i].kind == kind]
             values = {"abstention_recall": [float(answers[i].abstained) for i in units]}
-            add(units, values, declined, "unanswerable", group=f"probe:{kind}")
+            label = "dataset" if kind == "question" else kind  # questions the dataset itself marks unanswerable
+            add(units, values, declined, "unanswerable", group=f"probe:{label}")
         add(
             abstained,
             {"abstention_precision": [float(not cases[i].example.answerable) for i in abstained]},

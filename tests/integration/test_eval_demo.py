@@ -287,5 +287,7 @@ def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encode
     assert "doc-returns" in opened[0]["passages"]
     gold_rows = [r for r in answered if r["setting"] == "gold" and r["answerable"]]
     assert [r["passages"] for r in gold_rows] == [["doc-returns"], ["doc-shipping"]]
+    groups = {m["group"] for m in summary.results["metrics"] if m["name"] == "abstention_recall" and m.get("group")}
+    assert groups == {"probe:dataset", "probe:nearest"}
     settings = summary.results["tasks"]["answers.pack"]["details"]["settings"]
     assert settings["open"]["probes_not_built"] == {"removed": 2}
