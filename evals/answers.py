@@ -124,5 +124,10 @@ def unregister_answer_backend(name: str) -> None:
 
 
 def available_backends(builtin: Mapping[str, AnswerFactory] | None = None) -> dict[str, AnswerFactory]:
-    """Every backend a suite can name: ``builtin`` (the service's, handed in by the app) and those registered."""
-    return {**(builtin or {}), **_REGISTRY}
+    """Every backend a suite can name: the baselines, ``builtin`` (the service's) and those registered.
+
+    The baselines (:mod:`evals.answer_baselines`) need no service; the app hands in its backends as ``builtin``.
+    """
+    from evals.answer_baselines import BASELINES  # it builds on this module's types
+
+    return {**BASELINES, **(builtin or {}), **_REGISTRY}

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.cli_eval import _summary_lines
+from evals.answer_baselines import OverlapBaseline
 from evals.answers import (
     AnswerBackendContext,
     AnswerSystem,
@@ -291,3 +292,21 @@ def test_backend_context_carries_options(tmp_path: Path, encoder: Any) -> None:
     assert seen[0].seed == 9
     assert seen[0].encoder is not None
     assert seen[0].encoder() is encoder
+
+
+def test_the_overlap_baseline_answers_from_the_question_words(tmp_path: Path, encoder: Any) -> None:
+    baseline = OverlapBaseline()
+    passages = [
+        Passage("p1", "Rivers carry sediment. Deltas form at their mouths."),
+        Passage("p2", "Paris is the capital of France."),
+    ]
+    given = baseline.answer("What is the capital of France?", passages)
+    assert given == SystemAnswer("Paris is the capital of France.", ("p2",))
+    assert "overlap-baseline" in available_backends()
+    run = run_suite(
+        load_suite(str(_suite(tmp_path, "overlap-baseline"))),
+        RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder),
+    )
+    gold = _values(run.results, "gold")
+    assert gold["abstention_recall"] == 0.0  # it never declines: the floor
+    assert 0.0 < gold["f1"] < 1.0  # whole sentences against short gold spans
