@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request
 from litestar.constants import RESERVED_KWARGS
 from litestar.enums import ParamType
@@ -17,6 +18,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import BodyKwarg, DependencyKwarg, ParameterKwarg
 
 from app.errors import ApiError, invalid
+from app.state import provide_services
 
 # Handler function -> the query parameters it declares. Keyed by the function: Litestar may hand the hook a copy of
 # the route handler, never a different function.
@@ -70,8 +72,45 @@ async def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
     )
 
 
+def json_depth(body: bytes, limit: int) -> int:
+    """How deeply ``body``'s arrays and objects nest, counted exactly only when it could exceed ``limit``.
+
+    The JSON decoder recurses once per level and ends in a ``RecursionError`` (a 500) long before the body size
+    limit, so depth is checked before the route decodes the body. A body with no more brackets than ``limit``
+    cannot nest deeper, and costs two byte counts; others are decoded untyped and walked without recursion.
+    Malformed JSON counts as depth 0 and is left to the route's decoder (``invalid_json``).
+
+    Returns:
+        A depth that is exact whenever it exceeds ``limit`` (``limit + 1`` for a body too deep to decode).
+    """
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets <= limit:
+        return brackets
+    try:
+        value = msgspec.json.decode(body)
+    except RecursionError:
+        return limit + 1
+    except msgspec.DecodeError:
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """Refuse bodies that are not JSON with 415, and a missing body the route needs with 400."""
+    """Refuse bodies that are not JSON with 415, a missing body the route needs with 400.
+
+    Bodies nested deeper than ``limits.max_json_depth`` get 400 ``invalid_json`` before the route decodes them.
+    """
     if request.method not in {"POST", "PUT", "PATCH"}:
         return
     content_type = request.headers.get("content-type", "")
@@ -83,6 +122,16 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         body = request.route_handler.parsed_fn_signature.parameters.get("data")
         if body is not None and not body.is_optional:
             raise invalid("data", "required: send a JSON object", source="body")
+        return
+    limit = provide_services(request.app.state).settings.limits.max_json_depth
+    depth = json_depth(await request.body(), limit)
+    if depth > limit:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"request body nests arrays and objects deeper than {limit} levels",
+            {"max_depth": limit},
+        )
 
 
 async def check_api_request(request: Request[Any, Any, Any]) -> None:

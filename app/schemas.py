@@ -12,7 +12,6 @@ import msgspec
 from msgspec import Meta, Struct
 
 NonNegative = Annotated[float, Meta(ge=0)]
-Positive = Annotated[float, Meta(gt=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1, description="0 keeps relevance order; 1 favours variety most")]
 ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -66,11 +65,16 @@ class SearchRequest(Struct, forbid_unknown_fields=True):
     context: ContextIn | None = None
 
 
+# History weights are relative; the bounds keep every score they produce finite (float32 vectors overflow near 3e38,
+# and a weight that rounds to zero made a 0/0).
+HistoryWeight = Annotated[float, Meta(ge=1e-6, le=1e6, description="relative weight, 1e-6 to 1e6")]
+
+
 class HistoryEntryIn(Struct, forbid_unknown_fields=True):
     """An item the shopper viewed or bought, with an optional weight."""
 
     item_id: ItemId
-    weight: Positive = 1.0
+    weight: HistoryWeight = 1.0
 
 
 class RecommendationRequest(Struct, forbid_unknown_fields=True):

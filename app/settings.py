@@ -69,6 +69,7 @@ class LimitSettings(Section):
     max_history: int = Field(default=500, gt=0)
     max_exclude: int = Field(default=1000, ge=0)
     max_item_text_chars: int = Field(default=20000, gt=0)
+    max_json_depth: int = Field(default=32, gt=0, le=500)
 
 
 class AuthSettings(Section):

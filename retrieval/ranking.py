@@ -294,7 +294,10 @@ class Ranker:
     ) -> Ranked:
         """Content-only scores: the weighted mean cosine similarity of each candidate to the history."""
         items = [p.item for p in present]
-        weights = np.asarray([p.weight for p in present], dtype=np.float32)
+        # Scores are a weighted mean, so only relative weights matter: scaling by the largest in float64 first keeps
+        # extreme weights from overflowing (or rounding to zero) in float32.
+        raw = np.asarray([p.weight for p in present], dtype=np.float64)
+        weights = (raw / raw.max()).astype(np.float32)
         history_vectors = self._store.vectors([p.faiss_id for p in present])
         profile = (weights[:, None] * history_vectors).sum(axis=0)
         profile /= max(float(np.linalg.norm(profile)), 1e-12)
@@ -378,7 +381,14 @@ class Ranker:
         method: str,
         note: str,
     ) -> Ranked:
-        """Order candidates by score, diversify, and explain each pick by its history shares."""
+        """Order candidates by score, diversify, and explain each pick by its history shares.
+
+        Raises:
+            InvalidQueryError: A score is not finite (weights so extreme that the sums overflow): a 400, never a
+                ``null`` score in a 200.
+        """
+        if not np.all(np.isfinite(scores)):
+            raise InvalidQueryError("history weights are too extreme to score; keep them within 1e-6 to 1e6", "history")
         for cand, score in zip(candidates, scores, strict=True):
             cand.score = float(score)
         order = np.argsort(-scores, kind="stable")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,11 +66,18 @@ def parse_time(field: str, value: str | None) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+_CURSOR = re.compile(r"[1-9][0-9]{0,17}")
+
+
 def parse_cursor(cursor: str | None) -> int | None:
-    """The opaque cursor of a listing (the last seen position)."""
+    """The opaque cursor of a listing (the last seen position).
+
+    Matched against ASCII digits only: ``str.isdigit`` also accepts characters such as superscripts that ``int``
+    then refuses, which was a 500.
+    """
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or int(cursor) <= 0 or len(cursor) > 18:
+    if not _CURSOR.fullmatch(cursor):
         raise invalid("cursor", "not a cursor returned by this route")
     return int(cursor)
 

@@ -91,6 +91,21 @@ async def test_filters_hold_even_when_the_nearest_items_fail_them(engine: Retrie
     assert all(s.item.price is not None and 100 <= s.item.price <= 300 for s in cheap.items)
 
 
+@pytest.mark.parametrize("weights", [(1e300, 1.0), (1.0, 5e-324), (1e308, 1e308)])
+async def test_history_weights_at_float_extremes_give_finite_scores(
+    engine: RetrievalEngine, weights: tuple[float, float]
+) -> None:
+    mugs = [i.id for i in engine.store.catalog.items() if "Coffee Mugs" in i.category][:2]
+    history = [HistoryEntry(mug, weight) for mug, weight in zip(mugs, weights, strict=True)]
+    try:
+        ranked = await engine.recommend_for_history(history, k=5, diversity=0.5)
+    except InvalidQueryError:
+        return  # refused as a 400 is fine; a NaN score in a 200 is not
+    assert ranked.items
+    assert all(np.isfinite(s.score) for s in ranked.items)
+    assert all(np.isfinite(c.score) for s in ranked.items for c in s.explanation.contributions)
+
+
 async def test_diversity_spreads_results(engine: RetrievalEngine) -> None:
     plain = await engine.search("ceramic coffee mug", k=10)
     varied = await engine.search("ceramic coffee mug", k=10, diversity=0.9)

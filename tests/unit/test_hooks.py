@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import pytest
 from litestar import get
 from litestar.di import Provide
 from litestar.params import FromHeader, FromPath, FromQuery, QueryParameter
 from litestar.routes import HTTPRoute
 
 from app.app import create_app
-from app.hooks import declared_query_names
+from app.errors import ApiError
+from app.hooks import declared_query_names, json_depth
+from app.routes.audit import parse_cursor
 from app.settings import load_settings
 
 
@@ -52,3 +55,30 @@ def test_aliases_headers_paths_and_dependencies_are_told_apart() -> None:
         return {}
 
     assert declared_query_names(things) == {"plain", "marked", "from"}
+
+
+@pytest.mark.parametrize(
+    ("body", "depth_over_4"),
+    [
+        (b'{"query": "towel", "filters": {"category": "Baby"}}', False),
+        (b'{"query": "[[[[[[[[[[{{{{{{"}', False),  # brackets inside strings do not nest
+        (b'{"a": [[], [], [], [], [], [], []]}', False),  # many brackets, shallow
+        (b'{"a": [[[[{"b": 1}]]]]}', True),
+        (b"[" * 5000 + b"]" * 5000, True),  # deeper than the decoder can recurse
+        (b"[[[[[[ not json", False),  # left to the route's decoder
+    ],
+)
+def test_json_depth_finds_bodies_nested_too_deeply(body: bytes, depth_over_4: bool) -> None:
+    assert (json_depth(body, 4) > 4) is depth_over_4
+
+
+@pytest.mark.parametrize("cursor", ["²", "١٢", "𝟙", "0", "-3", "1e3", " 12", "1" * 19])
+def test_cursors_take_ascii_digits_only(cursor: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_cursor(cursor)
+    assert caught.value.status == 400
+
+
+def test_a_cursor_of_ascii_digits_is_a_position() -> None:
+    assert parse_cursor("42") == 42
+    assert parse_cursor("") is None
