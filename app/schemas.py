@@ -14,6 +14,11 @@ from msgspec import Meta, Struct
 NonNegative = Annotated[float, Meta(ge=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1, description="0 keeps relevance order; 1 favours variety most")]
 ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
+# Documents are read and deleted at /v1/documents/{id}, a path segment: an id with "/" could be created but never
+# addressed again, so it is refused at creation.
+DocumentId = Annotated[
+    str, Meta(min_length=1, max_length=200, pattern=r"^[^/]+$", description="1 to 200 characters, no '/'")
+]
 
 
 class ErrorOut(Struct):
@@ -305,7 +310,7 @@ class AnswerResponse(Struct):
 class DocumentIn(Struct, forbid_unknown_fields=True):
     """A knowledge-base document."""
 
-    id: ItemId
+    id: DocumentId
     title: Annotated[str, Meta(min_length=1, max_length=1000)]
     text: Annotated[str, Meta(min_length=1)]
     source: Annotated[str, Meta(max_length=1000)] | None = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,58 @@ def _item_from_json(data: str) -> Item:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogView:
+    """The catalog's items at one moment: never changed after it is made, so safe to read from any thread.
+
+    Writes build a new view and swap it in with one assignment, so a reader that takes :meth:`ItemCatalog.view`
+    once sees every item, id and FAISS id from the same moment, however many writes run meanwhile (iterating the
+    live dictionaries in a worker thread failed with "dictionary changed size during iteration").
+
+    Attributes:
+        by_id: Items by id.
+        faiss_of: Item id -> the FAISS id of its current vector.
+        item_of: FAISS id -> item id, for current vectors only.
+    """
+
+    by_id: Mapping[str, Item]
+    faiss_of: Mapping[str, int]
+    item_of: Mapping[int, str]
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def get(self, item_id: str) -> Item | None:
+        """The item with this id, if present."""
+        return self.by_id.get(item_id)
+
+    def item_for_faiss_id(self, faiss_id: int) -> Item | None:
+        """The live item stored under a FAISS id (``None`` for removed or replaced vectors)."""
+        item_id = self.item_of.get(faiss_id)
+        return None if item_id is None else self.by_id.get(item_id)
+
+    def faiss_id(self, item_id: str) -> int | None:
+        """The FAISS id of an item's current vector."""
+        return self.faiss_of.get(item_id)
+
+    def items(self) -> list[Item]:
+        """All items, in id order."""
+        return [self.by_id[k] for k in sorted(self.by_id)]
+
+    def live_faiss_ids(self) -> np.ndarray:
+        """FAISS ids of every current vector."""
+        return np.fromiter(self.item_of.keys(), dtype=np.int64, count=len(self.item_of))
+
+    def matching_faiss_ids(self, filters: Filters, exclude: Iterable[str] = ()) -> np.ndarray:
+        """FAISS ids of items passing ``filters`` and not in ``exclude`` (for exact filtered search)."""
+        skip = set(exclude)
+        ids = [self.faiss_of[item.id] for item in self.by_id.values() if item.id not in skip and filters.matches(item)]
+        return np.asarray(ids, dtype=np.int64)
+
+
+_EMPTY = CatalogView({}, {}, {})
+
+
 class ItemCatalog:
     """Items with their vectors, each under a FAISS id that changes whenever its vector does.
 
@@ -57,11 +110,13 @@ class ItemCatalog:
         self._lock = threading.RLock()
         self._db = connect(self.path)
         self._db.executescript(_SCHEMA)
-        self._items: dict[str, Item] = {}
-        self._faiss_of: dict[str, int] = {}
-        self._item_of: dict[int, str] = {}
+        items: dict[str, Item] = {}
+        faiss_of: dict[str, int] = {}
+        item_of: dict[int, str] = {}
         for faiss_id, data in self._db.execute("SELECT faiss_id, data FROM items"):
-            self._remember(_item_from_json(data), faiss_id)
+            item = _item_from_json(data)
+            items[item.id], faiss_of[item.id], item_of[faiss_id] = item, faiss_id, item.id
+        self._view = CatalogView(items, faiss_of, item_of) if items else _EMPTY
         self._seq = int(self._meta("seq", "0"))
 
     def close(self) -> None:
@@ -95,37 +150,36 @@ class ItemCatalog:
 
     # -- reads --------------------------------------------------------------------------------------------
 
+    def view(self) -> CatalogView:
+        """The items now, unchanged by later writes: read several facts from one view to have them agree."""
+        return self._view
+
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._view)
 
     def get(self, item_id: str) -> Item | None:
         """The item with this id, if present."""
-        return self._items.get(item_id)
+        return self._view.get(item_id)
 
     def item_for_faiss_id(self, faiss_id: int) -> Item | None:
         """The live item stored under a FAISS id (``None`` for removed or replaced vectors)."""
-        item_id = self._item_of.get(faiss_id)
-        return None if item_id is None else self._items.get(item_id)
+        return self._view.item_for_faiss_id(faiss_id)
 
     def faiss_id(self, item_id: str) -> int | None:
         """The FAISS id of an item's current vector."""
-        return self._faiss_of.get(item_id)
+        return self._view.faiss_id(item_id)
 
     def items(self) -> list[Item]:
         """All items, in id order."""
-        return [self._items[k] for k in sorted(self._items)]
+        return self._view.items()
 
     def live_faiss_ids(self) -> np.ndarray:
         """FAISS ids of every current vector."""
-        return np.fromiter(self._item_of.keys(), dtype=np.int64, count=len(self._item_of))
+        return self._view.live_faiss_ids()
 
     def matching_faiss_ids(self, filters: Filters, exclude: Iterable[str] = ()) -> np.ndarray:
         """FAISS ids of items passing ``filters`` and not in ``exclude`` (for exact filtered search)."""
-        skip = set(exclude)
-        ids = [
-            self._faiss_of[item.id] for item in self._items.values() if item.id not in skip and filters.matches(item)
-        ]
-        return np.asarray(ids, dtype=np.int64)
+        return self._view.matching_faiss_ids(filters, exclude)
 
     def vectors(self, faiss_ids: Sequence[int]) -> np.ndarray:
         """Stored vectors for the given FAISS ids, in order (all must be live)."""
@@ -150,13 +204,21 @@ class ItemCatalog:
 
     # -- writes -------------------------------------------------------------------------------------------
 
-    def _remember(self, item: Item, faiss_id: int) -> None:
-        old = self._faiss_of.get(item.id)
-        if old is not None:
-            self._item_of.pop(old, None)
-        self._items[item.id] = item
-        self._faiss_of[item.id] = faiss_id
-        self._item_of[faiss_id] = item.id
+    def _changed(self, upserted: Sequence[tuple[Item, int]] = (), deleted: Sequence[str] = ()) -> None:
+        """Swap in a new view with these changes (callers hold the lock); the old view stays as it was."""
+        old = self._view
+        items, faiss_of, item_of = dict(old.by_id), dict(old.faiss_of), dict(old.item_of)
+        for item_id in deleted:
+            fid = faiss_of.pop(item_id, None)
+            items.pop(item_id, None)
+            if fid is not None:
+                item_of.pop(fid, None)
+        for item, fid in upserted:
+            previous = faiss_of.get(item.id)
+            if previous is not None:
+                item_of.pop(previous, None)
+            items[item.id], faiss_of[item.id], item_of[fid] = item, fid, item.id
+        self._view = CatalogView(items, faiss_of, item_of)
 
     def upsert(self, items: Sequence[Item], vectors: np.ndarray, encoder_version: str) -> tuple[list[int], list[int]]:
         """Insert or replace items with their vectors in one transaction.
@@ -177,12 +239,13 @@ class ItemCatalog:
             raise ValueError("one vector per item is required")
         with self._lock:
             current = self.encoder_version
-            if current is not None and current != encoder_version and self._items:
+            if current is not None and current != encoder_version and len(self._view):
                 raise ValueError(f"catalog vectors come from encoder {current}, not {encoder_version}")
             next_id = int(self._meta("next_faiss_id", "0"))
             seq = self._seq
             new_ids = list(range(next_id, next_id + len(items)))
-            replaced = [self._faiss_of[i.id] for i in items if i.id in self._faiss_of]
+            faiss_of = self._view.faiss_of
+            replaced = [faiss_of[i.id] for i in items if i.id in faiss_of]
             with transaction(self._db):
                 for item, fid, vector in zip(items, new_ids, vectors, strict=True):
                     seq += 1
@@ -202,14 +265,13 @@ class ItemCatalog:
                 self._set_meta("seq", str(seq))
                 self._set_meta("encoder_version", encoder_version)
             self._seq = seq
-            for item, fid in zip(items, new_ids, strict=True):
-                self._remember(item, fid)
+            self._changed(upserted=list(zip(items, new_ids, strict=True)))
         return new_ids, replaced
 
     def delete(self, item_id: str) -> int | None:
         """Delete an item; returns the FAISS id its vector had, or ``None`` if it was not there."""
         with self._lock:
-            fid = self._faiss_of.get(item_id)
+            fid = self._view.faiss_of.get(item_id)
             if fid is None:
                 return None
             seq = self._seq + 1
@@ -217,9 +279,7 @@ class ItemCatalog:
                 self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
                 self._set_meta("seq", str(seq))
             self._seq = seq
-            del self._faiss_of[item_id]
-            del self._items[item_id]
-            self._item_of.pop(fid, None)
+            self._changed(deleted=[item_id])
         return fid
 
     def replace_vectors(self, vectors: dict[str, np.ndarray], encoder_version: str) -> int:
@@ -231,7 +291,7 @@ class ItemCatalog:
             seq = self._seq + 1
             with transaction(self._db):
                 for item_id, vector in vectors.items():
-                    if item_id in self._items:
+                    if item_id in self._view.by_id:
                         self._db.execute(
                             "UPDATE items SET vector = ?, seq = ? WHERE id = ?",
                             (np.asarray(vector, dtype=np.float32).tobytes(), seq, item_id),

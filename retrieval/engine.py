@@ -534,16 +534,20 @@ class RetrievalEngine:
 
     # -- catalog writes -------------------------------------------------------------------------------------------
 
-    async def upsert(self, item: Item, request_id: str = "-") -> Item:
-        """Embed and store an item; it is searchable when this returns."""
+    async def upsert(self, item: Item, request_id: str = "-") -> bool:
+        """Embed and store an item; it is searchable when this returns.
+
+        Returns:
+            Whether the item is new, decided under the write lock: of several concurrent creates of one id, exactly
+            one is new.
+        """
         self.require_ready()
         store = self.store
         # The write lock first, then the lease: an encoder swap holds the lock while it re-embeds the catalog and
         # then waits for leases to end, so a write must never wait for the lock while holding a lease.
         async with store.write_lock, self._gate.lease():
             vector = await self.embed_query(item.embedding_text(), request_id)
-            await store.upsert_locked(item, vector)
-        return item
+            return await store.upsert_locked(item, vector)
 
     async def delete(self, item_id: str) -> None:
         """Remove an item; it is gone from results when this returns.

@@ -255,6 +255,32 @@ class VectorIndex:
         with self._exclusive():
             return np.asarray(self._index.reconstruct_batch(ids_arr), dtype=np.float32)
 
+    def reconstruct_present(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of those ``ids`` still present, in one step against concurrent removals.
+
+        A search reads ids, awaits, then reconstructs; a delete in between removed some of them, which made
+        :meth:`reconstruct` raise. Here the check and the read happen under the same lock.
+
+        Returns:
+            ``(vectors, present)``: ``(m, dim)`` vectors of the present ids in order, and a boolean mask over ``ids``.
+        """
+        ids_arr = _as_ids(ids)
+        present = np.ones(len(ids_arr), dtype=bool)
+        if len(ids_arr) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), present
+        with self._exclusive():
+            try:
+                return np.asarray(self._index.reconstruct_batch(ids_arr), dtype=np.float32), present
+            except RuntimeError:  # some id is gone: read them one by one
+                rows = []
+                for n, fid in enumerate(ids_arr.tolist()):
+                    try:
+                        rows.append(np.asarray(self._index.reconstruct(fid), dtype=np.float32))
+                    except RuntimeError:
+                        present[n] = False
+        vectors = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        return vectors, present
+
     def ids(self) -> np.ndarray:
         """All ids stored."""
         with self._exclusive():

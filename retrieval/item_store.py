@@ -231,6 +231,13 @@ class ItemStore:
         """The indexed vectors of these FAISS ids, in order."""
         return self.index.reconstruct(list(faiss_ids))
 
+    def vectors_present(self, faiss_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of those FAISS ids still indexed, and a mask of which were.
+
+        A write may have removed some since they were read (see :meth:`VectorIndex.reconstruct_present`).
+        """
+        return self.index.reconstruct_present(list(faiss_ids))
+
     def search_batch(self, queries: np.ndarray, ks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Nearest neighbours of several query vectors in one FAISS call: ``(scores, faiss ids)`` per query."""
         index = self.index
@@ -303,20 +310,22 @@ class ItemStore:
 
     # -- writes (on the event loop; the blocking parts run in worker threads) -----------------------------------
 
-    async def upsert(self, item: Item, vector: np.ndarray) -> None:
-        """Store an item with its vector; it is searchable when this returns."""
+    async def upsert(self, item: Item, vector: np.ndarray) -> bool:
+        """Store an item with its vector; it is searchable when this returns. Returns whether the item is new."""
         async with self._write_lock:
-            await self.upsert_locked(item, vector)
+            return await self.upsert_locked(item, vector)
 
-    async def upsert_locked(self, item: Item, vector: np.ndarray) -> None:
+    async def upsert_locked(self, item: Item, vector: np.ndarray) -> bool:
         """:meth:`upsert` for a caller already holding :attr:`write_lock`."""
-        await asyncio.to_thread(self._apply_upsert, item, vector)
+        created = await asyncio.to_thread(self._apply_upsert, item, vector)
         self._schedule_snapshot()
+        return created
 
-    def _apply_upsert(self, item: Item, vector: np.ndarray) -> None:
+    def _apply_upsert(self, item: Item, vector: np.ndarray) -> bool:
         new_ids, replaced = self.catalog.upsert([item], vector.reshape(1, -1), self._encoder.info.version)
         self.index.add(new_ids, vector.reshape(1, -1))
         self.index.remove(replaced)
+        return not replaced
 
     async def delete(self, item_id: str) -> None:
         """Remove an item; it is gone from results when this returns.

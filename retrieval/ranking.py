@@ -12,6 +12,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import structlog
@@ -73,6 +74,14 @@ class _HistoryItem:
     item: Item
     faiss_id: int
     weight: float
+
+
+class _Indexed(Protocol):
+    @property
+    def faiss_id(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Indexed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +173,21 @@ class Ranker:
 
     # -- candidates ---------------------------------------------------------------------------------------------
 
+    def _with_vectors(self, entries: Sequence[_T]) -> tuple[list[_T], np.ndarray]:
+        """The entries whose vectors are still indexed, with those vectors.
+
+        Requests await between reading ids and reading vectors; an item deleted (or replaced) meanwhile is dropped
+        here rather than failing the request with "key not found".
+        """
+        vectors, present = self._store.vectors_present([e.faiss_id for e in entries])
+        return [e for e, ok in zip(entries, present, strict=True) if ok], vectors
+
     def _admit(
         self, hits: Sequence[tuple[float, int]], filters: Filters, skip: set[str], seen: dict[str, _Candidate]
     ) -> None:
-        catalog = self._store.catalog
+        view = self._store.catalog.view()  # taken after the search's await: items deleted meanwhile are skipped
         for score, fid in hits:
-            item = catalog.item_for_faiss_id(fid)
+            item = view.item_for_faiss_id(fid)
             if item is None or item.id in skip or item.id in seen or not filters.matches(item):
                 continue
             seen[item.id] = _Candidate(item, fid, score)
@@ -196,7 +214,7 @@ class Ranker:
     def _diversify(self, candidates: list[_Candidate], k: int, diversity: float) -> list[_Candidate]:
         if diversity <= 0 or len(candidates) <= 1:
             return candidates[:k]
-        vectors = self._store.vectors([c.faiss_id for c in candidates])
+        candidates, vectors = self._with_vectors(candidates)
         order = mmr(np.asarray([c.score for c in candidates]), vectors, k, diversity)
         return [candidates[i] for i in order]
 
@@ -236,12 +254,14 @@ class Ranker:
         Raises:
             UnknownItemError: ``item_id`` is not in the catalog.
         """
-        catalog = self._store.catalog
-        seed = catalog.get(item_id)
-        fid = catalog.faiss_id(item_id)
+        view = self._store.catalog.view()
+        seed, fid = view.get(item_id), view.faiss_id(item_id)
         if seed is None or fid is None:
             raise UnknownItemError([item_id])
-        vector = self._store.vectors([fid])[0]
+        vectors, present = self._store.vectors_present([fid])
+        if not present.all():  # deleted after the view was taken
+            raise UnknownItemError([item_id])
+        vector = vectors[0]
         chosen = await self._nearest(vector, k, filters, {item_id, *exclude}, diversity, request_id)
         return Ranked([ScoredItem(c.item, c.score, explain_item_similarity(seed, c.item, c.score)) for c in chosen])
 
@@ -270,27 +290,34 @@ class Ranker:
             raise InvalidQueryError("history is empty", field="history")
         if any(not entry.weight > 0 or not math.isfinite(entry.weight) for entry in history):
             raise InvalidQueryError("history weights must be positive and finite", field="history")
-        catalog = self._store.catalog
+        view = self._store.catalog.view()
         merged = merge_history(history)[-self.config.max_history :]
-        known = [(e, catalog.get(e.item_id), catalog.faiss_id(e.item_id)) for e in merged]
+        known = [(e, view.get(e.item_id), view.faiss_id(e.item_id)) for e in merged]
         ignored = [e.item_id for e, item, _ in known if item is None]
         present = [_HistoryItem(item, fid, e.weight) for e, item, fid in known if item is not None and fid is not None]
+        # An item deleted since the view was taken has no vector any more: ignored like an unknown id.
+        present, history_vectors = self._with_vectors(present)
         if not present:
-            raise UnknownItemError(ignored)
+            raise UnknownItemError(ignored or [e.item_id for e in merged])
         ask = _Ask(k, filters, {p.item.id for p in present} | set(exclude), diversity, request_id)
         served = self._model  # read once: a swap while this request scores does not change its model
         if served is None:
-            return await self._by_similarity(present, ask, ignored)
+            return await self._by_similarity(present, history_vectors, ask, ignored)
         model, version = served
         profile = model.profile([HistoryEntry(p.item.id, p.weight) for p in present])
         if not len(profile.columns) and not model.uses_content:
             note = "None of these items is known to the recommender yet, so results follow their texts."
-            return await self._by_similarity(present, ask, ignored, note=note)
-        ranked = await self._by_model(model, profile, present, ask, ignored)
+            return await self._by_similarity(present, history_vectors, ask, ignored, note=note)
+        ranked = await self._by_model(model, profile, present, history_vectors, ask, ignored)
         return replace(ranked, recommender={"kind": model.kind, "version": version})
 
     async def _by_similarity(
-        self, present: Sequence[_HistoryItem], ask: _Ask, ignored: list[str], note: str = ""
+        self,
+        present: Sequence[_HistoryItem],
+        history_vectors: np.ndarray,
+        ask: _Ask,
+        ignored: list[str],
+        note: str = "",
     ) -> Ranked:
         """Content-only scores: the weighted mean cosine similarity of each candidate to the history."""
         items = [p.item for p in present]
@@ -298,16 +325,15 @@ class Ranker:
         # extreme weights from overflowing (or rounding to zero) in float32.
         raw = np.asarray([p.weight for p in present], dtype=np.float64)
         weights = (raw / raw.max()).astype(np.float32)
-        history_vectors = self._store.vectors([p.faiss_id for p in present])
         profile = (weights[:, None] * history_vectors).sum(axis=0)
         profile /= max(float(np.linalg.norm(profile)), 1e-12)
         seeds = np.argsort(-weights)[: self.config.seed_items]
         queries = [profile, *(history_vectors[i] for i in seeds)] if len(items) > 1 else [profile]
         want = ask.k * self.config.candidate_factor
         candidates = await self._candidates(queries, want, ask.filters, ask.skip, ask.request_id)
+        candidates, candidate_vectors = self._with_vectors(candidates)
         if not candidates:
             return Ranked([], ignored, CONTENT)
-        candidate_vectors = self._store.vectors([c.faiss_id for c in candidates])
         scores, shares = history_scores(history_vectors, weights, candidate_vectors)
         method = "history-similarity-decomposition"
         return self._finish(candidates, scores, shares, items, ask, ignored, method, note)
@@ -317,11 +343,12 @@ class Ranker:
         model: CollaborativeModel,
         profile: Profile,
         present: Sequence[_HistoryItem],
+        history_vectors: np.ndarray,
         ask: _Ask,
         ignored: list[str],
     ) -> Ranked:
         """Scores of the trained recommender, over its best items (and, for the hybrid, the nearest by content)."""
-        catalog = self._store.catalog
+        view = self._store.catalog.view()
         want = ask.k * self.config.candidate_factor
         collaborative = model.collaborative_scores(profile)
         candidates: dict[str, _Candidate] = {}
@@ -329,22 +356,21 @@ class Ranker:
             if len(candidates) >= want:
                 break
             item_id = model.item_ids[column]
-            item, fid = catalog.get(item_id), catalog.faiss_id(item_id)
+            item, fid = view.get(item_id), view.faiss_id(item_id)
             if item is None or fid is None or item_id in ask.skip or not ask.filters.matches(item):
                 continue
             candidates[item_id] = _Candidate(item, fid, float(collaborative[column]))
         recency = recency_weights(len(present), model.half_life)
         weights = np.asarray([p.weight for p in present], dtype=np.float64) * recency
-        history_vectors = self._store.vectors([p.faiss_id for p in present])
         if model.uses_content:
             # Items nobody interacted with yet can only come from here: the nearest items to the history's texts.
             blend = (weights[:, None] * history_vectors).sum(axis=0)
             blend /= max(float(np.linalg.norm(blend)), 1e-12)
             for cand in await self._candidates([blend], want, ask.filters, ask.skip, ask.request_id):
                 candidates.setdefault(cand.item.id, cand)
-        if not candidates:
+        ranked, candidate_vectors = self._with_vectors(list(candidates.values()))
+        if not ranked:
             return Ranked([], ignored)
-        ranked = list(candidates.values())
         # Exact shares: history item i adds (1 - beta) * p_i * W[i, j] + beta * gamma * p_i * cos(v_i, v_j).
         position = {item_id: n for n, item_id in enumerate(p.item.id for p in present)}
         shares = np.zeros((len(ranked), len(present)))
@@ -356,9 +382,7 @@ class Ranker:
             for n, item_id in enumerate(profile.item_ids):
                 shares[:, position[item_id]] += cf_share[:, n]
         if model.uses_content:
-            cosines = self._store.vectors([c.faiss_id for c in ranked]).astype(np.float64) @ history_vectors.T.astype(
-                np.float64
-            )
+            cosines = candidate_vectors.astype(np.float64) @ history_vectors.T.astype(np.float64)
             shares += model.content_weight * model.content_scale * cosines * weights[None, :]
         scores = shares.sum(axis=1)
         note = (
@@ -409,13 +433,13 @@ class Ranker:
 
     def popular(self, *, k: int, filters: Filters, exclude: Sequence[str]) -> Ranked:
         """The items most shoppers interacted with: what a shopper with no history yet gets."""
-        catalog = self._store.catalog
+        view = self._store.catalog.view()
         skip = set(exclude)
         chosen: list[ScoredItem] = []
         for item_id, users in self._popular:
             if len(chosen) >= k:
                 break
-            item = catalog.get(item_id)
+            item = view.get(item_id)
             if item is None or item_id in skip or not filters.matches(item):
                 continue
             chosen.append(ScoredItem(item, users, explain_popular(item, users)))

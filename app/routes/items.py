@@ -82,9 +82,9 @@ class ItemController(Controller):
             attributes=dict(data.attributes),
             provider=data.provider or data.brand or None,
         )
-        created = engine.get_item(item_id) is None
         request_id = current_request_id()
-        await engine.upsert(item, request_id)
+        # Decided by the write itself: checking before it let every concurrent create of one new id answer 201.
+        created = await engine.upsert(item, request_id)
         logger.info("item_upserted", item_id=item_id, created=created)
         body = UpsertResponse(item=record_out(item), created=created, request_id=request_id)
         return Response(body, status_code=201 if created else 200)

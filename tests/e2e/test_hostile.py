@@ -3,6 +3,7 @@ valid 200, never a 5xx, a stall or a ``null`` where the schema promises a number
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -65,3 +66,56 @@ def test_history_weights_at_float_extremes_never_give_a_null_score(server: Serve
             scores = [item["score"], *(c["score"] for c in item["explanation"]["contributions"])]
             assert all(isinstance(score, float) for score in scores), scores
             assert all(math.isfinite(score) for score in scores), scores
+
+
+async def _race(server: Server, rounds: int) -> list[httpx.Response]:
+    item = {"title": "Hostile Ceramic Coffee Mug", "category": "Kitchen & Dining > Coffee Mugs", "price": 99.0}
+    searches = [
+        ("/v1/search", {"query": "coffee mug", "k": 10, "filters": {"category": "Kitchen & Dining"}, "diversity": 0.7}),
+        ("/v1/search", {"query": "ceramic mug", "k": 5, "filters": {"price_max": 500}, "diversity": 0.3}),
+        ("/v1/recommendations", {"history": ["HOSTILE-RACE", "HOSTILE-RACE-2"], "k": 5, "diversity": 0.5}),
+        ("/v1/recommendations", {"item_id": "HOSTILE-RACE", "k": 5, "diversity": 0.5}),
+    ]
+    admin, frontend = server.headers(server.admin_key), server.headers(server.frontend_key)
+    out: list[httpx.Response] = []
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client:
+        await client.put("/v1/items/HOSTILE-RACE-2", json=item, headers=admin)
+        for _ in range(rounds):
+            writes = [
+                client.put("/v1/items/HOSTILE-RACE", json=item, headers=admin),
+                client.delete("/v1/items/HOSTILE-RACE", headers=admin),
+                client.put("/v1/items/HOSTILE-RACE", json={**item, "title": "Hostile Mug v2"}, headers=admin),
+            ]
+            reads = [client.post(path, json=body, headers=frontend) for path, body in searches * 2]
+            out.extend(await asyncio.gather(*writes, *reads))
+    return out
+
+
+def test_catalog_writes_racing_reads_never_give_5xx(server: Server) -> None:
+    responses = asyncio.run(_race(server, rounds=12))
+    statuses = [r.status_code for r in responses]
+    assert all(s < 500 for s in statuses), [(r.request.url.path, r.status_code, r.text[:200]) for r in responses]
+    # Reads answer, or say the item is not there (a history of only deleted items, a deleted seed item).
+    assert set(statuses) <= {200, 201, 204, 404}, statuses
+
+
+async def _create_at_once(server: Server, item_id: str, n: int) -> list[httpx.Response]:
+    item = {"title": "Concurrent Create Lamp", "category": "Home Decor > Lamps"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60, headers=server.headers(server.admin_key)) as c:
+        return list(await asyncio.gather(*(c.put(f"/v1/items/{item_id}", json=item) for _ in range(n))))
+
+
+def test_concurrent_creates_of_one_new_id_give_one_201(server: Server) -> None:
+    responses = asyncio.run(_create_at_once(server, "HOSTILE-CREATE-1", 8))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 7 + [201], statuses
+    assert [r.json()["created"] for r in responses].count(True) == 1
+
+
+@pytest.mark.parametrize("doc_id", ["faq/returns", "/", "a/b/c"])
+def test_a_document_id_that_cannot_be_addressed_is_refused(server: Server, doc_id: str) -> None:
+    body = {"documents": [{"id": doc_id, "title": "Returns", "text": "Return within 30 days."}]}
+    response = call(server, "POST", "/v1/documents", server.admin_key, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "validation_error"

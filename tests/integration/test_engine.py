@@ -273,3 +273,58 @@ async def test_encoder_workers_side_by_side_give_the_same_results(state_copy: Pa
         await multi.stop()
         encoder.use_threads(free_cores())  # new threads inherit the last count set; leave the default behind
     assert [[s.item.id for s in r.items] for r in results] == expected
+
+
+async def test_items_deleted_during_a_search_are_skipped(
+    engine: RetrievalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered, diversified search admits items, awaits the exact filtered search, then reads their vectors:
+    an item deleted in between is left out (it was a "key not found" 500)."""
+    store = engine.store
+    by_category: dict[str, list[Item]] = {}
+    for entry in store.catalog.items():
+        by_category.setdefault(entry.category, []).append(entry)
+    category, members = next((c, m) for c, m in sorted(by_category.items()) if 4 <= len(m) <= 10)
+    victim = members[0]
+    exact_search = store.search_filtered
+
+    def delete_then_search(*args: object) -> list[tuple[float, int]]:
+        fid = store.catalog.delete(victim.id)  # as a concurrent DELETE does, from another thread
+        store.index.remove([fid])
+        return exact_search(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "search_filtered", delete_then_search)
+    ranked = await engine.search(victim.title, k=10, filters=Filters(category=category), diversity=0.5)
+    ids = [s.item.id for s in ranked.items]
+    assert ids
+    assert victim.id not in ids
+    assert all(s.item.category == category for s in ranked.items)
+
+
+async def test_writes_racing_reads_never_fail_them(engine: RetrievalEngine) -> None:
+    """PUT/DELETE of one item while filtered, diversified and history requests run: reads answer or say the item
+    is unknown, never fail otherwise; of concurrent creates of one new id exactly one is new."""
+    catalog = engine.store.catalog
+    mugs = [i for i in catalog.items() if "Coffee Mugs" in i.category][:3]
+    racer = Item(
+        id="RACE-1", title="Ceramic Coffee Mug", text="A mug.", category=mugs[0].category, brand="X", price=199.0
+    )
+    allowed = (UnknownItemError,)
+    for _ in range(15):
+        creates = [engine.upsert(racer) for _ in range(3)]
+        reads = [
+            engine.search("coffee mug", k=10, filters=Filters(category=mugs[0].category), diversity=0.7),
+            engine.search("ceramic mug", k=5, filters=Filters(price_max=500.0), diversity=0.3),
+            engine.recommend_for_history([HistoryEntry(mugs[0].id), HistoryEntry("RACE-1")], k=5, diversity=0.5),
+            engine.more_like_this(mugs[1].id, k=5, diversity=0.5),
+        ]
+        results = await asyncio.gather(*creates, *reads, return_exceptions=True)
+        created = [result is True for result in results[:3]]
+        assert sorted(created) == [False, False, True], created
+        for result in results[3:]:
+            if isinstance(result, BaseException) and not isinstance(result, allowed):
+                raise result
+        deletes = [engine.delete("RACE-1"), *(engine.search("coffee mug", k=8, diversity=0.9) for _ in range(3))]
+        for result in await asyncio.gather(*deletes, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, allowed):
+                raise result

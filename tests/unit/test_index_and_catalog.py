@@ -128,3 +128,59 @@ def test_every_thread_that_searches_uses_the_configured_faiss_threads() -> None:
     assert seen["after a 2-thread search"] == 2
     if (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
         assert seen["fresh thread"] > 1  # OpenMP's default in a new thread: what the index must override
+
+
+def test_a_catalog_view_stays_as_it_was_while_writes_go_on(tmp_path: Path) -> None:
+    catalog = ItemCatalog(tmp_path / "catalog.sqlite", DIM)
+    ids, _ = catalog.upsert([item(0), item(1), item(2)], unit_vectors(3), "enc")
+    view = catalog.view()
+    catalog.delete("i1")
+    new_ids, _ = catalog.upsert([item(0, title="Renamed"), item(3)], unit_vectors(2, seed=3), "enc")
+    # The old view: every fact from one moment, iterable while writes go on.
+    assert [i.id for i in view.items()] == ["i0", "i1", "i2"]
+    assert view.faiss_id("i1") == ids[1]
+    assert view.item_for_faiss_id(ids[0]).title != "Renamed"  # type: ignore[union-attr]
+    assert sorted(view.live_faiss_ids().tolist()) == sorted(ids)
+    assert len(view.matching_faiss_ids(Filters())) == 3
+    # The catalog (and a new view) see the writes.
+    assert [i.id for i in catalog.items()] == ["i0", "i2", "i3"]
+    assert catalog.view().item_for_faiss_id(new_ids[0]).title == "Renamed"  # type: ignore[union-attr]
+    assert catalog.get("i1") is None
+
+
+def test_iterating_a_catalog_while_another_thread_writes_never_fails(tmp_path: Path) -> None:
+    catalog = ItemCatalog(tmp_path / "catalog.sqlite", DIM)
+    catalog.upsert([item(n) for n in range(200)], unit_vectors(200), "enc")
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 1000
+        while not stop.is_set():
+            catalog.upsert([item(n)], unit_vectors(1, seed=n), "enc")
+            catalog.delete(f"i{n}")
+            n += 1
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        for _ in range(300):
+            catalog.matching_faiss_ids(Filters(price_min=0.0), exclude={"i3"})
+            catalog.live_faiss_ids()
+            catalog.items()
+    finally:
+        stop.set()
+        writer.join()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_vectors_of_removed_ids_are_reported_missing_not_raised(kind: str) -> None:
+    vectors = unit_vectors(50)
+    index = VectorIndex.build(DIM, IndexSettings(kind=kind).to_config(), np.arange(50), vectors)
+    index.remove([3, 7])
+    found, present = index.reconstruct_present([1, 3, 7, 9, 999])
+    assert present.tolist() == [True, kind != "flat", kind != "flat", True, False]
+    assert np.allclose(found[0], vectors[1])
+    assert np.allclose(found[-1], vectors[9])
+    assert len(found) == int(present.sum())
+    found, present = index.reconstruct_present([])
+    assert found.shape == (0, DIM)
