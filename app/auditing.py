@@ -15,6 +15,7 @@ import dataclasses
 import time
 from typing import Any
 
+import structlog
 from litestar import Request
 
 from app.auth import Principal
@@ -22,14 +23,21 @@ from app.errors import ApiError
 from app.state import Services
 from governance.audit import AuditEvent, AuditUnavailableError
 
+logger = structlog.get_logger(__name__)
 
-def audit_unavailable(reason: str) -> ApiError:
-    """The 503 an audited route answers when its record cannot be written."""
+
+def audit_unavailable(exc: Exception) -> ApiError:
+    """The 503 an audited route answers when its record cannot be written.
+
+    The store's error text (file paths, SQL, server addresses) goes to the log under the request id, never to the
+    caller.
+    """
+    logger.error("audit_unavailable", error=f"{type(exc).__name__}: {exc}")
     return ApiError(
         503,
         "audit_unavailable",
         "the audit log cannot record this request; retry later",
-        {"reason": reason},
+        {"reason": "audit store unavailable"},
         {"Retry-After": "5"},
     )
 
@@ -64,4 +72,4 @@ async def audit_call(
     try:
         return await audit.record(event)
     except AuditUnavailableError as exc:
-        raise audit_unavailable(str(exc)) from exc
+        raise audit_unavailable(exc) from exc

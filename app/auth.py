@@ -12,6 +12,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -165,3 +166,20 @@ def require_roles(*roles: Role) -> Guard:
             )
 
     return guard
+
+
+# Roles that run or oversee the deployment, and so may see its internals: the remote model's address, file paths.
+OPERATOR_ROLES: frozenset[str] = frozenset({"admin", "reviewer"})
+# Model description fields that name internals (an endpoint URL can carry hosts, ports, even credentials).
+INTERNAL_MODEL_FIELDS = ("endpoint",)
+
+
+def sees_internals(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the caller's role may see deployment internals (frontend keys may not)."""
+    principal = connection.scope.get("candor_principal")
+    return isinstance(principal, Principal) and principal.role in OPERATOR_ROLES
+
+
+def model_for_caller(model: Mapping[str, Any], internals: bool) -> dict[str, Any]:
+    """A model description as a caller may see it: without :data:`INTERNAL_MODEL_FIELDS` unless ``internals``."""
+    return dict(model) if internals else {k: v for k, v in model.items() if k not in INTERNAL_MODEL_FIELDS}

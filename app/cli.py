@@ -44,6 +44,7 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
     from app.app import create_app
     from app.observability import configure_logging
     from app.runtime import tune_gc, tune_interpreter
+    from app.server import protocol_class
 
     server: dict[str, Any] = {}
     if host is not None:
@@ -61,6 +62,10 @@ def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Slow clients: a whole request must arrive within request_read_timeout_s (408 or close), and an idle
+        # kept-alive connection is closed after keep_alive_timeout_s.
+        http=protocol_class(settings.server.request_read_timeout_s),
+        timeout_keep_alive=settings.server.keep_alive_timeout_s,
     )
 
 

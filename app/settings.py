@@ -43,6 +43,8 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1048576, gt=0)
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, gt=0)
     switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     gc_freeze_after_start: bool = True
     gc_thresholds: tuple[int, int, int] | tuple[()] = (10000, 50, 100)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from litestar import post
 from litestar.di import NamedDependency
 
@@ -16,6 +17,8 @@ from app.state import Services
 from retrieval.registry import RegistryError
 
 _reloading = asyncio.Lock()
+
+logger = structlog.get_logger(__name__)
 
 
 @post(
@@ -44,8 +47,13 @@ async def reload_models(services: NamedDependency[Services]) -> dict[str, Any]:
             encoder = await apply_encoder(services.settings, engine, services.models)
             recommender = await apply_recommender(services.settings, engine, services.models)
         except RegistryError as exc:
+            logger.error("registry_unavailable", error=str(exc))  # the log, not the caller, gets the store's text
             raise ApiError(
-                503, "registry_unavailable", "the model registry cannot be read", {"reason": str(exc)}
+                503,
+                "registry_unavailable",
+                "the model registry cannot be read; retry later",
+                None,
+                {"Retry-After": "5"},
             ) from exc
         except ValueError as exc:
             raise ApiError(422, "model_not_servable", str(exc)) from exc

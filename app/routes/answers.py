@@ -20,7 +20,7 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from app.auditing import audit_call
-from app.auth import require_roles
+from app.auth import model_for_caller, require_roles, sees_internals
 from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.routes.recommend import check_text
@@ -44,8 +44,12 @@ from retrieval.pack import Document
 logger = structlog.get_logger(__name__)
 
 
-def answer_out(answer: GroundedAnswer, notice: str, request_id: str) -> AnswerResponse:
-    """A grounded answer as returned to the caller, with its AI-generated content disclosure."""
+def answer_out(answer: GroundedAnswer, notice: str, request_id: str, *, internals: bool = False) -> AnswerResponse:
+    """A grounded answer as returned to the caller, with its AI-generated content disclosure.
+
+    The disclosure names the model; the remote endpoint's address only for ``internals`` (admin keys): the audit
+    record keeps it in full for reviewers.
+    """
     return AnswerResponse(
         answer=answer.answer,
         citations=[
@@ -57,7 +61,7 @@ def answer_out(answer: GroundedAnswer, notice: str, request_id: str) -> AnswerRe
         confidence=answer.confidence,
         abstained=answer.abstained,
         backend=answer.backend,
-        disclosure=DisclosureOut(ai_generated=True, model=dict(answer.model), notice=notice),
+        disclosure=DisclosureOut(ai_generated=True, model=model_for_caller(answer.model, internals), notice=notice),
         request_id=request_id,
         span=answer.span,
         reason=answer.reason,
@@ -170,7 +174,7 @@ class AnswerController(Controller):
                 result = await answers.answer(
                     question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
                 )
-            response = answer_out(result, cfg.disclosure_notice, request_id)
+            response = answer_out(result, cfg.disclosure_notice, request_id, internals=sees_internals(request))
             event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
             response.audit_id = await audit_call(services, request, event, started)
             return Response(response)
@@ -195,7 +199,7 @@ class AnswerController(Controller):
                 if kind == "delta":
                     yield _event("delta", {"text": payload})
                 elif kind == "final":
-                    final = answer_out(payload, cfg.disclosure_notice, request_id)
+                    final = answer_out(payload, cfg.disclosure_notice, request_id, internals=sees_internals(request))
                     event = answer_event(data, payload, final, services.settings.audit.review_confidence_below)
                     try:
                         final.audit_id = await audit_call(services, request, event, started)

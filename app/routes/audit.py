@@ -52,7 +52,7 @@ async def _run(fn: Callable[[], T]) -> T:
     try:
         return await asyncio.to_thread(fn)
     except AuditUnavailableError as exc:
-        raise audit_unavailable(str(exc)) from exc
+        raise audit_unavailable(exc) from exc
 
 
 def parse_time(field: str, value: str | None) -> float | None:
@@ -242,7 +242,7 @@ class AuditController(Controller):
         except AuditNotFoundError as exc:
             raise _not_found(record_id) from exc
         except AuditUnavailableError as exc:
-            raise audit_unavailable(str(exc)) from exc
+            raise audit_unavailable(exc) from exc
         stored = await _run(lambda: log.get(record_id))
         return {
             "review_id": review_id,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 
-from app.auth import require_roles
+from app.auth import model_for_caller, require_roles, sees_internals
 from app.errors import CALLER_ERRORS, documented_errors
 from app.state import Services, provide_services
 
@@ -49,24 +49,31 @@ async def metrics(state: State) -> Response[bytes]:
     guards=[require_roles("frontend", "admin", "reviewer")],
     responses=documented_errors(*CALLER_ERRORS, 503),
 )
-async def info(state: State) -> Response[dict[str, Any]]:
-    """What is serving: model versions, index, device, pack and config digest."""
+async def info(state: State, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """What is serving: model versions, index, device, pack and config digest.
+
+    The remote answer model's endpoint and the pack's folder are deployment internals: shown to admin and reviewer
+    keys, left out for frontend keys.
+    """
     services = provide_services(state)
     engine = services.engine
     engine.require_ready()
     enc = engine.encoder_info
+    internals = sees_internals(request)
+    answers = services.answers
+    pack = ({"path": str(services.settings.pack_path)} if internals else {}) | engine.pack_summary()
     return Response(
         {
             "service": {"name": "candor", "version": SERVICE_VERSION},
             "models": {
                 "encoder": {**enc.describe(), "registry_version": services.models.describe()["encoder"]},
                 "recommender": engine.recommender_info(),
-                "answers": {name: services.answers.model_of(name) for name in services.answers.backends},
+                "answers": {name: model_for_caller(answers.model_of(name), internals) for name in answers.backends},
             },
             "device": enc.device,
             "index": engine.index_info(),
             "knowledge": engine.knowledge_info(),
-            "pack": {"path": str(services.settings.pack_path), **engine.pack_summary()},
+            "pack": pack,
             "config_digest": services.config_digest,
         }
     )

@@ -119,3 +119,11 @@ def test_a_document_id_that_cannot_be_addressed_is_refused(server: Server, doc_i
     response = call(server, "POST", "/v1/documents", server.admin_key, json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_frontend_keys_see_no_deployment_internals(server: Server) -> None:
+    info = call(server, "GET", "/v1/info", server.frontend_key)
+    assert info.status_code == 200
+    assert str(server.state_dir.parent) not in info.text
+    assert "path" not in info.json()["pack"]
+    assert "path" in call(server, "GET", "/v1/info", server.admin_key).json()["pack"]

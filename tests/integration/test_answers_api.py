@@ -160,12 +160,18 @@ def test_openai_backend_answers_grounded_through_a_real_server(api: Api) -> None
     assert body["abstained"] is False
     assert body["backend"] == "openai"
     assert body["citations"][0]["doc_id"] == "kb-refunds"
-    assert body["disclosure"]["model"] == {
-        "backend": "openai",
-        "name": "fake-chat",
-        "endpoint": body["disclosure"]["model"]["endpoint"],
-        "remote": True,
-    }
+    # The endpoint's address is an internal: frontend keys never see it, admin keys and the audit record do.
+    assert body["disclosure"]["model"] == {"backend": "openai", "name": "fake-chat", "remote": True}
+    question = {"question": "How quickly are UPI refunds processed?", "backend": "openai"}
+    admin = httpx.post(f"{api.base}/v1/answers", json=question, headers=api.admin, timeout=60).json()
+    assert admin["disclosure"]["model"]["endpoint"].startswith("http://127.0.0.1:")
+    info = httpx.get(f"{api.base}/v1/info", headers=api.frontend, timeout=60).json()
+    assert "endpoint" not in info["models"]["answers"]["openai"]
+    assert "path" not in info["pack"]
+    assert info["pack"]["items"] > 0
+    info = httpx.get(f"{api.base}/v1/info", headers=api.admin, timeout=60).json()
+    assert info["models"]["answers"]["openai"]["endpoint"].startswith("http://127.0.0.1:")
+    assert info["pack"]["path"].endswith("demo")
     sent = api.fake.requests[before]
     assert sent["model"] == "fake-chat"
     assert sent["max_tokens"] == 128
