@@ -107,6 +107,7 @@ class AuditSettings(Section):
     ig_steps: int = Field(default=32, gt=0, le=512)
     ig_top_k: int = Field(default=3, gt=0, le=20)
     review_confidence_below: float = Field(default=0.7, ge=0, le=1)
+    max_text_chars: int = Field(default=4000, ge=64)
 
 
 class KnowledgeSettings(core.KnowledgeSettings):
@@ -232,6 +233,7 @@ class Settings(BaseSettings):
             batch_wait_ms=audit.batch_wait_ms,
             max_queue=audit.max_queue,
             busy_timeout_ms=audit.busy_timeout_ms,
+            max_text_chars=audit.max_text_chars,
             key_path=self.resolve(Path(audit.key_path)) if audit.key_path else self.state_dir / "audit-signing-key.pem",
         )
 

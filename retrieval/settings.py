@@ -244,6 +244,8 @@ class OpenAISettings(Section):
     api_key: SecretStr = SecretStr("")
     timeout_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    total_timeout_s: float = Field(default=60.0, gt=0)
+    max_response_bytes: int = Field(default=262144, gt=0)
     max_retries: int = Field(default=2, ge=0)
     backoff_base_s: float = Field(default=0.2, ge=0)
     backoff_max_s: float = Field(default=5.0, ge=0)

@@ -24,6 +24,8 @@ class AuditConfig:
         max_queue: Records waiting for the writer beyond this make callers wait (backpressure).
         busy_timeout_ms: How long a write waits for a lock held elsewhere before it fails.
         key_path: The Ed25519 signing key (PEM), created on first start.
+        max_text_chars: Longest string chained in a record; longer ones (generated answers, notes) are kept as an
+            excerpt of this length with the whole text's SHA-256 and length.
     """
 
     backend: Literal["sqlite", "postgres"]
@@ -38,3 +40,4 @@ class AuditConfig:
     max_queue: int
     busy_timeout_ms: int
     key_path: Path
+    max_text_chars: int

@@ -123,7 +123,7 @@ class AuditLog:
         Raises:
             AuditUnavailableError: The record could not be committed (``sync``) or queued.
         """
-        return await self._submit(event_record(event), wait=self.config.mode == "sync")
+        return await self._submit(event_record(event, self.config.max_text_chars), wait=self.config.mode == "sync")
 
     async def review(self, record_id: str, decision: Decision, note: str, caller: Mapping[str, str]) -> str:
         """Record a reviewer's decision on a record as a chained record, and move the record's review state.

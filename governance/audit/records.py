@@ -86,11 +86,33 @@ def envelope(kind: str, endpoint: str = "") -> dict[str, Any]:
     return {"id": new_record_id(now), "kind": kind, "ts": iso(now), "ts_epoch": round(now, 6), "endpoint": endpoint}
 
 
-def event_record(event: AuditEvent) -> Pending:
+def bound_text(value: Any, max_chars: int, path: str = "", cut: list[dict[str, Any]] | None = None) -> Any:
+    """``value`` with every string longer than ``max_chars`` cut to an excerpt of that length.
+
+    Each cut string is listed in ``cut`` with its path, its whole length and its SHA-256, so the record still
+    commits to the full text (compare a copy against the hash) while its size stays bounded: a 10 MB generated
+    reply was chained whole, and retention cannot purge a record for months.
+    """
+    if isinstance(value, str):
+        if len(value) <= max_chars:
+            return value
+        if cut is not None:
+            digest = "sha256:" + sha256_hex(value.encode("utf-8", "surrogatepass"))
+            cut.append({"path": path, "chars": len(value), "sha256": digest})
+        return value[:max_chars]
+    if isinstance(value, Mapping):
+        return {k: bound_text(v, max_chars, f"{path}.{k}" if path else str(k), cut) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bound_text(v, max_chars, f"{path}[{i}]", cut) for i, v in enumerate(value)]
+    return value
+
+
+def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
     """The chained record of an audited call, with what redaction took out kept apart (erasable).
 
     The request is chained redacted, beside a salted hash of the original; the salt and the redacted spans go to
-    the personal data, so erasing them leaves the hash unlinkable to the request.
+    the personal data, so erasing them leaves the hash unlinkable to the request. Strings longer than
+    ``max_text_chars`` are chained as excerpts, listed under ``truncated`` with their hashes (:func:`bound_text`).
     """
     redacted, found = redact_request(event.request)
     salt = secrets.token_hex(16)
@@ -112,6 +134,11 @@ def event_record(event: AuditEvent) -> Pending:
         "review": {"state": "pending" if event.needs_review else "not_required", "reason": event.needs_review},
         "target_id": event.target_id,
     }
+    cut: list[dict[str, Any]] = []
+    for name in ("request", "output", "explanation", "retrieved"):
+        body[name] = bound_text(body[name], max_text_chars, name, cut)
+    if cut:
+        body["truncated"] = cut
     return Pending(body, json.dumps({"salt": salt, "found": found}), event.review_update)
 
 

@@ -9,6 +9,7 @@ failures, so a dead endpoint does not hold every request for the full retry sche
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import random
@@ -37,8 +38,11 @@ class OpenAIConfig:
         base_url: Up to and including ``/v1``, e.g. ``http://127.0.0.1:8001/v1``; empty: backend off.
         model: Model name sent with each call.
         api_key: Bearer token; empty: ``$OPENAI_API_KEY`` if set, else no header.
-        timeout_s: Read timeout per attempt.
+        timeout_s: Read timeout per attempt (between two reads of the reply).
         connect_timeout_s: Connect timeout per attempt.
+        total_timeout_s: Deadline for a whole call: every attempt, backoff and byte of the reply (an upstream that
+            drips bytes never trips the read timeout).
+        max_response_bytes: Largest reply read (a stream's bytes in all); a larger one is an upstream error.
         max_retries: Retries after the first attempt for retryable failures.
         backoff_base_s: First backoff; doubled per retry, with full jitter.
         backoff_max_s: Longest backoff (also caps ``Retry-After``).
@@ -52,6 +56,8 @@ class OpenAIConfig:
     api_key: str
     timeout_s: float
     connect_timeout_s: float
+    total_timeout_s: float
+    max_response_bytes: int
     max_retries: int
     backoff_base_s: float
     backoff_max_s: float
@@ -106,6 +112,26 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+_DONE = object()
+
+
+def _event_delta(line: str) -> object:
+    """The text of one server-sent event line (``None`` for other lines, ``_DONE`` at ``data: [DONE]``).
+
+    Raises:
+        UpstreamError: The event's data is not a chat-completion chunk.
+    """
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        return json.loads(data)["choices"][0].get("delta", {}).get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UpstreamError("the remote model sent an unreadable event", backend=BACKEND) from exc
 
 
 class OpenAIChatClient:
@@ -185,19 +211,54 @@ class OpenAIChatClient:
         assert last is not None
         raise last
 
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The reply's body, refused once it passes ``max_response_bytes`` (read as it streams in, never whole)."""
+        cap = self.config.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise UpstreamError(f"the remote model's reply is larger than {cap} bytes", backend=BACKEND)
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return b"".join(chunks)
+
+    def _timed_out(self) -> UpstreamTimeoutError:
+        self.breaker.failure()
+        total = self.config.total_timeout_s
+        return UpstreamTimeoutError(f"the remote model did not answer within {total:g} s", backend=BACKEND)
+
     async def complete(
         self, messages: Sequence[dict[str, str]], max_tokens: int, request_id: str = "-"
     ) -> GenerationResult:
-        """One chat completion.
+        """One chat completion, within ``total_timeout_s`` and ``max_response_bytes``.
 
         Raises:
-            UpstreamError: Error status or unreadable body, after retries.
-            UpstreamTimeoutError: No answer in time, after retries.
+            UpstreamError: Error status, unreadable or oversized body, after retries.
+            UpstreamTimeoutError: No answer in time, after retries, or the total deadline passed.
             CircuitOpenError: The circuit is open.
         """
-        response = await self._send(self._body(messages, max_tokens, False), request_id, stream=False)
         try:
-            payload = response.json()
+            async with asyncio.timeout(self.config.total_timeout_s):
+                response = await self._send(self._body(messages, max_tokens, False), request_id, stream=True)
+                try:
+                    raw = await self._read_capped(response)
+                except httpx.TimeoutException as exc:
+                    self.breaker.failure()
+                    raise UpstreamTimeoutError("the remote model stopped sending", backend=BACKEND) from exc
+                except httpx.TransportError as exc:
+                    self.breaker.failure()
+                    raise UpstreamError("the remote model's reply broke off", backend=BACKEND) from exc
+                except UpstreamError:
+                    self.breaker.failure()
+                    raise
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        try:
+            payload = json.loads(raw)
             choice = payload["choices"][0]
             text = str(choice["message"]["content"] or "")
             tokens = int((payload.get("usage") or {}).get("completion_tokens") or len(text.split()))
@@ -210,25 +271,45 @@ class OpenAIChatClient:
     ) -> AsyncIterator[str]:
         """Stream a chat completion as text deltas (server-sent events, ``data: [DONE]`` ends it).
 
+        The whole stream is bounded like :meth:`complete`: ``total_timeout_s`` from the call, ``max_response_bytes``
+        of events.
+
         Raises:
-            UpstreamError: Error status, or the stream broke off.
-            UpstreamTimeoutError: No answer in time.
+            UpstreamError: Error status, the stream broke off or grew past the size cap.
+            UpstreamTimeoutError: No answer in time, or the total deadline passed.
             CircuitOpenError: The circuit is open.
         """
-        response = await self._send(self._body(messages, max_tokens, True), request_id, stream=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.total_timeout_s
+        cap = self.config.max_response_bytes
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
+            async with asyncio.timeout_at(deadline):
+                response = await self._send(self._body(messages, max_tokens, True), request_id, stream=True)
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        chunks = response.aiter_bytes()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending, size = "", 0
+        try:
+            while True:
+                # Each read gets what is left of the total deadline (a timeout context cannot span the yields).
                 try:
-                    delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                    raise UpstreamError("the remote model sent an unreadable event", backend=BACKEND) from exc
-                if delta:
-                    yield str(delta)
+                    chunk = await asyncio.wait_for(anext(chunks), max(deadline - loop.time(), 0.0))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise self._timed_out() from exc
+                size += len(chunk)
+                if size > cap:  # counted on bytes, so one endless line cannot grow a buffer past the cap either
+                    self.breaker.failure()
+                    raise UpstreamError(f"the remote model's stream is larger than {cap} bytes", backend=BACKEND)
+                *lines, pending = (pending + decoder.decode(chunk)).split("\n")
+                for line in lines:
+                    delta = _event_delta(line.rstrip("\r"))
+                    if delta is _DONE:
+                        return
+                    if delta:
+                        yield str(delta)
         except httpx.TimeoutException as exc:
             self.breaker.failure()
             raise UpstreamTimeoutError("the remote model stopped sending", backend=BACKEND) from exc

@@ -8,7 +8,9 @@ Each call takes the next behaviour from ``script`` (then ``default``):
 - ``429`` / ``503``: that status (``Retry-After: 0`` on 429);
 - ``slow``: waits ``slow_s`` before answering (for timeouts);
 - ``tamper-number``, ``tamper-unit``, ``tamper-name``, ``tamper-negation``: a sentence of passage 1, citing ``[1]``,
-  with one fact changed: its numbers times ten, days made weeks, a name replaced, its negation dropped.
+  with one fact changed: its numbers times ten, days made weeks, a name replaced, its negation dropped;
+- ``drip``: answers at once, but one byte every ``drip_s`` (never trips a per-read timeout);
+- ``huge``: a well-formed answer of ``huge_bytes`` characters (for size caps).
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ class FakeOpenAI:
         self.script: deque[str] = deque()
         self.default = "echo"
         self.slow_s = 2.0
+        self.drip_s = 0.05
+        self.huge_bytes = 5_000_000
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
 
     def _text(self, body: dict[str, Any], mode: str) -> str:
         if mode == "hallucinate":
             return HALLUCINATION
+        if mode == "huge":
+            return "Refunds take 5 days. " * (self.huge_bytes // 21)
         if mode == "idk":
             return "I don't know."
         user = body["messages"][-1]["content"]
@@ -88,26 +94,46 @@ class FakeOpenAI:
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         text = self._text(body, mode)
+        if mode == "drip":
+            if body.get("stream"):
+                event = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                payload = f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+                await self._drip_body(send, payload, b"text/event-stream")
+            else:
+                await self._drip_body(send, json.dumps(self._completion(body, text)).encode(), b"application/json")
+            return
         if body.get("stream"):
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
             )
-            for word in re.findall(r"\S+\s*", text):
+            # Word by word; a huge reply in 16 KB pieces (so the fake does not spend seconds sending it).
+            pieces = [text[i : i + 16384] for i in range(0, len(text), 16384)] if mode == "huge" else None
+            for word in pieces or re.findall(r"\S+\s*", text):
                 event = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
                 await send(
                     {"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True}
                 )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
             return
-        payload = {
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(self._completion(body, text)).encode()})
+
+    @staticmethod
+    def _completion(body: dict[str, Any], text: str) -> dict[str, Any]:
+        return {
             "id": "cmpl-test",
             "object": "chat.completion",
             "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10},
         }
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+    async def _drip_body(self, send: Any, payload: bytes, content_type: bytes) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        for n in range(len(payload)):
+            await asyncio.sleep(self.drip_s)
+            await send({"type": "http.response.body", "body": payload[n : n + 1], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 @contextmanager

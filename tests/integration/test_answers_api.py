@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ def api(built_state: Path, encoder: Encoder, tmp_path_factory: pytest.TempPathFa
                     "max_retries": 2,
                     "backoff_base_s": 0.01,
                     "breaker_failures": 1000,
+                    "total_timeout_s": 3.0,
+                    "max_response_bytes": 65536,
                 },
             },
         )
@@ -243,6 +246,42 @@ def test_remote_failures_are_502_and_504_after_retries(api: Api) -> None:
     response = api.ask(question="Can I return a gift card?", backend="openai")
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_an_upstream_that_drips_bytes_is_cut_off_at_the_total_deadline(api: Api) -> None:
+    # One byte every 0.05 s never trips the 0.5 s read timeout; a whole reply would take over 15 s per attempt.
+    api.fake.script.extend(["drip"])  # the headers come at once, so the call is not retried
+    started = time.monotonic()
+    response = api.ask(question="Can I return a gift card?", backend="openai")
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 10
+    api.fake.script.extend(["drip"])
+    started = time.monotonic()
+    events = ask_stream(api, "Can I return a gift card?")
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 10
+
+
+def test_a_reply_over_the_size_cap_is_an_upstream_error(api: Api) -> None:
+    before = len(api.fake.requests)
+    api.fake.script.extend(["huge"])
+    response = api.ask(question="Can I return a gift card?", backend="openai")
+    assert response.status_code == 502, response.text[:300]
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert len(api.fake.requests) - before == 1  # not retried: the same reply would come back
+    api.fake.script.extend(["huge"])
+    events = ask_stream(api, "Can I return a gift card?")
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "upstream_error"
+    assert sum(len(json.dumps(data)) for _, data in events) < 2 * 65536  # what came before the cap, in events
+
+
+def ask_stream(api: Api, question: str) -> list[tuple[str, dict[str, Any]]]:
+    body = {"question": question, "backend": "openai", "stream": True}
+    with httpx.stream("POST", f"{api.base}/v1/answers", json=body, headers=api.frontend, timeout=60) as response:
+        return sse_events(response.read().decode())
 
 
 def test_streaming_sends_checked_sentences_then_the_final_answer(api: Api) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 
 from governance.audit.chain import canonical_json
+from governance.audit.records import AuditEvent, event_record
 from governance.audit.redact import luhn_ok, redact_request
 
 
@@ -77,3 +80,25 @@ def test_canonical_json_writes_nan_and_infinity_as_null() -> None:
     body = {"score": float("nan"), "hi": float("inf"), "lo": [float("-inf"), 1e-7]}
     assert canonical_json(body) == b'{"hi":null,"lo":[null,1e-07],"score":null}'
     assert canonical_json({"score": float("nan")}) == b'{"score":null}'
+
+
+def test_long_generated_text_is_chained_as_an_excerpt_with_its_hash() -> None:
+    answer = "Refunds take five days. " * 1000
+    event = AuditEvent(
+        endpoint="/v1/answers",
+        request={"question": "refunds?"},
+        output={"answer": answer, "citations": [{"text": "short"}]},
+        explanation={"sentences": [answer]},
+    )
+    body = event_record(event, max_text_chars=100).body
+    assert body["output"]["answer"] == answer[:100]
+    assert body["output"]["citations"] == [{"text": "short"}]
+    assert body["explanation"]["sentences"] == [answer[:100]]
+    digest = "sha256:" + hashlib.sha256(answer.encode()).hexdigest()
+    assert body["truncated"] == [
+        {"path": "output.answer", "chars": len(answer), "sha256": digest},
+        {"path": "explanation.sentences[0]", "chars": len(answer), "sha256": digest},
+    ]
+    assert len(json.dumps(body)) < 2000
+    short = event_record(dataclasses.replace(event, output={"answer": "ok"}, explanation=None), 100).body
+    assert "truncated" not in short
