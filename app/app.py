@@ -32,6 +32,7 @@ from litestar.openapi.spec import (
 from app import models, schemas
 from app.auth import KeyStore
 from app.errors import EXCEPTION_HANDLERS
+from app.explanations import ExplanationQueue
 from app.hooks import check_api_request, reject_unknown_query
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
@@ -209,6 +210,7 @@ def create_app(
             answers=answers,
             config_digest=settings.digest(),
             models=serving,
+            explanations=ExplanationQueue(settings.audit.ig_workers, settings.audit.ig_max_pending),
         )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
@@ -237,6 +239,7 @@ def create_app(
             for task in list(app.state.background_tasks):
                 task.cancel()
             await answers.stop()
+            app.state.services.explanations.close()
             if engine.status == "ready":
                 await engine.stop()
             if audit is not None:

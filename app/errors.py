@@ -25,6 +25,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap
 
+from app.explanations import ExplanationsBusyError
 from app.observability import current_request_id
 from app.schemas import ErrorResponse
 from retrieval.errors import (
@@ -177,6 +178,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "overloaded",
             "too many requests queued; retry later",
             {"model": exc.model},
+            _retry_after(exc.retry_after_s),
+        )
+    if isinstance(exc, ExplanationsBusyError):
+        return error_response(
+            429,
+            "overloaded",
+            "too many explanations are being computed; retry later",
+            {"queue": "explanations", "pending": exc.pending},
             _retry_after(exc.retry_after_s),
         )
     if isinstance(exc, OverloadedError):

@@ -106,6 +106,8 @@ class AuditSettings(Section):
     busy_timeout_ms: int = Field(default=2000, ge=0)
     ig_steps: int = Field(default=32, gt=0, le=512)
     ig_top_k: int = Field(default=3, gt=0, le=20)
+    ig_workers: int = Field(default=1, gt=0, le=16)
+    ig_max_pending: int = Field(default=4, gt=0)
     review_confidence_below: float = Field(default=0.7, ge=0, le=1)
     max_text_chars: int = Field(default=4000, ge=64)
 

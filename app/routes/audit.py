@@ -166,7 +166,7 @@ class AuditController(Controller):
     @get(
         "/records/{record_id:str}/explanation",
         summary="Explanation of a record's results",
-        responses=documented_errors(*CALLER_ERRORS, 404, 410, 422, 503),
+        responses=documented_errors(*CALLER_ERRORS, 404, 410, 422, 429, 503),
     )
     async def explanation(
         self, record_id: FromPath[str], services: NamedDependency[Services], method: FromQuery[str] = "stored"
@@ -189,8 +189,15 @@ class AuditController(Controller):
         cached = await _run(lambda: log.cached_explanation(record_id, method))
         if cached is not None:
             return {"id": record_id, "method": method, "cached": True, **cached}
-        result = await attributions(services, stored.body)
-        await _run(lambda: log.cache_explanation(record_id, method, result))
+        body = stored.body
+
+        async def compute() -> dict[str, Any]:
+            result = await attributions(services, body)
+            await _run(lambda: log.cache_explanation(record_id, method, result))
+            return result
+
+        # Its own bounded queue (429 when full), one computation per record however many ask at once.
+        result = await services.explanations.run(f"{record_id}:{method}", compute)
         return {"id": record_id, "method": method, "cached": False, **result}
 
     @get(
@@ -278,7 +285,8 @@ async def attributions(services: Services, body: dict[str, Any]) -> dict[str, An
     model, tokenizer = engine.encoder.torch_parts()
     steps = services.settings.audit.ig_steps
     started = time.perf_counter()
-    results = await asyncio.to_thread(token_attributions, model, tokenizer, query, docs, n_steps=steps)
+    # Never the default thread pool: the audit writer and the catalog's writes run there.
+    results = await services.explanations.in_thread(token_attributions, model, tokenizer, query, docs, n_steps=steps)
     return {
         "query": query,
         "n_steps": steps,
