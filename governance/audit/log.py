@@ -30,6 +30,7 @@ from governance.audit.config import AuditConfig
 from governance.audit.connections import AuditConnections
 from governance.audit.errors import AuditNotFoundError, AuditUnavailableError
 from governance.audit.records import AuditEvent, event_record, model_change_record
+from governance.audit.redact import names_found
 from governance.audit.reviews import Decision, review_record
 from governance.audit.signing import CheckpointSigner
 from governance.audit.store import AuditBackend, Pending, RecordQuery, Stored
@@ -138,7 +139,9 @@ class AuditLog:
         target = await asyncio.to_thread(self.get, record_id)
         if target is None:
             raise AuditNotFoundError(record_id)
-        return await self._submit(review_record(target, decision, note, caller), wait=True)
+        kept = await asyncio.to_thread(self.personal, record_id)
+        names = names_found(kept.get("found") or []) if kept else ()
+        return await self._submit(review_record(target, decision, note, caller, names), wait=True)
 
     # -- reading -----------------------------------------------------------------------------------------------
 

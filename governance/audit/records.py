@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from governance.audit.chain import canonical_json, sha256_hex
-from governance.audit.redact import redact_request
+from governance.audit.redact import Redactor, user_names
 from governance.audit.store import Pending, Stored
 
 
@@ -114,7 +114,13 @@ def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
     the personal data, so erasing them leaves the hash unlinkable to the request. Strings longer than
     ``max_text_chars`` are chained as excerpts, listed under ``truncated`` with their hashes (:func:`bound_text`).
     """
-    redacted, found = redact_request(event.request)
+    # One redactor for the request and everything derived from it: a name given in context.user, an e-mail in the
+    # query, is also taken out of the output (generated text, echoed queries) and the explanation (matched terms).
+    redactor = Redactor(names=user_names(event.request))
+    redacted = redactor.value(event.request)
+    output = redactor.value(event.output, "output")
+    explanation = redactor.value(event.explanation, "explanation")
+    found = redactor.found
     salt = secrets.token_hex(16)
     body: dict[str, Any] = {
         **envelope("feedback" if event.target_id else "inference", event.endpoint),
@@ -125,8 +131,8 @@ def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
         "index_version": event.index_version,
         "config_hash": event.config_hash,
         "retrieved": [dict(r) for r in event.retrieved],
-        "output": event.output,
-        "explanation": event.explanation,
+        "output": output,
+        "explanation": explanation,
         "latency_ms": None if event.latency_ms is None else round(event.latency_ms, 3),
         "ai_generated": event.ai_generated,
         "abstained": event.abstained,
@@ -165,11 +171,17 @@ def model_change_record(change: Mapping[str, Any], caller: Mapping[str, str]) ->
     the gates and the evaluation runs). A forced promotion joins the review queue: it went past a failed gate.
     """
     forced = bool(change.get("forced"))
+    reason, found = change.get("reason"), []
+    if isinstance(reason, str):  # free text a person wrote: redacted like a request
+        redactor = Redactor()
+        reason, found = redactor.text(reason, "reason"), redactor.found
     return Pending(
         {
             **envelope("model", f"models:{change.get('action', 'change')}"),
             "caller": dict(caller),
             **change,
+            "reason": reason,
             "review": {"state": "pending" if forced else "not_required", "reason": "forced" if forced else None},
-        }
+        },
+        json.dumps({"found": found}) if found else None,
     )

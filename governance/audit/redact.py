@@ -7,7 +7,7 @@ record id, so erasing it later does not touch any hashed content.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,26 @@ def user_names(request: Any) -> tuple[str, ...]:
     # Whole names first, then their parts of three letters or more ("Ada Lovelace" also hides "Lovelace").
     parts = {p for n in names for p in n.split() if len(p) >= 3}
     return tuple(sorted(names, key=len, reverse=True)) + tuple(sorted(parts - names, key=len, reverse=True))
+
+
+def redact_free_text(text: str, path: str, names: Iterable[str] = ()) -> tuple[str, list[dict[str, str]]]:
+    """Redact text a person wrote outside a request (a reviewer's note, a reason), as requests are redacted.
+
+    Args:
+        text: The text.
+        path: Where it sits in the record (named in what was removed).
+        names: Names to remove as well (e.g. those taken out of the record the note is about).
+
+    Returns:
+        The redacted text, and what was removed.
+    """
+    redactor = Redactor(names=tuple(sorted(set(names), key=len, reverse=True)))
+    return redactor.text(text, path), redactor.found
+
+
+def names_found(found: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The names a redaction took out (from its ``found`` list), to redact them from what follows as well."""
+    return tuple(sorted({str(f["value"]) for f in found if f.get("kind") == "name" and f.get("value")}))
 
 
 def redact_request(request: Any) -> tuple[Any, list[dict[str, str]]]:

@@ -108,9 +108,14 @@ def test_audited_calls_reviews_and_cli(api: Client) -> None:
     queue = api.call("GET", "/v1/audit/review-queue", api.reviewer).json()
     assert [r["id"] for r in queue["records"]] == [audit_id]
     decided = api.call(
-        "POST", f"/v1/audit/records/{audit_id}/review", api.reviewer, json={"decision": "approve", "note": "fine"}
+        "POST",
+        f"/v1/audit/records/{audit_id}/review",
+        api.reviewer,
+        json={"decision": "approve", "note": "fine; Grace Hopper agreed"},
     )
     assert decided.status_code == 201, decided.text
+    chained_review = api.call("GET", f"/v1/audit/records/{decided.json()['review_id']}", api.reviewer).json()
+    assert chained_review["record"]["note"] == "fine; [name] agreed"  # the searched record's user, redacted
     assert decided.json()["review_state"] == "approved"
     assert api.call("GET", "/v1/audit/review-queue", api.reviewer).json()["records"] == []
     detail = api.call("GET", f"/v1/audit/records/{audit_id}", api.reviewer).json()

@@ -8,8 +8,10 @@ import json
 import random
 
 from governance.audit.chain import canonical_json
-from governance.audit.records import AuditEvent, event_record
+from governance.audit.records import AuditEvent, event_record, model_change_record
 from governance.audit.redact import luhn_ok, redact_request
+from governance.audit.reviews import review_record
+from governance.audit.store import Stored
 
 
 def test_luhn() -> None:
@@ -102,3 +104,44 @@ def test_long_generated_text_is_chained_as_an_excerpt_with_its_hash() -> None:
     assert len(json.dumps(body)) < 2000
     short = event_record(dataclasses.replace(event, output={"answer": "ok"}, explanation=None), 100).body
     assert "truncated" not in short
+
+
+def test_outputs_and_explanations_derived_from_a_redacted_request_are_redacted_too() -> None:
+    event = AuditEvent(
+        endpoint="/v1/answers",
+        request={"question": "Refund for Grace Hopper, grace@navy.mil?", "context": {"user": "Grace Hopper"}},
+        output={"answer": "Grace Hopper can write to grace@navy.mil for a refund.", "citations": []},
+        explanation=[{"id": "i1", "matched_terms": ["grace", "hopper", "refund"]}],
+    )
+    pending = event_record(event)
+    chained = json.dumps(pending.body).lower()
+    assert "grace" not in chained
+    assert "hopper" not in chained
+    assert "navy.mil" not in chained
+    assert pending.body["explanation"][0]["matched_terms"] == ["[name]", "[name]", "refund"]
+    kept = json.loads(pending.personal or "{}")["found"]
+    assert {f["path"].split(".")[0].split("[")[0] for f in kept} == {"question", "context", "output", "explanation"}
+
+
+def test_a_reviewer_note_is_redacted_with_the_names_of_the_record_it_is_about() -> None:
+    target = Stored(
+        seq=1,
+        id="aud_1",
+        ts=0.0,
+        kind="inference",
+        endpoint="/v1/search",
+        review_state="pending",
+        prev_hash="",
+        hash="h",
+        body={},
+    )
+    pending = review_record(target, "reject", "Called Hopper at +1 (555) 010-7788, see ada@example.org", {}, ["Hopper"])
+    assert pending.body["note"] == "Called [name] at [phone], see [email]"
+    assert {f["kind"] for f in json.loads(pending.personal or "{}")["found"]} == {"name", "phone", "email"}
+    assert review_record(target, "approve", "fine", {}).personal is None
+
+
+def test_free_text_reasons_of_model_changes_are_redacted() -> None:
+    pending = model_change_record({"action": "promote", "reason": "asked by ada@example.org"}, {})
+    assert pending.body["reason"] == "asked by [email]"
+    assert pending.personal is not None
