@@ -4,7 +4,9 @@ valid 200, never a 5xx, a stall or a ``null`` where the schema promises a number
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import random
 from typing import Any
 
 import httpx
@@ -127,3 +129,153 @@ def test_frontend_keys_see_no_deployment_internals(server: Server) -> None:
     assert str(server.state_dir.parent) not in info.text
     assert "path" not in info.json()["pack"]
     assert "path" in call(server, "GET", "/v1/info", server.admin_key).json()["pack"]
+
+
+# -- generated hostile input -----------------------------------------------------------------------------------------
+
+EXTREMES: list[Any] = [
+    0,
+    -1,
+    1e308,
+    -1e308,
+    5e-324,
+    -0.0,
+    10**30,
+    2**63,
+    "",
+    " ",
+    "٣",
+    "²",
+    "\u0000",
+    "\ud7ff" * 3,
+    "🧻" * 50,
+    "a" * 5000,
+    None,
+    True,
+    [],
+    {},
+    [[[[[]]]]],
+    {"a": {"b": {"c": {}}}},
+]
+
+
+def hostile_bodies(seed: int, n: int) -> list[tuple[str, Any]]:
+    """Bodies for the frontend routes with fields swapped for extremes, wrong types and nesting."""
+    rng = random.Random(seed)
+    shapes: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/search", {"query": "cotton towel", "k": 5, "diversity": 0.5, "filters": {"price_max": 1000}}),
+        ("/v1/recommendations", {"history": [{"item_id": "x", "weight": 1.0}], "k": 5, "diversity": 0.3}),
+        ("/v1/recommendations", {"query": "watch", "k": 3, "filters": {"category": "Watches"}}),
+        ("/v1/recommendations", {"user_id": "u1", "k": 3}),
+        ("/v1/answers", {"question": "How do I track my order?", "k_context": 2}),
+        ("/v1/feedback", {"audit_id": "aud_x", "event": "click", "value": 1.0}),
+    ]
+    out: list[tuple[str, Any]] = []
+    for _ in range(n):
+        path, base = rng.choice(shapes)
+        body: Any = json.loads(json.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice([*body.keys(), "filters", "exclude", "context", "history"])
+            value = rng.choice(EXTREMES)
+            if key == "history" and rng.random() < 0.5:
+                value = [{"item_id": rng.choice(["x", "٣", ""]), "weight": rng.choice(EXTREMES)}]
+            body[key] = value
+        if rng.random() < 0.05:
+            body = rng.choice(EXTREMES)  # not even an object
+        out.append((path, body))
+    return out
+
+
+def finite_numbers(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite_numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite_numbers(v) for v in value)
+    return True
+
+
+async def _send_all(server: Server, requests: list[tuple[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client:
+        semaphore = asyncio.Semaphore(16)
+
+        async def one(path: str, body: Any) -> httpx.Response:
+            async with semaphore:
+                content = json.dumps(body, allow_nan=False).encode()
+                headers = {**server.headers(server.frontend_key), "content-type": "application/json"}
+                return await client.post(path, content=content, headers=headers)
+
+        return list(await asyncio.gather(*(one(p, b) for p, b in requests)))
+
+
+def test_generated_hostile_bodies_get_a_4xx_or_a_valid_200(server: Server) -> None:
+    requests = hostile_bodies(seed=23, n=400)
+    responses = asyncio.run(_send_all(server, requests))
+    for (path, body), response in zip(requests, responses, strict=True):
+        assert response.status_code < 500, (path, body, response.text[:300])
+        data = response.json()
+        if response.status_code >= 400:
+            assert set(data) == {"error", "request_id"}, data
+            assert isinstance(data["error"]["code"], str)
+        else:
+            assert finite_numbers(data), (path, body, data)
+    assert {r.status_code for r in responses} & {200, 201}  # not everything was refused
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "٣"},
+        {"limit": "9" * 5000},
+        {"limit": "-0"},
+        {"since": "٢٠٢٦-٠١-٠١"},
+        {"since": "9999999-01-01"},
+        {"until": "\u0000"},
+        {"review_state": ",,,"},
+        {"endpoint": "/" + "a" * 500},
+        {"kind": "🧻"},
+    ],
+)
+def test_hostile_query_strings_get_a_4xx_or_a_valid_200(server: Server, params: dict[str, str]) -> None:
+    response = call(server, "GET", "/v1/audit/records", reviewer_key(server), params=params)
+    assert response.status_code in {200, 400}, response.text
+
+
+async def _explain_at_once(server: Server, reviewer: str, record_ids: list[str]) -> list[httpx.Response]:
+    headers = server.headers(reviewer)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120, headers=headers) as client:
+        calls = [
+            client.get(f"/v1/audit/records/{rid}/explanation", params={"method": "integrated-gradients"})
+            for rid in record_ids
+        ]
+        search = client.post("/v1/search", json={"query": "towel"}, headers=server.headers(server.frontend_key))
+        *explained, searched = await asyncio.gather(*calls, search)
+    assert searched.status_code == 200  # the frontend keeps being served meanwhile
+    return explained
+
+
+def test_expensive_explanations_are_bounded_and_single_flight(server: Server) -> None:
+    reviewer = reviewer_key(server)
+    ids = [
+        call(server, "POST", "/v1/search", server.frontend_key, json={"query": f"cotton bath towel {n}"}).json()[
+            "audit_id"
+        ]
+        for n in range(7)
+    ]
+    asked = [ids[0]] * 3 + ids[1:]
+    responses = asyncio.run(_explain_at_once(server, reviewer, asked))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, [r.text[:200] for r in responses]
+    assert 429 in statuses  # at most audit.ig_max_pending (4) records at once
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "overloaded"
+    shared = [r.json() for r in responses[:3] if r.status_code == 200]
+    assert all(s["results"] == shared[0]["results"] for s in shared)  # one computation, shared
+    again = call(
+        server, "GET", f"/v1/audit/records/{ids[0]}/explanation", reviewer, params={"method": "integrated-gradients"}
+    )
+    assert again.status_code == 200
+    assert again.json()["cached"] is True
