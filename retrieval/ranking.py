@@ -177,8 +177,11 @@ class Ranker:
         """The entries whose vectors are still indexed, with those vectors.
 
         Requests await between reading ids and reading vectors; an item deleted (or replaced) meanwhile is dropped
-        here rather than failing the request with "key not found".
+        here rather than failing the request with "key not found". Entries whose FAISS id is no longer live are
+        dropped first: HNSW and IVF keep removed vectors until a rebuild, so the index alone would still return them.
         """
+        live = self._store.catalog.view().item_of
+        entries = [e for e in entries if e.faiss_id in live]
         vectors, present = self._store.vectors_present([e.faiss_id for e in entries])
         return [e for e, ok in zip(entries, present, strict=True) if ok], vectors
 
