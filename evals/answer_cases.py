@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from evals.answer_metrics import normalize_answer
-from evals.datasets import Passage, QAExample
+from evals.qa_data import Passage, QAExample
 from retrieval.chunking import split_sentences
 
 __all__ = ["Case", "CaseBuilder", "holds_answer", "without_answer"]

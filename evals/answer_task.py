@@ -38,17 +38,13 @@ from evals.answers import OUTCOMES, AnswerBackendContext, AnswerSystem, SystemAn
 from evals.context import RunContext, summarise
 from evals.datasets import (
     DatasetRecord,
-    Passage,
-    QAExample,
     detect_format,
     load_domain_pack,
-    load_pack_qa,
-    load_squad,
     pack_files,
-    pack_passages,
     resolve_dataset,
 )
 from evals.errors import SuiteError
+from evals.qa_data import Passage, QAExample, load_pack_qa, load_squad, pack_passages
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
 

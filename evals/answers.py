@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from evals.datasets import Passage
+from evals.qa_data import Passage
 from retrieval.encoder import Encoder
 
 __all__ = [

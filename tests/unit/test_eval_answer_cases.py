@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evals.answer_cases import CaseBuilder, holds_answer, without_answer
-from evals.datasets import Passage, QAExample
+from evals.qa_data import Passage, QAExample
 
 PASSAGES = [
     Passage("a#0", "The Broncos won Super Bowl 50. The game was in California.", "a"),

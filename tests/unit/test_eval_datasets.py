@@ -16,14 +16,13 @@ from evals.datasets import (
     load_domain_pack,
     load_movielens_100k,
     load_movielens_latest,
-    load_pack_qa,
     load_pack_retrieval,
-    load_squad,
     merge_dataset_entries,
     resolve_dataset,
 )
 from evals.errors import DatasetFormatError, DatasetNotFoundError
 from evals.pack_judgments import derive, load_rules, render
+from evals.qa_data import load_pack_qa, load_squad
 from tests.conftest import DEMO_PACK, SHARED_DATA
 
 
