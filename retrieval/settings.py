@@ -22,6 +22,7 @@ from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Device, EncoderConfig
 from retrieval.index import IndexKind, IndexSpec
 from retrieval.knowledge import ChunkingConfig
+from retrieval.reader import ReaderConfig
 from retrieval.recommend import RecommenderConfig
 
 # ``[answers]`` keeps the support thresholds as flat keys: each key, and the SupportConfig field it fills.
@@ -121,12 +122,42 @@ class GeneratorBatcherSettings(BatcherSettings):
     batch_overhead_tokens: int = Field(default=0, ge=0)
 
 
+class ReaderBatcherSettings(BatcherSettings):
+    """``[batching.reader]``."""
+
+    max_batch_size: int = Field(default=16, gt=0)
+    max_batch_tokens: int = Field(default=4096, gt=0)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    max_queue: int = Field(default=256, gt=0)
+    queue_timeout_ms: float = Field(default=5000.0, ge=0)
+    batch_overhead_tokens: int = Field(default=0, ge=0)
+
+
 class BatchingSettings(Section):
     """``[batching]``: one batcher per model."""
 
     encoder: EncoderBatcherSettings = Field(default_factory=EncoderBatcherSettings)
     index: IndexBatcherSettings = Field(default_factory=IndexBatcherSettings)
     generator: GeneratorBatcherSettings = Field(default_factory=GeneratorBatcherSettings)
+    reader: ReaderBatcherSettings = Field(default_factory=ReaderBatcherSettings)
+
+
+class ReaderSettings(Section):
+    """``[reader]``: the span reader behind extractive answers (a registry pin in ``[models]`` wins over ``path``)."""
+
+    name: str = "reader"
+    path: str = ""
+    device: Device = "auto"
+    threads: int = Field(default=0, ge=0)
+    max_seq_length: int = Field(default=0, ge=0)
+    doc_stride: int = Field(default=0, ge=0)
+    max_answer_tokens: int = Field(default=30, gt=0)
+    max_question_tokens: int = Field(default=0, ge=0)
+
+    def to_config(self, path: str, name: str = "") -> ReaderConfig:
+        """As the reader's config, reading the folder ``path`` (reported as ``name``, or ``[reader] name``)."""
+        values = _values(self, ReaderSettings, exclude=frozenset({"path", "name"}))
+        return ReaderConfig(path=path, name=name or self.name, **values)
 
 
 class IndexSettings(Section):

@@ -1,6 +1,7 @@
 """Grounded answers: retrieved passages in, an answer with checked citations (or a polite abstention) out.
 
-Three backends sit behind one interface: ``extractive`` (no LM: the best sentences of the retrieved passages),
+Three backends sit behind one interface: ``extractive`` (no LM: the best span a trained reader finds in the
+retrieved passages when one is configured, else the best sentences),
 ``local`` (a small LM in-process, batched) and ``openai`` (any OpenAI-compatible endpoint). Whatever the backend:
 
 1. passages that address the model (``ignore your instructions``) are kept out of the context and reported;
@@ -10,7 +11,9 @@ Three backends sit behind one interface: ``extractive`` (no LM: the best sentenc
    unsupported answer is replaced by the extractive one (or an abstention, by config);
 4. a remote failure becomes an error, or the extractive answer when ``fallback = "extractive"``;
 5. ``confidence`` is a logistic function of the retrieval score and the answer's support score, with weights
-   fitted on the demo pack's ``eval/qa.jsonl`` (``python -m bench.answers calibrate``).
+   fitted on the demo pack's ``eval/qa.jsonl`` (``python -m bench.answers calibrate``); a reader's answer uses
+   its own calibration (retrieval score and span margin), fitted by ``candor train reader`` on articles it was
+   neither trained nor evaluated on, and abstains with ``low_confidence`` below its threshold.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from retrieval.answers.grounding import (
     parse_generation,
     passage_sentences,
 )
+from retrieval.answers.reading import ReadAnswer, ReaderBackend, ReaderCalibration, choose_span
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError, GeneratorError
+from retrieval.reader import ReadRequest
 
 logger = structlog.get_logger(__name__)
 
@@ -179,6 +184,9 @@ class _Context:
     sentences: list[Any]
     sentence_vectors: np.ndarray
     extracted: Extracted | None
+    request_id: str = "-"
+    read: ReadAnswer | None = None
+    calibration: ReaderCalibration | None = None  # of the reader that read (None: not read yet)
 
 
 class AnswerService:
@@ -189,6 +197,7 @@ class AnswerService:
         embed: Embeds texts through the encoder (the service passes its batched encoder).
         generators: Generative backends by name (``local``, ``openai``); ``extractive`` is built in.
         extractive_model: Returns the encoder's identity, reported as the extractive backend's model.
+        reader: A span reader: extractive answers (and fallbacks) are then its best calibrated span, not sentences.
     """
 
     def __init__(
@@ -197,11 +206,13 @@ class AnswerService:
         embed: Embed,
         generators: Mapping[str, Generator] | None = None,
         extractive_model: Callable[[], Mapping[str, Any]] | None = None,
+        reader: ReaderBackend | None = None,
     ) -> None:
         self.config = config
         self._embed = embed
         self.generators: dict[str, Generator] = dict(generators or {})
         self._extractive_model = extractive_model or dict
+        self.reader = reader
         self._cache = SentenceCache()
 
     @property
@@ -210,9 +221,11 @@ class AnswerService:
         return ("extractive", *self.generators)
 
     async def stop(self) -> None:
-        """Stop every generator."""
+        """Stop every generator and the reader."""
         for generator in self.generators.values():
             await generator.stop()
+        if self.reader is not None:
+            await self.reader.stop()
 
     def confidence(self, retrieval_score: float, answer_score: float) -> float:
         """Calibrated probability that an answer with these scores is right."""
@@ -222,7 +235,8 @@ class AnswerService:
     def model_of(self, backend: str) -> dict[str, Any]:
         """Model identity for a backend (the encoder for ``extractive``)."""
         if backend == "extractive":
-            return {"backend": "extractive", **self._extractive_model()}
+            reader = {"reader": self.reader.describe()} if self.reader is not None else {}
+            return {"backend": "extractive", **self._extractive_model(), **reader}
         return {"backend": backend, **self.generators[backend].describe()}
 
     async def _sentence_vectors(self, texts: Sequence[str], request_id: str) -> np.ndarray:
@@ -238,13 +252,15 @@ class AnswerService:
         passages: Sequence[ContextPassage],
         request_id: str,
         k: int | None = None,
+        sentences_needed: bool = True,
     ) -> _Context:
         clean = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
         excluded = tuple(p.chunk_id for p in passages if p not in clean)
         kept = clean[:k] if k else clean  # the caller may over-fetch so exclusions do not shrink the context
         if excluded:
             logger.warning("passages_excluded_as_instructions", chunk_ids=list(excluded), request_id=request_id)
-        sentences = passage_sentences([p.text for p in kept])
+        # With a reader, an extractive answer needs no sentence vectors: skip the encoder pass.
+        sentences = passage_sentences([p.text for p in kept]) if sentences_needed else []
         vectors = await self._sentence_vectors([s.text for s in sentences], request_id) if sentences else None
         extracted = None
         if sentences and vectors is not None:
@@ -259,6 +275,7 @@ class AnswerService:
             sentences,
             vectors if vectors is not None else np.zeros((0, 1)),
             extracted,
+            request_id,
         )
 
     def _abstain(self, ctx: _Context, backend: str, requested: str, reason: str, **extra: Any) -> GroundedAnswer:
@@ -279,9 +296,26 @@ class AnswerService:
             **extra,
         )
 
-    def _extractive(self, ctx: _Context, requested: str, fallback: Mapping[str, str] | None = None) -> GroundedAnswer:
+    async def _read(self, ctx: _Context) -> ReadAnswer | None:
+        """The reader's most confident span over the context's passages (read once per context)."""
+        reader = self.reader  # a reload may swap it while this request awaits: stay with this one
+        if reader is None or not ctx.passages:
+            return None
+        if ctx.calibration is None:
+            requests = [ReadRequest(ctx.question, p.text) for p in ctx.passages]
+            spans = await reader.read(requests, ctx.request_id)
+            texts, scores = [p.text for p in ctx.passages], [p.score for p in ctx.passages]
+            ctx.read = choose_span(ctx.question, texts, scores, spans, reader.calibration)
+            ctx.calibration = reader.calibration
+        return ctx.read
+
+    async def _extractive(
+        self, ctx: _Context, requested: str, fallback: Mapping[str, str] | None = None
+    ) -> GroundedAnswer:
         if not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
             return self._abstain(ctx, "extractive", requested, "low_retrieval", fallback=fallback)
+        if self.reader is not None:
+            return await self._read_answer(ctx, requested, fallback)
         extracted = ctx.extracted
         top = ctx.passages[0].score
         if extracted is None or self.confidence(top, extracted.score) < self.config.min_confidence:
@@ -299,6 +333,46 @@ class AnswerService:
             retrieval_score=top,
             answer_score=extracted.score,
             grounding={"method": "extractive", "copied_from": [ctx.passages[i].chunk_id for i in extracted.passages]},
+            excluded=ctx.excluded,
+            retrieved=tuple(ctx.passages),
+        )
+
+    async def _read_answer(self, ctx: _Context, requested: str, fallback: Mapping[str, str] | None) -> GroundedAnswer:
+        """The reader's answer: its most confident span (or that span's sentence), or an abstention."""
+        read = await self._read(ctx)
+        calibration = ctx.calibration or ReaderCalibration()
+        if read is None or read.confidence < calibration.min_confidence:
+            extra = {"confidence_needed": calibration.min_confidence}
+            if read is not None:
+                extra.update(confidence=round(read.confidence, 4), margin=round(read.span.margin, 3))
+            return self._abstain(
+                ctx,
+                "extractive",
+                requested,
+                "low_confidence",
+                fallback=fallback,
+                grounding={"method": "reader", **extra},
+            )
+        passage = ctx.passages[read.passage]
+        return GroundedAnswer(
+            answer=read.text,
+            span=read.span.text,
+            citations=(passage,),
+            confidence=round(read.confidence, 4),
+            abstained=False,
+            backend="extractive",
+            model=self.model_of("extractive"),
+            requested_backend=requested,
+            fallback=fallback,
+            retrieval_score=ctx.passages[0].score,
+            answer_score=round(read.span.margin, 4),
+            grounding={
+                "method": "reader",
+                "copied_from": [passage.chunk_id],
+                "span": {"start": read.span.start, "end": read.span.end},
+                "margin": round(read.span.margin, 4),
+                "calibration": calibration.fitted_on or "uncalibrated defaults",
+            },
             excluded=ctx.excluded,
             retrieved=tuple(ctx.passages),
         )
@@ -341,7 +415,7 @@ class AnswerService:
         if not report.supported:
             logger.info("generated_answer_not_grounded", backend=backend, request_id=request_id)
             if self.config.ungrounded == "extractive":
-                answer = self._extractive(ctx, backend, {"from": backend, "reason": "ungrounded"})
+                answer = await self._extractive(ctx, backend, {"from": backend, "reason": "ungrounded"})
                 return replace(answer, grounding={**answer.grounding, "replaced": grounding}, tokens=tokens)
             return self._abstain(ctx, backend, backend, "ungrounded", grounding=grounding, tokens=tokens)
         if inferred:  # keep only the passages that actually support a sentence
@@ -371,11 +445,11 @@ class AnswerService:
         if backend != "extractive" and backend not in self.generators:
             raise BackendUnavailableError(backend, "not configured on this service")
 
-    def _fallback_or_raise(self, ctx: _Context, backend: str, exc: GeneratorError) -> GroundedAnswer:
+    async def _fallback_or_raise(self, ctx: _Context, backend: str, exc: GeneratorError) -> GroundedAnswer:
         if self.config.fallback != "extractive":
             raise exc
         logger.warning("generator_failed_falling_back", backend=backend, code=exc.code)
-        return self._extractive(ctx, backend, {"from": backend, "reason": exc.code})
+        return await self._extractive(ctx, backend, {"from": backend, "reason": exc.code})
 
     # -- public API --------------------------------------------------------------------------------------------
 
@@ -398,16 +472,17 @@ class AnswerService:
         """
         chosen = backend or self.config.default_backend
         self._check_backend(chosen)
-        ctx = await self._prepare(question, question_vector, passages, request_id, k)
+        reader_only = chosen == "extractive" and self.reader is not None
+        ctx = await self._prepare(question, question_vector, passages, request_id, k, not reader_only)
         if chosen == "extractive":
-            return self._extractive(ctx, chosen)
+            return await self._extractive(ctx, chosen)
         if not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
             return self._abstain(ctx, chosen, chosen, "low_retrieval")
         messages = build_messages(question, [(p.title, p.text) for p in ctx.passages])
         try:
             result = await self.generators[chosen].complete(messages, max_tokens, request_id)
         except GeneratorError as exc:
-            return self._fallback_or_raise(ctx, chosen, exc)
+            return await self._fallback_or_raise(ctx, chosen, exc)
         return await self._finish_generated(ctx, chosen, result.text, result.tokens, request_id)
 
     async def stream(
@@ -429,10 +504,11 @@ class AnswerService:
         """
         chosen = backend or self.config.default_backend
         self._check_backend(chosen)
-        ctx = await self._prepare(question, question_vector, passages, request_id, k)
+        reader_only = chosen == "extractive" and self.reader is not None
+        ctx = await self._prepare(question, question_vector, passages, request_id, k, not reader_only)
         if chosen == "extractive" or not ctx.passages or ctx.passages[0].score < self.config.min_retrieval_score:
             final = (
-                self._extractive(ctx, chosen)
+                await self._extractive(ctx, chosen)
                 if chosen == "extractive"
                 else self._abstain(ctx, chosen, chosen, "low_retrieval")
             )
@@ -463,7 +539,7 @@ class AnswerService:
             if self.config.fallback != "extractive":
                 yield "error", exc
                 return
-            yield "final", self._fallback_or_raise(ctx, chosen, exc)
+            yield "final", await self._fallback_or_raise(ctx, chosen, exc)
             return
         final = await self._finish_generated(ctx, chosen, raw, len(raw.split()), request_id)
         if not broken and not final.abstained and final.backend == chosen:

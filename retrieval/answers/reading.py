@@ -1,0 +1,253 @@
+"""Extractive answers with a trained span reader: the reader's batcher, span choice and confidence calibration.
+
+With a reader configured, the extractive backend asks it for the best span of every retrieved passage and answers
+with the span whose *calibrated confidence* is highest: a logistic function of the passage's retrieval score and the
+reader's margin (the span's score over "no answer"). Questions that want an explanation ("why", "how do I") get the
+sentence around the span; the others get the span ("3 to 7 business days"). Below ``min_confidence`` the backend
+abstains.
+
+The calibration (weights, bias and threshold) is fitted on questions the reader did not train on, by
+:func:`fit_calibration`, and kept in the reader's card, so one reader carries the confidence that was fitted for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
+from retrieval.chunking import split_sentences
+from retrieval.errors import BackendUnavailableError
+from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader, read_card
+
+logger = structlog.get_logger(__name__)
+
+# "How many", "how long", "how much"... want a quantity; a bare "how" or "why" wants the reasoning around it.
+_SENTENCE_QUESTION = re.compile(
+    r"^\s*(why\b|how\s+(?!many|much|long|old|far|big|large|often|soon|deep|tall|high|heavy|hot|cold|fast)\w|"
+    r"explain\b|describe\b|what happens\b|what should\b|what do i do\b|can i\b|do you\b|is it possible\b)",
+    re.IGNORECASE,
+)
+
+
+def wants_sentence(question: str) -> bool:
+    """Whether a question wants an explanation (the span's sentence) rather than the bare span."""
+    return bool(_SENTENCE_QUESTION.search(question))
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderCalibration:
+    """Confidence of a read answer: ``sigmoid(w_retrieval * retrieval score + w_margin * margin + bias)``.
+
+    Attributes:
+        weights: ``(w_retrieval, w_margin)``.
+        bias: The intercept.
+        min_confidence: Answers below this are abstentions.
+        fitted_on: What the weights were fitted on (``""``: the uncalibrated defaults).
+    """
+
+    weights: tuple[float, float] = (4.0, 0.4)
+    bias: float = -2.5
+    min_confidence: float = 0.5
+    fitted_on: str = ""
+
+    def confidence(self, retrieval_score: float, margin: float) -> float:
+        """The calibrated probability that a span with these scores answers the question."""
+        z = self.weights[0] * retrieval_score + self.weights[1] * margin + self.bias
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``calibration`` section."""
+        return {
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "min_confidence": self.min_confidence,
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> ReaderCalibration:
+        """The calibration a reader's card holds (the defaults when it holds none)."""
+        data = card.get("calibration")
+        if not isinstance(data, Mapping):
+            return cls()
+        default = cls()
+        weights = data.get("weights", default.weights)
+        return cls(
+            (float(weights[0]), float(weights[1])),
+            float(data.get("bias", default.bias)),
+            float(data.get("min_confidence", default.min_confidence)),
+            str(data.get("fitted_on", "")),
+        )
+
+
+def fit_calibration(
+    features: np.ndarray, correct: np.ndarray, *, l2: float = 1e-2, iterations: int = 50
+) -> tuple[tuple[float, float], float]:
+    """Logistic regression of correctness on ``(retrieval score, margin)`` by Newton's method (with a small ridge).
+
+    Args:
+        features: ``(n, 2)``: retrieval score and reader margin of each answer.
+        correct: ``(n,)``: 1 where the answer was right (a probe, whatever was answered, counts 0).
+        l2: Ridge penalty on the weights (keeps separable data finite; small beside any real sample).
+        iterations: Newton steps at most.
+
+    Returns:
+        ``((w_retrieval, w_margin), bias)``.
+
+    Raises:
+        ValueError: Shapes disagree, or the labels are all one class.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 2 or len(x) != len(y):
+        raise ValueError("features must be (n, 2) with one label per row")
+    if y.min() == y.max():
+        raise ValueError("calibration needs right and wrong answers")
+    design = np.hstack([x, np.ones((len(x), 1))])
+    beta = np.zeros(3)
+    penalty = np.diag([l2, l2, 0.0])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -50, 50)))
+        gradient = design.T @ (y - p) - penalty @ beta
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + penalty
+        step = np.linalg.solve(hessian, gradient)
+        beta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return (float(beta[0]), float(beta[1])), float(beta[2])
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAnswer:
+    """The span chosen across the passages.
+
+    Attributes:
+        passage: Index of the passage it comes from.
+        span: The reader's span.
+        text: The answer text: the span, or its sentence when the question wants one.
+        confidence: Calibrated confidence.
+    """
+
+    passage: int
+    span: Span
+    text: str
+    confidence: float
+
+
+def sentence_around(context: str, start: int, end: int) -> str:
+    """The sentence(s) of ``context`` that hold the characters ``start:end``."""
+    out: list[str] = []
+    at = 0
+    for sentence in split_sentences(context):
+        found = context.find(sentence, at)
+        if found < 0:
+            continue
+        at = found + len(sentence)
+        if found < end and at > start:
+            out.append(sentence)
+    return " ".join(out) or context[start:end]
+
+
+def choose_span(
+    question: str,
+    contexts: Sequence[str],
+    retrieval_scores: Sequence[float],
+    spans: Sequence[Span | None],
+    calibration: ReaderCalibration,
+) -> ReadAnswer | None:
+    """The most confident span across the passages (``None`` when no passage gave one)."""
+    best: ReadAnswer | None = None
+    for i, (context, score, span) in enumerate(zip(contexts, retrieval_scores, spans, strict=True)):
+        if span is None or not span.text:
+            continue
+        confidence = calibration.confidence(score, span.margin)
+        if best is None or confidence > best.confidence:
+            text = sentence_around(context, span.start, span.end) if wants_sentence(question) else span.text
+            best = ReadAnswer(i, span, text, confidence)
+    return best
+
+
+class ReaderBackend:
+    """A span reader behind its own token-budgeted batcher; the weights load at :meth:`start`.
+
+    Args:
+        config: Which reader and how it reads.
+        batching: Batcher knobs (``[batching.reader]``); a request costs its estimated tokens.
+        observer: Batch metrics.
+        version: The registry version it comes from (reported), if any.
+    """
+
+    def __init__(
+        self,
+        config: ReaderConfig,
+        batching: BatcherConfig,
+        *,
+        observer: BatchObserver | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.config = config
+        self.version = version
+        self._batching = batching
+        self._observer = observer
+        self._reader: SpanReader | None = None
+        self._batcher: DynamicBatcher[ReadRequest, Span | None] | None = None
+        self._lock = asyncio.Lock()
+        self._load_lock = threading.Lock()
+        self.calibration = ReaderCalibration()
+
+    def _load(self) -> SpanReader:
+        with self._load_lock:
+            if self._reader is None:
+                self._reader = SpanReader(self.config)
+            return self._reader
+
+    async def start(self) -> None:
+        """Load the reader (in a thread), read its calibration and start the batcher; safe to call again."""
+        async with self._lock:
+            if self._batcher is not None:
+                return
+            try:
+                reader = await asyncio.to_thread(self._load)
+                card = await asyncio.to_thread(read_card, Path(reader.info.path))
+            except Exception as exc:
+                logger.exception("reader_load_failed")
+                raise BackendUnavailableError("reader", f"the reader could not load ({type(exc).__name__})") from exc
+            self.calibration = ReaderCalibration.from_card(card)
+            batcher: DynamicBatcher[ReadRequest, Span | None] = DynamicBatcher(
+                "reader",
+                reader.read,
+                self._batching,
+                cost=reader.cost,
+                observer=self._observer,
+                thread_init=reader.use_threads,
+            )
+            batcher.start()
+            self._batcher = batcher
+
+    async def stop(self) -> None:
+        """Drain and stop the batcher."""
+        if self._batcher is not None:
+            await self._batcher.stop()
+            self._batcher = None
+
+    def describe(self) -> dict[str, Any]:
+        """The reader's name, weights digest, device and registry version (``loaded: false`` before start)."""
+        if self._reader is None:
+            return {"name": self.config.name, "loaded": False}
+        return {**self._reader.info.identity(), "registry_version": self.version, "loaded": True}
+
+    async def read(self, requests: Sequence[ReadRequest], request_id: str) -> list[Span | None]:
+        """The best span of each pair, read through the batcher (pairs of one request go in together)."""
+        await self.start()
+        assert self._batcher is not None
+        return list(await asyncio.gather(*(self._batcher.submit(r, request_id) for r in requests)))
