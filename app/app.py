@@ -48,6 +48,7 @@ from app.state import Services, provide_services
 from governance.audit import AuditLog
 from governance.report import MEDIA_TYPES as REPORT_MEDIA_TYPES
 from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
+from retrieval.answers.reading import ReaderBackend
 from retrieval.batcher import BatchObserver
 from retrieval.encoder import Encoder
 from retrieval.engine import RetrievalEngine
@@ -74,9 +75,12 @@ def bootstrap_keys(keys: KeyStore, state_dir: Path) -> Path | None:
 
 
 def build_answer_service(
-    settings: Settings, engine: RetrievalEngine, observer: BatchObserver | None = None
+    settings: Settings,
+    engine: RetrievalEngine,
+    observer: BatchObserver | None = None,
+    reader: ReaderBackend | None = None,
 ) -> AnswerService:
-    """The answer service with the backends the settings enable (``extractive`` always)."""
+    """The answer service with the backends the settings enable (``extractive`` always, read by ``reader`` if any)."""
     generators: dict[str, Generator] = {}
     local = settings.generator.local
     if local.enabled:
@@ -90,7 +94,11 @@ def build_answer_service(
         generators["openai"] = RemoteBackend(settings.generator.openai.to_config())
 
     return AnswerService(
-        settings.answers.to_config(), engine.embed_texts, generators, lambda: engine.encoder_info.identity()
+        settings.answers.to_config(),
+        engine.embed_texts,
+        generators,
+        lambda: engine.encoder_info.identity(),
+        reader=reader,
     )
 
 
@@ -193,7 +201,8 @@ def create_app(
     state_dir.mkdir(parents=True, exist_ok=True)
     serving, engine_config = models.pinned_engine_config(settings, show_progress=show_progress, encoder=encoder)
     engine = RetrievalEngine(engine_config, observer=metrics, encoder=encoder)
-    answers = build_answer_service(settings, engine, metrics)
+    reader = models.reader_backend(settings, serving.reader_config, serving.reader, metrics)
+    answers = build_answer_service(settings, engine, metrics, reader)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -221,6 +230,8 @@ def create_app(
 
         async def start() -> None:
             await engine.start()
+            if answers.reader is not None:
+                await answers.reader.start()
             local = answers.generators.get("local")
             if local is not None and settings.generator.local.load == "startup":
                 await local.start()

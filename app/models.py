@@ -2,7 +2,8 @@
 
 ``[models]`` pins each kind to an alias (``production``), a version number, or nothing. At start and on
 ``POST /v1/admin/reload`` the pins are resolved against the registry; a kind with no such version serves without a
-trained model (content similarity for history recommendations, the ``[encoder]`` model for texts).
+trained model (content similarity for history recommendations, the ``[encoder]`` model for texts, the ``[reader]``
+folder or whole-sentence extractive answers).
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from urllib.parse import unquote, urlparse
 import structlog
 
 from app.settings import Settings
+from retrieval.answers import AnswerService
+from retrieval.answers.reading import ReaderBackend
+from retrieval.batcher import BatchObserver
 from retrieval.encoder import Encoder, EncoderConfig
 from retrieval.engine import EngineConfig, RetrievalEngine
+from retrieval.errors import BackendUnavailableError
+from retrieval.reader import ReaderConfig
 from retrieval.registry import ModelKind, ModelRegistry, ModelVersion, RegistryError
 
 logger = structlog.get_logger(__name__)
@@ -59,6 +65,29 @@ def encoder_config(settings: Settings, registry: ModelRegistry | None) -> tuple[
     ), version
 
 
+def reader_config(
+    settings: Settings, registry: ModelRegistry | None
+) -> tuple[ReaderConfig | None, ModelVersion | None]:
+    """The reader to load: the pinned registry version's folder, the ``[reader]`` folder, or none."""
+    version = pinned(registry, "reader", settings.models.reader)
+    if version is not None and registry is not None:
+        return settings.reader.to_config(str(registry.local_path(version)), version.ref), version
+    if settings.reader.path:
+        return settings.reader.to_config(settings.resolve_optional(settings.reader.path)), None
+    return None, None
+
+
+def reader_backend(
+    settings: Settings, config: ReaderConfig | None, version: ModelVersion | None, observer: BatchObserver | None
+) -> ReaderBackend | None:
+    """A reader behind its batcher (``[batching.reader]``), or ``None`` without a reader."""
+    if config is None:
+        return None
+    return ReaderBackend(
+        config, settings.batching.reader.to_config(), observer=observer, version=version.ref if version else None
+    )
+
+
 def pinned_engine_config(
     settings: Settings, *, show_progress: bool, encoder: Encoder | None = None
 ) -> tuple[ServingModels, EngineConfig]:
@@ -76,6 +105,7 @@ def pinned_engine_config(
         encoder_cfg, serving.encoder = encoder_config(settings, registry)
         config = replace(config, encoder=encoder_cfg)
     serving.recommender = pinned(registry, "recommender", settings.models.recommender)
+    serving.reader_config, serving.reader = reader_config(settings, registry)
     if registry is not None and serving.recommender is not None:
         config = replace(config, recommender_model=(registry.local_path(serving.recommender), serving.recommender.ref))
     return serving, config
@@ -87,12 +117,15 @@ class ServingModels:
 
     encoder: ModelVersion | None = None
     recommender: ModelVersion | None = None
+    reader: ModelVersion | None = None
+    reader_config: ReaderConfig | None = None
 
     def describe(self) -> dict[str, Any]:
         """``{kind: version ref or None}``, for ``/v1/info``."""
         return {
             "encoder": self.encoder.ref if self.encoder else None,
             "recommender": self.recommender.ref if self.recommender else None,
+            "reader": self.reader.ref if self.reader else None,
         }
 
 
@@ -139,3 +172,35 @@ async def apply_encoder(settings: Settings, engine: RetrievalEngine, serving: Se
     serving.encoder = wanted
     logger.info("encoder_swapped", previous=before, current=after)
     return {"kind": "encoder", "changed": True, "from": before, "to": after}
+
+
+async def apply_reader(settings: Settings, answers: AnswerService, serving: ServingModels) -> dict[str, Any]:
+    """Resolve the reader pin and swap that version in if it is not serving already.
+
+    The new reader loads beside the serving one; answers started on the old one finish on it.
+
+    Returns:
+        ``{"kind": "reader", "changed": bool, "from": ref, "to": ref}``.
+
+    Raises:
+        RegistryError: The registry cannot be read.
+        ValueError: The pinned reader cannot load.
+    """
+    registry = await asyncio.to_thread(open_registry, settings)
+    config, wanted = await asyncio.to_thread(reader_config, settings, registry)
+    before = serving.reader.ref if serving.reader else None
+    after = wanted.ref if wanted else None
+    if before == after and config == serving.reader_config:
+        return {"kind": "reader", "changed": False, "from": before, "to": after}
+    backend = reader_backend(settings, config, wanted, None)
+    if backend is not None:
+        try:
+            await backend.start()
+        except BackendUnavailableError as exc:
+            raise ValueError(f"the pinned reader {after or ''} cannot load: {exc.reason}") from exc
+    old, answers.reader = answers.reader, backend
+    serving.reader, serving.reader_config = wanted, config
+    if old is not None:
+        await old.stop()
+    logger.info("reader_swapped", previous=before, current=after)
+    return {"kind": "reader", "changed": True, "from": before, "to": after}

@@ -30,6 +30,7 @@ from retrieval.settings import (
     BatchingSettings,
     EncoderSettings,
     OpenAISettings,
+    ReaderSettings,
     RecommenderSettings,
     Section,
 )
@@ -151,6 +152,7 @@ class ModelSettings(Section):
     registry_uri: str = ""
     recommender: str = "production"
     encoder: str = "production"
+    reader: str = "production"
     min_recommender_coverage: float = Field(default=0.5, ge=0, le=1)
 
 
@@ -172,6 +174,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     answers: AnswerSettings = Field(default_factory=AnswerSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    reader: ReaderSettings = Field(default_factory=ReaderSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
 
     @classmethod

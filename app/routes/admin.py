@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 
 from app.auth import require_roles
 from app.errors import CALLER_ERRORS, ApiError, documented_errors
-from app.models import apply_encoder, apply_recommender
+from app.models import apply_encoder, apply_reader, apply_recommender
 from app.observability import current_request_id
 from app.state import Services
 from retrieval.registry import RegistryError
@@ -46,6 +46,7 @@ async def reload_models(services: NamedDependency[Services]) -> dict[str, Any]:
         try:
             encoder = await apply_encoder(services.settings, engine, services.models)
             recommender = await apply_recommender(services.settings, engine, services.models)
+            reader = await apply_reader(services.settings, services.answers, services.models)
         except RegistryError as exc:
             logger.error("registry_unavailable", error=str(exc))  # the log, not the caller, gets the store's text
             raise ApiError(
@@ -57,4 +58,8 @@ async def reload_models(services: NamedDependency[Services]) -> dict[str, Any]:
             ) from exc
         except ValueError as exc:
             raise ApiError(422, "model_not_servable", str(exc)) from exc
-    return {"models": [encoder, recommender], "serving": services.models.describe(), "request_id": current_request_id()}
+    return {
+        "models": [encoder, recommender, reader],
+        "serving": services.models.describe(),
+        "request_id": current_request_id(),
+    }
