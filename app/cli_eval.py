@@ -34,8 +34,17 @@ def service_answer_backends(settings: Any) -> dict[str, Any]:
             local_batching=settings.batching.generator.to_config(),
             openai=settings.generator.openai.to_config(),
             models_dir=Path(settings.state_dir) / "models",
+            reader=serving_reader_config(settings),
+            reader_batching=settings.batching.reader.to_config(),
         )
     )
+
+
+def serving_reader_config(settings: Any) -> Any:
+    """The reader the service would load now (the pinned registry version, or ``[reader] path``), if any."""
+    from app.models import open_registry, reader_config
+
+    return reader_config(settings, open_registry(settings))[0]
 
 
 def registered_models(settings: Any) -> Any:

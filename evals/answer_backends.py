@@ -7,7 +7,8 @@ answer sentences, with who produced it: the service names the backend behind eve
 ungrounded ``local`` answer replaced by the extractive one) and why it abstained, and the harness reports the
 backend's own answers apart from the ones it fell back on (:func:`system_answer`). Suite options
 (``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``), ``max_tokens``, ``min_confidence``,
-``min_retrieval_score``, and for ``openai`` the ``[generator.openai]`` keys.
+``min_retrieval_score``, ``reader`` (a reader folder, or ``none`` for sentence answers; by default the service's
+reader, if it has one), ``reader_min_confidence``, and for ``openai`` the ``[generator.openai]`` keys.
 
 The service's configured answer settings come in as :class:`ServiceAnswerDefaults` (the app builds them from its
 settings, so the backends start from what the service would run); :func:`service_backends` turns them into harness
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,24 @@ from retrieval.answers import (
     RemoteBackend,
 )
 from retrieval.answers.local_model import LocalGeneratorConfig
+from retrieval.answers.reading import ReaderBackend
 from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Encoder
+from retrieval.reader import ReaderConfig, read_card
+from retrieval.settings import ReaderBatcherSettings
 
 BACKENDS = ("extractive", "local", "openai")
-_SERVICE_KEYS = {"answer_text", "max_tokens", "min_confidence", "min_retrieval_score", "device", "cache_dir"}
+_SERVICE_KEYS = {
+    "answer_text",
+    "max_tokens",
+    "min_confidence",
+    "min_retrieval_score",
+    "device",
+    "cache_dir",
+    "reader",
+    "reader_min_confidence",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class ServiceAnswerDefaults:
         local_batching: The LM's batcher.
         openai: The OpenAI-compatible endpoint.
         models_dir: Where the local LM keeps its converted copy.
+        reader: The service's span reader (``None``: extractive answers are sentences).
+        reader_batching: The reader's batcher.
     """
 
     answer: AnswerConfig
@@ -63,6 +78,8 @@ class ServiceAnswerDefaults:
     local_batching: BatcherConfig
     openai: OpenAIConfig
     models_dir: Path
+    reader: ReaderConfig | None = None
+    reader_batching: BatcherConfig = field(default_factory=lambda: ReaderBatcherSettings().to_config())
 
 
 class ServiceAnswerSystem:
@@ -103,17 +120,35 @@ class ServiceAnswerSystem:
             generators["openai"] = RemoteBackend(replace(defaults.openai, **remote))
         elif backend != "extractive":
             raise SuiteError(f"unknown answer backend {backend!r}")
+        self._reader = _reader(options, defaults)
         self._loop = asyncio.new_event_loop()
+        if self._reader is not None:
+            self._loop.run_until_complete(self._reader.start())
+            if "reader_min_confidence" in options:
+                self._reader.calibration = replace(
+                    self._reader.calibration, min_confidence=float(options["reader_min_confidence"])
+                )
         self._config = config
 
         async def embed(texts: Sequence[str], request_id: str) -> np.ndarray:
             return encoder.encode(list(texts))
 
-        self._service = AnswerService(config, embed, generators, encoder.info.identity)
+        self._service = AnswerService(config, embed, generators, encoder.info.identity, reader=self._reader)
 
     def describe(self) -> Mapping[str, Any]:
-        """The backend's model and the grounding settings."""
+        """The backend's model and the grounding settings (with the reader's training data and calibration)."""
+        reader: dict[str, Any] = {}
+        if self._reader is not None:
+            card = read_card(Path(self._reader.config.path))
+            reader = {
+                "reader": {
+                    "path": self._reader.config.path,
+                    "trained_on": card.get("trained_on", {}),
+                    "calibration": self._reader.calibration.to_dict(),
+                }
+            }
         return {
+            **reader,
             "model": self._service.model_of(self.name),
             "answer_text": self._answer_text,
             "max_tokens": self._max_tokens,
@@ -138,6 +173,17 @@ class ServiceAnswerSystem:
         """Stop generators and the private event loop."""
         self._loop.run_until_complete(self._service.stop())
         self._loop.close()
+
+
+def _reader(options: Mapping[str, Any], defaults: ServiceAnswerDefaults) -> ReaderBackend | None:
+    """The reader the options name: a folder, ``none``, or (unset) the service's."""
+    choice = str(options.get("reader", ""))
+    if choice == "none":
+        return None
+    config = defaults.reader
+    if choice:
+        config = ReaderConfig(path=choice, name=Path(choice).name) if config is None else replace(config, path=choice)
+    return ReaderBackend(config, defaults.reader_batching) if config is not None else None
 
 
 def system_answer(result: GroundedAnswer, answer_text: str = "span") -> SystemAnswer:

@@ -47,6 +47,7 @@ from evals.errors import SuiteError
 from evals.qa_data import Passage, QAExample, load_pack_qa, load_squad, pack_passages
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
+from retrieval.reader_training import article_fold
 
 
 @dataclass
@@ -90,9 +91,12 @@ class AnswerEvaluator:
         self.ctx.note(f"{self.task}: skipped: {reason}")
         return TaskOutput(skipped=reason, datasets=datasets or [], details={"primary_metric": self.primary_metric})
 
+    def _in_fold(self, group: str) -> bool:
+        return self.spec.articles == "all" or article_fold(group, salt=self.spec.split_salt) == self.spec.articles
+
     def _squad(self, path: Path) -> _Source:
         data = load_squad(path, self.spec.file)
-        examples = data.examples
+        examples = [e for e in data.examples if self._in_fold(data.passage_group.get(e.context_id or "", ""))]
         if self.spec.max_questions and self.spec.max_questions < len(examples):
             picked = self.ctx.rng(self.task, "questions").choice(len(examples), self.spec.max_questions, replace=False)
             examples = [examples[i] for i in sorted(picked)]
@@ -108,7 +112,7 @@ class AnswerEvaluator:
         if not qa_path.is_file():
             return f"{qa_path} is not there yet, so there are no pack questions to ask"
         pack = load_domain_pack(path)
-        examples = load_pack_qa(qa_path, pack)
+        examples = [e for e in load_pack_qa(qa_path, pack) if self._in_fold(next(iter(e.supporting_ids), e.id))]
         pool = pack_passages(pack)
         # Items are embedded exactly as the product search task embeds them, so the cache serves both.
         texts = {item.id: item.embedding_text() for item in pack.items}

@@ -34,6 +34,8 @@ class QAExample:
         supporting_ids: Passages that hold the answer, when the dataset names them.
         answerable: Whether the question can be answered from the dataset's passages.
         context_id: The passage the question was written about (SQuAD), if any.
+        answer_starts: Character offset of each answer in that passage (SQuAD's ``answer_start``; ``-1`` where the
+            file gives none or the answer is not there).
     """
 
     id: str
@@ -42,6 +44,7 @@ class QAExample:
     supporting_ids: tuple[str, ...] = ()
     answerable: bool = True
     context_id: str | None = None
+    answer_starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +142,17 @@ def load_squad(path: Path, file: str = "") -> QAData:
                 if not isinstance(answers, list) or not answers:
                     raise fail("'answers' must be a non-empty list")
                 golds: list[str] = []
+                starts: list[int] = []
                 for answer in answers:
                     value = answer.get("text") if isinstance(answer, dict) else None
                     if not isinstance(value, str) or not value.strip():
                         raise fail("every answer needs a non-empty 'text'")
                     golds.append(value)
+                    at = answer.get("answer_start")
+                    ok = isinstance(at, int) and context[at : at + len(value)] == value
+                    starts.append(at if ok and isinstance(at, int) else context.find(value))
                 seen.add(qid)
-                examples.append(QAExample(qid, question, tuple(golds), (pid,), True, pid))
+                examples.append(QAExample(qid, question, tuple(golds), (pid,), True, pid, tuple(starts)))
     return QAData(examples, passages, groups, [source])
 
 

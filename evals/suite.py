@@ -46,6 +46,7 @@ ALL_RECOMMENDERS: tuple[RecommenderName, ...] = ("most-popular", "item-knn", "em
 GROUP_METRIC_KINDS = ("hr", "ndcg", "mrr", "novelty", "popularity_bias")
 AnswerSetting = Literal["open", "gold"]
 ProbeKind = Literal["nearest", "removed", "random"]
+ArticleFold = Literal["all", "train", "calibration", "test"]
 ANSWER_SETTINGS: tuple[AnswerSetting, ...] = ("open", "gold")
 DEFAULT_PROBES: tuple[ProbeKind, ...] = ("nearest", "removed")
 ENABLED_HELP = "false: the task is not run (its gates are skipped); e.g. --set recommendation.ua.enabled=false"
@@ -171,6 +172,13 @@ class AnswerTask(_Model):
     passages: int = Field(default=3, gt=0, description="passages retrieved per question in the open setting")
     settings: list[AnswerSetting] = Field(default_factory=lambda: list(ANSWER_SETTINGS), min_length=1)
     probes: list[ProbeKind] = Field(default_factory=lambda: list(DEFAULT_PROBES))
+    articles: ArticleFold = Field(
+        default="all",
+        description="ask only the questions of this fold of articles (SQuAD) or supporting documents (packs): "
+        "the split `candor train reader` trains on (train), fits its confidence on (calibration) and holds out "
+        "(test), drawn from a hash of each article's name",
+    )
+    split_salt: str = Field(default="", description="the article split's salt (as `candor train reader --split-salt`)")
 
     @field_validator("settings", "probes")
     @classmethod
