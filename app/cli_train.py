@@ -286,3 +286,160 @@ def train_encoder(
             click.echo(f"difference {name:10s} {row.diff:+.4f}{ci} (paired, {row.verdict})")
     if result.version is not None:
         click.echo(f"registered {result.version.ref}; serve it: candor models promote encoder {result.version.version}")
+
+
+def _reader_defaults() -> Any:
+    """The reader training defaults, from their one source (:class:`retrieval.reader_training.ReaderTrainConfig`)."""
+    from retrieval.reader_training import ReaderTrainConfig
+
+    return ReaderTrainConfig()
+
+
+_RD = _reader_defaults()
+
+
+@train_group.command("reader")
+@click.option(
+    "--squad",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A SQuAD v1.1 file (or its folder) to train on.",
+)
+@click.option(
+    "--pack",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A domain pack instead: its eval/qa.jsonl questions over its documents and items.",
+)
+@click.option(
+    "--base",
+    default="",
+    help="Start from a reader version (number or alias) or a model folder (default: the encoder's transformer).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=_RD.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_RD.batch_size, show_default=True)
+@click.option(
+    "--learning-rate", type=click.FloatRange(min=0, min_open=True), default=_RD.learning_rate, show_default=True
+)
+@click.option("--max-seq-length", type=click.IntRange(min=64), default=_RD.max_seq_length, show_default=True)
+@click.option("--doc-stride", type=click.IntRange(min=1), default=_RD.doc_stride, show_default=True)
+@click.option(
+    "--negatives",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Share of training questions also shown with an answer-free passage of their article (teaches abstaining).",
+)
+@click.option("--split-salt", default="", help="Draw another article split (train / calibration / held out).")
+@click.option("--seed", type=int, default=_RD.seed, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=_RD.device,
+    show_default=True,
+    help="auto: CUDA when present.",
+)
+@click.option(
+    "--max-train",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Train on a seeded sample of this many examples (0: all; for a quick trial).",
+)
+@click.option(
+    "--max-questions",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Held-out questions evaluated (a seeded sample; 0: all).",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also keep the model folder here."
+)
+@click.option("--register/--no-register", default=True, show_default=True, help="Add the reader to the registry.")
+@click.option(
+    "--evaluate/--no-evaluate",
+    default=True,
+    show_default=True,
+    help="Evaluate on the held-out articles beside sentence answers and the word-overlap baseline.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@CONFIG_OPTION
+def train_reader(
+    squad: Path | None,
+    pack: Path | None,
+    base: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    max_seq_length: int,
+    doc_stride: int,
+    negatives: float,
+    split_salt: str,
+    seed: int,
+    device: str,
+    max_train: int,
+    max_questions: int,
+    out: Path | None,
+    register: bool,
+    evaluate: bool,
+    progress: bool,
+    config_file: Path | None,
+) -> None:
+    """Train a span reader for extractive answers, split by article: train, fit its confidence, hold out.
+
+    Articles (SQuAD) or supporting documents (packs) are drawn into three folds from a hash of their names: the
+    reader trains on one, its confidence is fitted on another, and it is evaluated on the third, which it never
+    saw, beside sentence answers and the word-overlap baseline, with 95% intervals. Serve it with
+    `candor models promote reader VERSION`.
+    """
+    from dataclasses import replace
+
+    from app.models import open_registry
+    from app.training_reader import base_reader_folder, load_reader_source, train_reader_model
+    from evals.errors import EvalError
+    from retrieval.registry import RegistryError
+
+    settings = load_settings_or_fail(config_file)
+    registry = open_registry(settings, create=True) if register or base else None
+    say = click.echo if progress else (lambda line: None)
+    try:
+        source = load_reader_source(squad, pack, salt=split_salt, negatives=negatives, seed=seed, max_train=max_train)
+        base_path, base_name = base_reader_folder(registry, base)
+        config = replace(
+            _RD,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_seq_length=max_seq_length,
+            doc_stride=doc_stride,
+            seed=seed,
+            device=device,
+        )
+        result = train_reader_model(
+            settings,
+            source,
+            config=config,
+            base=base_path,
+            base_name=base_name,
+            encoder=serving_encoder(settings),
+            registry=registry if register else None,
+            out=out,
+            evaluate=evaluate,
+            max_questions=max_questions,
+            progress=progress,
+            say=say,
+        )
+    except (ValueError, OSError, EvalError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"model: {result.folder}")
+    for label, run in result.runs.items():
+        for metric in run.metrics():
+            if metric.group is None and not metric.timing and metric.name in ("em", "f1", "abstention_recall"):
+                ci = f" [{metric.ci_low:.3f}, {metric.ci_high:.3f}]" if metric.ci_low is not None else ""
+                click.echo(
+                    f"held out  {label:16s} {metric.setting or '':5s} {metric.name:18s} {metric.value:.3f}{ci}"
+                    f"  n={metric.n}"
+                )
+    if result.version is not None:
+        click.echo(f"registered {result.version.ref}; serve it: candor models promote reader {result.version.version}")

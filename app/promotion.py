@@ -25,6 +25,7 @@ from retrieval.encoder import Encoder
 from retrieval.registry import ModelKind, ModelRegistry, ModelVersion
 
 RETRIEVAL_TASK = "pack"
+READER_TASK = "heldout"
 
 
 @dataclass(slots=True)
@@ -115,6 +116,9 @@ def promotion_gates(kind: ModelKind, has_production: bool) -> list[str]:
         if has_production:
             rules.append(f"ndcg@10[task={task}, system=registered] > baseline")
         return rules
+    if kind == "reader":
+        # A reader is compared with production, or with sentence answers, on the articles it never saw.
+        return [f"f1[task=answers.{READER_TASK}, setting=gold] > baseline"]
     # An encoder is compared with production, or with the stock [encoder] model.
     return [f"ndcg@10[task=retrieval.{RETRIEVAL_TASK}] > baseline"]
 
@@ -177,11 +181,47 @@ def evaluate(
         run = run_suite(
             _encoder_suite(settings, registry.local_path(candidate), candidate.ref, gates, seed, fold), options
         )
+    elif kind == "reader":
+        baseline, run = _evaluate_reader(settings, registry, candidate, production, gates, seed, progress)
     else:
         raise ValueError(f"promoting a {kind} is not supported yet")
     promotion.gates = [*run.gates, *([unavailable] if unavailable else [])]
     promotion.runs = {"candidate": str(run.run_dir), **({"production": str(baseline.run_dir)} if baseline else {})}
     return promotion
+
+
+def _evaluate_reader(
+    settings: Settings,
+    registry: ModelRegistry,
+    candidate: ModelVersion,
+    production: ModelVersion | None,
+    gates: Sequence[str],
+    seed: int,
+    progress: bool,
+) -> tuple[RunSummary, RunSummary]:
+    """The candidate reader and production's (or sentence answers) on the articles the candidate never saw."""
+    from dataclasses import replace
+
+    from app.cli_eval import service_answer_backends
+    from app.training_reader import held_out_suite, load_reader_source
+    from evals.answers import available_backends
+
+    trained_on = candidate.tags.get("trained_on", "")
+    kind, _, where = trained_on.partition(":")
+    if kind not in ("squad", "pack") or not Path(where).exists():
+        raise ValueError(f"{candidate.ref} was trained on {trained_on!r}, which is not here to evaluate it on")
+    path = Path(where)
+    source = load_reader_source(
+        path if kind == "squad" else None, path if kind == "pack" else None, salt=candidate.params.get("split_salt", "")
+    )
+    backends = available_backends(service_answer_backends(settings))
+    options = run_options(settings, None, registry, progress)
+    options = replace(options, answer_backends=backends)
+    current = str(registry.local_path(production)) if production else "none"
+    baseline = run_suite(held_out_suite(source, current, seed=seed), options)
+    options.baseline = str(baseline.run_dir)
+    suite = held_out_suite(source, str(registry.local_path(candidate)), seed=seed, gates=gates)
+    return baseline, run_suite(suite, options)
 
 
 def promote(

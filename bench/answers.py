@@ -6,6 +6,10 @@ Prints one JSON document (and writes it with ``--out``). Usage::
 
     python -m bench.answers [--state-dir var/bench-answers] [--local-questions 16] [--max-tokens 48]
     python -m bench.answers calibrate      # re-fit [answers] confidence_weights/bias on data/demo/eval/qa.jsonl
+    python -m bench.answers --reader FOLDER --local-questions 0   # extractive with a trained span reader too
+
+With ``--reader`` (a folder written by ``candor train reader``) the extractive backend is measured twice in the
+same run, without and with the reader, so the reader's cost is a ratio on one machine.
 
 Everything runs in-process through the same engine and :class:`~retrieval.answers.AnswerService` the service
 uses (the encoder's batcher for questions and sentences, the generator's batcher for the local LM). Exact match
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from app.app import build_answer_service
+from app.models import reader_backend
 from app.observability import configure_logging
 from app.settings import Settings, load_settings
 from bench.load import emit_report
@@ -163,6 +168,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 *await ask_all(service, engine, questions, backend="extractive", concurrency=8, k=k, max_tokens=0)
             ),
         }
+        if args.reader:
+            out.update(await measure_reader(settings, engine, rows, args.reader, k))
         local = service.generators.get("local")
         if args.local_questions and isinstance(local, LocalBackend):
             await local.start()
@@ -199,6 +206,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def measure_reader(
+    settings: Settings, engine: RetrievalEngine, rows: Sequence[dict[str, Any]], folder: str, k: int
+) -> dict[str, Any]:
+    """The extractive backend reading spans with the reader in ``folder``: pack judgement and latency."""
+    reader = reader_backend(settings, settings.reader.to_config(folder), None, None)
+    assert reader is not None
+    await reader.start()
+    service = build_answer_service(settings, engine, reader=reader)
+    questions = [r["question"] for r in rows]
+    try:
+        await ask_all(service, engine, questions[:4], backend="extractive", concurrency=1, k=k, max_tokens=0)  # warm
+        answers, latencies, wall = await ask_all(
+            service, engine, questions, backend="extractive", concurrency=1, k=k, max_tokens=0
+        )
+        return {
+            "reader": reader.describe(),
+            "pack_questions_reader": judge(rows, answers),
+            "extractive_reader": {
+                "concurrency_1": summary(answers, latencies, wall),
+                "concurrency_8": summary(
+                    *await ask_all(service, engine, questions, backend="extractive", concurrency=8, k=k, max_tokens=0)
+                ),
+            },
+        }
+    finally:
+        await service.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,9 +241,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--state-dir", default=str(PROJECT_ROOT / "var" / "bench-answers"))
     parser.add_argument("--local-questions", type=int, default=16, help="0 skips the local LM")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--reader", default="", help="a trained reader's folder: measure extractive with it too")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     args.state_dir = str(Path(args.state_dir).resolve())
+    args.reader = str(Path(args.reader).resolve()) if args.reader else ""
     result = asyncio.run(run(args))
     emit_report(result, args.out)
 

@@ -1,0 +1,143 @@
+"""A span reader trained for one step on the demo pack's questions: it loads, reads through its batcher, answers
+with a span copied from a cited passage, and is registered and pinned like the other models.
+
+One step teaches the reader nothing, so these tests check behaviour (where spans come from, what is recorded, what
+is batched), not quality: quality is measured on held-out articles by ``candor train reader`` (docs/answers.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from app.cli import main
+from app.models import reader_config
+from app.settings import load_settings
+from app.training_reader import load_reader_source
+from retrieval.answers import AnswerService, ContextPassage
+from retrieval.answers.reading import ReaderBackend, ReaderCalibration
+from retrieval.encoder import Encoder, bundled_model_path
+from retrieval.reader import READER_FILE, ReaderConfig, ReadRequest, SpanReader
+from retrieval.reader_training import ReaderTrainConfig, ReaderTrainReport, train_reader
+from retrieval.registry import ModelRegistry, default_uri
+from retrieval.settings import ReaderBatcherSettings
+
+PACK = Path(__file__).resolve().parents[2] / "data" / "demo"
+CONFIG = ReaderTrainConfig(epochs=1, batch_size=8, max_seq_length=128, doc_stride=32, device="cpu", seed=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> ReaderTrainReport:
+    source = load_reader_source(None, PACK, max_train=8)
+    folder = tmp_path_factory.mktemp("reader") / "model"
+    return train_reader(source.train, bundled_model_path(), folder, CONFIG, progress=False)
+
+
+def test_the_reader_trains_saves_its_card_and_reads_spans_of_its_passages(trained: ReaderTrainReport) -> None:
+    assert trained.steps == 1
+    assert np.isfinite(trained.losses).all()
+    assert trained.parameters < 35_000_000  # small enough for a CPU
+    card = json.loads((trained.folder / READER_FILE).read_text(encoding="utf-8"))
+    assert card["reading"] == {"max_seq_length": 128, "doc_stride": 32, "max_question_tokens": 64}
+    reader = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu"))
+    assert reader.reading.max_seq_length == 128  # read as it was trained
+    long = " ".join(f"Sentence {i} says the parcel ships on day {i}." for i in range(40))  # several windows
+    requests = [ReadRequest("When does the parcel ship?", long), ReadRequest("What colour?", "The mug is blue.")]
+    spans = reader.read(requests)
+    for request, span in zip(requests, spans, strict=True):
+        assert span is not None
+        assert request.context[span.start : span.end].strip() == span.text
+        assert np.isfinite(span.margin)
+    assert reader.cost(requests[0]) > reader.cost(requests[1])  # a long passage costs its windows
+
+
+def test_the_extractive_backend_answers_with_the_reader_span_through_its_batcher(
+    trained: ReaderTrainReport, encoder: Encoder
+) -> None:
+    backend = ReaderBackend(
+        ReaderConfig(path=str(trained.folder), device="cpu"), ReaderBatcherSettings().to_config(), version="reader:v1"
+    )
+
+    async def embed(texts: object, request_id: str) -> np.ndarray:
+        raise AssertionError("a reader answer needs no sentence vectors")
+
+    from app.settings import Settings
+
+    service = AnswerService(Settings().answers.to_config(), embed, {}, encoder.info.identity, reader=backend)
+    passages = [
+        ContextPassage("kb-1", "kb-1#0", "Delivery", "Standard delivery takes 3 to 7 business days.", 0.8),
+        ContextPassage("kb-2", "kb-2#0", "Returns", "Most items can be returned within 10 days.", 0.6),
+    ]
+
+    async def ask() -> object:
+        await backend.start()
+        backend.calibration = ReaderCalibration((1.0, 0.0), 0.0, 0.0, "test")  # answer whatever the margin
+        answer = await service.answer("How long does delivery take?", encoder.encode(["q"])[0], passages)
+        await service.stop()
+        return answer
+
+    answer = asyncio.run(ask())
+    assert not answer.abstained  # type: ignore[attr-defined]
+    cited = answer.citations[0]  # type: ignore[attr-defined]
+    assert answer.span in cited.text  # type: ignore[attr-defined]
+    assert answer.grounding["method"] == "reader"  # type: ignore[attr-defined]
+    assert answer.grounding["copied_from"] == [cited.chunk_id]  # type: ignore[attr-defined]
+    assert answer.model["reader"]["registry_version"] == "reader:v1"  # type: ignore[attr-defined]
+
+
+def test_a_weak_span_is_an_abstention(trained: ReaderTrainReport, encoder: Encoder) -> None:
+    backend = ReaderBackend(ReaderConfig(path=str(trained.folder), device="cpu"), ReaderBatcherSettings().to_config())
+
+    async def embed(texts: object, request_id: str) -> np.ndarray:
+        return encoder.encode(list(texts))  # type: ignore[call-overload]
+
+    from app.settings import Settings
+
+    service = AnswerService(Settings().answers.to_config(), embed, {}, encoder.info.identity, reader=backend)
+
+    async def ask() -> object:
+        await backend.start()
+        backend.calibration = ReaderCalibration((0.0, 0.0), -5.0, 0.5, "test")  # never confident
+        passage = ContextPassage("kb-1", "kb-1#0", "Delivery", "Standard delivery takes 3 to 7 business days.", 0.8)
+        answer = await service.answer("How long does delivery take?", encoder.encode(["q"])[0], [passage])
+        await service.stop()
+        return answer
+
+    answer = asyncio.run(ask())
+    assert answer.abstained  # type: ignore[attr-defined]
+    assert answer.reason == "low_confidence"  # type: ignore[attr-defined]
+    assert answer.grounding["confidence_needed"] == 0.5  # type: ignore[attr-defined]
+
+
+def test_candor_train_reader_registers_a_version_the_service_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setenv("CANDOR_PATHS__STATE_DIR", str(state))
+    monkeypatch.setenv("CANDOR_ENCODER__DEVICE", "cpu")
+    args = ["train", "reader", "--pack", str(PACK), "--max-train", "8", "--epochs", "1", "--batch-size", "8"]
+    args += ["--max-seq-length", "128", "--doc-stride", "32", "--device", "cpu", "--no-evaluate", "--no-progress"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "registered reader:1" in result.output
+    registry = ModelRegistry(default_uri(state), state / "models")
+    version = registry.get("reader", "latest")
+    assert version.tags["trained_on"] == f"pack:{PACK.resolve()}"
+    assert version.params["split_salt"] == ""
+    card = registry.card(version)
+    assert card["data"]["split"].startswith("by article")
+    assert set(card["data"]["articles"]) == {"train", "calibration", "test"}
+    assert "calibration" in card
+    settings = load_settings(overrides={"models": {"reader": str(version.version)}})
+    config, pinned = reader_config(settings, registry)
+    assert pinned is not None
+    assert pinned.version == version.version
+    assert config is not None
+    assert Path(config.path).is_dir()
+    none, _ = reader_config(load_settings(overrides={"models": {"reader": ""}}), registry)
+    assert none is None  # no pin and no [reader] path: sentence answers
