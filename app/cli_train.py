@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -12,6 +13,50 @@ from app.cli_common import CONFIG_OPTION, load_settings_or_fail
 
 # implicit's ALS asks for a single BLAS thread; the variable must be set before numpy loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def training_outputs(what: str, evaluated_on: str) -> Callable[[F], F]:
+    """The options every ``candor train`` command ends with (``--out``, ``--register``, ``--evaluate``, ...).
+
+    Args:
+        what: What is trained, for the help text (``model``, ``reader``).
+        evaluated_on: The ``--evaluate`` help text: what it is evaluated on.
+    """
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--out",
+                    type=click.Path(file_okay=False, path_type=Path),
+                    default=None,
+                    help=f"Also keep the {what} folder here.",
+                ),
+                click.option(
+                    "--register/--no-register", default=True, show_default=True, help=f"Add the {what} to the registry."
+                ),
+                click.option("--evaluate/--no-evaluate", default=True, show_default=True, help=evaluated_on),
+                click.option("--progress/--no-progress", default=True, show_default=True),
+                CONFIG_OPTION,
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def device_option(default: str) -> Callable[[F], F]:
+    """``--device auto|cpu|cuda``."""
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default=default,
+        show_default=True,
+        help="auto: CUDA when present.",
+    )
 
 
 @click.group("train")
@@ -51,15 +96,7 @@ def serving_encoder(settings: Any) -> Any:
     help="hybrid: EASE blended with the encoder, so new items and new shoppers still get results.",
 )
 @click.option("--seed", type=int, default=13, show_default=True)
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also keep the model folder here."
-)
-@click.option("--register/--no-register", default=True, show_default=True, help="Add the model to the registry.")
-@click.option(
-    "--evaluate/--no-evaluate", default=True, show_default=True, help="Evaluate on the held-out interactions."
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@CONFIG_OPTION
+@training_outputs("model", "Evaluate on the held-out interactions.")
 def train_recommender(
     pack: Path | None,
     movielens: Path | None,
@@ -171,13 +208,7 @@ _FT = _finetune_defaults()
     help="Pairs one query contributes to an epoch, drawn at random (0: all of them).",
 )
 @click.option("--seed", type=int, default=_FT.seed, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default=_FT.device,
-    show_default=True,
-    help="auto: CUDA when present.",
-)
+@device_option(_FT.device)
 @click.option(
     "--hard-negatives/--no-hard-negatives",
     default=True,
@@ -185,18 +216,7 @@ _FT = _finetune_defaults()
     help="Add one negative per pair mined with the base model: slower steps, but in-batch negatives alone were "
     "too easy to gain on SciFact (docs/evals.md). Embeds the corpus once with the base model (cached).",
 )
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also keep the model folder here."
-)
-@click.option("--register/--no-register", default=True, show_default=True, help="Add the model to the registry.")
-@click.option(
-    "--evaluate/--no-evaluate",
-    default=True,
-    show_default=True,
-    help="Evaluate the fine-tuned and the base encoder on the held-out queries.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@CONFIG_OPTION
+@training_outputs("model", "Evaluate the fine-tuned and the base encoder on the held-out queries.")
 def train_encoder(
     pack: Path | None,
     beir: Path | None,
@@ -332,13 +352,7 @@ _RD = _reader_defaults()
 )
 @click.option("--split-salt", default="", help="Draw another article split (train / calibration / held out).")
 @click.option("--seed", type=int, default=_RD.seed, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default=_RD.device,
-    show_default=True,
-    help="auto: CUDA when present.",
-)
+@device_option(_RD.device)
 @click.option(
     "--max-train",
     type=click.IntRange(min=0),
@@ -353,18 +367,7 @@ _RD = _reader_defaults()
     show_default=True,
     help="Held-out questions evaluated (a seeded sample; 0: all).",
 )
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also keep the model folder here."
-)
-@click.option("--register/--no-register", default=True, show_default=True, help="Add the reader to the registry.")
-@click.option(
-    "--evaluate/--no-evaluate",
-    default=True,
-    show_default=True,
-    help="Evaluate on the held-out articles beside sentence answers and the word-overlap baseline.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@CONFIG_OPTION
+@training_outputs("reader", "Evaluate on the held-out articles beside sentence answers and the word-overlap baseline.")
 def train_reader(
     squad: Path | None,
     pack: Path | None,
