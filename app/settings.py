@@ -126,7 +126,7 @@ class DriftSettings(Section):
     seed: int = Field(default=0, ge=0)
     min_samples: int = Field(default=30, ge=2)
     psi_bins: int = Field(default=10, ge=2, le=100)
-    max_segments: int = Field(default=20, ge=0, le=200)
+    max_segments: int = Field(default=20, ge=0, le=100)
     mmd_p_value_below: float = Field(default=0.01, gt=0, lt=1)
     psi_above: float = Field(default=0.2, gt=0)
     abstention_change_above: float = Field(default=0.1, gt=0, le=1)
