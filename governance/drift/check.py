@@ -92,7 +92,7 @@ class Observation:
         endpoint: The route.
         segment: ``context.segment`` as recorded, if any.
         sketch: The query sketch, when the call had a free-text query.
-        top_score: The top result's score, when there was a result.
+        top_score: The best result's score, when there was a result.
         abstained: An answer abstained.
         encoder: The encoder version that made the sketch.
     """
@@ -115,15 +115,18 @@ def observation(body: Mapping[str, Any], config: DriftConfig) -> Observation:
         if isinstance(values, list) and len(values) == config.sketch_dims:
             sketch = tuple(float(v) for v in values)
             encoder = str(raw.get("encoder")) if raw.get("encoder") is not None else None
-    retrieved = body.get("retrieved") or []
-    top = retrieved[0].get("score") if retrieved and isinstance(retrieved[0], Mapping) else None
+    scores = [
+        float(r["score"])
+        for r in body.get("retrieved") or []
+        if isinstance(r, Mapping) and isinstance(r.get("score"), int | float) and not isinstance(r["score"], bool)
+    ]
     segment = body.get("segment")
     return Observation(
         kind=str(body.get("kind")),
         endpoint=str(body.get("endpoint") or ""),
         segment=str(segment) if segment is not None else None,
         sketch=sketch,
-        top_score=float(top) if isinstance(top, int | float) else None,
+        top_score=max(scores) if scores else None,
         abstained=bool(body.get("abstained")),
         encoder=encoder,
     )
