@@ -91,6 +91,22 @@ def test_roles_and_bad_windows(served: Served) -> None:
         assert bad.json()["error"]["details"][0]["field"] == name
 
 
+def test_the_route_and_the_segment_are_documented(served: Served) -> None:
+    document = httpx.get(f"{served.base}/schema/openapi.json", timeout=60).json()
+    operation = document["paths"]["/v1/reports/drift"]["get"]
+    assert {"200", "400", "401", "403", "503"} <= set(operation["responses"])
+    assert {p["name"] for p in operation["parameters"]} == {"window", "reference"}
+    segment = document["components"]["schemas"]["ContextIn"]["properties"]["segment"]
+    assert "pattern" in str(segment)
+    refused = httpx.post(
+        f"{served.base}/v1/search",
+        json={"query": "towel", "context": {"segment": "ada@example.com"}},
+        headers=served.headers("frontend"),
+        timeout=60,
+    )
+    assert refused.status_code == 400
+
+
 def test_records_carry_the_segment_and_a_query_sketch(served: Served) -> None:
     record_id = served.audit_ids[0]
     got = httpx.get(f"{served.base}/v1/audit/records/{record_id}", headers=served.headers("reviewer"), timeout=60)
@@ -133,6 +149,18 @@ def test_shifted_queries_raise_an_alert_that_joins_the_review_queue(served: Serv
     assert report["audit_id"] in queued
     assert queued[report["audit_id"]]["kind"] == "drift"
     assert queued[report["audit_id"]]["record"]["review"]["reason"].startswith("drift: query_embedding_mmd")
+    # A reviewer decides on it like on any record: approved, it leaves the queue.
+    decided = httpx.post(
+        f"{served.base}/v1/audit/records/{report['audit_id']}/review",
+        json={"decision": "approve", "note": "a new product line launched today"},
+        headers=reviewer,
+        timeout=60,
+    )
+    assert decided.status_code == 201, decided.text
+    queue = httpx.get(f"{served.base}/v1/audit/review-queue", headers=reviewer, timeout=60).json()
+    assert report["audit_id"] not in {r["id"] for r in queue["records"]}
+    listed = httpx.get(f"{served.base}/v1/audit/records", params={"kind": "drift"}, headers=reviewer, timeout=60)
+    assert report["audit_id"] in {r["id"] for r in listed.json()["records"]}
     verify = httpx.get(f"{served.base}/v1/audit/verify", headers=reviewer, timeout=60).json()
     assert verify["ok"] is True
     # Admins may run it too; both windows holding the same stream, nothing fires.
