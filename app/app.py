@@ -42,7 +42,7 @@ from app.routes.answers import AnswerController, DocumentController
 from app.routes.audit import AuditController, feedback
 from app.routes.items import ItemController
 from app.routes.recommend import RecommendationController
-from app.routes.reports import compliance_report
+from app.routes.reports import compliance_report, drift_report
 from app.settings import Settings
 from app.state import Services, provide_services
 from governance.audit import AuditLog
@@ -268,6 +268,7 @@ def create_app(
             feedback,
             ops.info,
             compliance_report,
+            drift_report,
             reload_models,
         ],
         # One dependency: Litestar resolves several in a task group, which costs more than the lookups.

@@ -22,6 +22,7 @@ from app.auth import Principal
 from app.errors import ApiError
 from app.state import Services
 from governance.audit import AuditEvent, AuditUnavailableError
+from governance.drift import query_sketch
 
 logger = structlog.get_logger(__name__)
 
@@ -48,8 +49,29 @@ def caller_of(request: Request[Any, Any, Any]) -> dict[str, str]:
     return {"key_id": principal.key_id, "role": principal.role} if isinstance(principal, Principal) else {}
 
 
+def sketch_of(services: Services, vector: Any) -> dict[str, Any] | None:
+    """The drift sketch of a query vector as audit records keep it (``[drift] sketch_dims`` rounded projections).
+
+    It names the encoder that made the vector, so a drift check can tell a model change from a change in queries.
+    """
+    if vector is None:
+        return None
+    cfg = services.settings.drift
+    return {
+        "dims": cfg.sketch_dims,
+        "seed": cfg.sketch_seed,
+        "encoder": services.engine.encoder_info.version,
+        "values": query_sketch(vector, cfg.sketch_dims, cfg.sketch_seed),
+    }
+
+
 async def audit_call(
-    services: Services, request: Request[Any, Any, Any], event: AuditEvent, started: float
+    services: Services,
+    request: Request[Any, Any, Any],
+    event: AuditEvent,
+    started: float,
+    *,
+    query_vector: Any = None,
 ) -> str | None:
     """Record one audited call; returns its audit id (``None`` when the audit log is disabled).
 
@@ -58,6 +80,8 @@ async def audit_call(
         request: The HTTP request (its caller's key id and role are recorded).
         event: What the route computed, built by the route.
         started: ``time.perf_counter()`` when the handler started (the record's latency).
+        query_vector: The free-text query's embedding, if the call had one: the record keeps a small sketch of it
+            for drift checks (:func:`sketch_of`), never the vector itself.
 
     Raises:
         ApiError: 503 ``audit_unavailable`` when the record cannot be written.
@@ -67,7 +91,11 @@ async def audit_call(
         return None
     latency_ms = (time.perf_counter() - started) * 1000
     event = dataclasses.replace(
-        event, caller=caller_of(request), config_hash=services.config_digest, latency_ms=latency_ms
+        event,
+        caller=caller_of(request),
+        config_hash=services.config_digest,
+        latency_ms=latency_ms,
+        query_sketch=sketch_of(services, query_vector),
     )
     try:
         return await audit.record(event)

@@ -1,4 +1,4 @@
-"""``candor audit``: verify the log (live or an export file), export it, purge old records, erase personal data."""
+"""``candor audit``: verify, export, purge and erase; and check recent traffic for drift."""
 
 from __future__ import annotations
 
@@ -134,3 +134,54 @@ def erase(record_id: str, config_file: Path | None) -> None:
     finally:
         log.close()
     click.echo(json.dumps({"erased": record_id, "erase_record": erase_id}))
+
+
+@audit_group.command("drift")
+@click.option("--window", default=None, help="The current window, e.g. 24h, 30m, 7d (default: [drift] window).")
+@click.option("--reference", default=None, help="The reference window before it (default: [drift] reference).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the report (default: <state_dir>/reports/drift.json).",
+)
+@CONFIG_OPTION
+def drift(window: str | None, reference: str | None, out: Path | None, config_file: Path | None) -> None:
+    """Compare recent audited traffic with a reference window: query embeddings, top scores, abstention, feedback.
+
+    Prints the report as JSON, writes it to --out, and chains it in the audit log; a report with alerts joins the
+    review queue. Exits 0 whether or not drift was found (read ``drift`` and ``alerts``).
+    """
+    import getpass
+
+    from governance.audit import AuditUnavailableError
+    from governance.drift import check_drift, parse_duration
+
+    settings = load_settings_or_fail(config_file)
+    cfg = settings.drift
+    try:
+        span = parse_duration(window or cfg.window)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--window") from exc
+    try:
+        before = parse_duration(reference or cfg.reference)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reference") from exc
+    if not settings.audit.enabled:
+        raise click.ClickException("the audit log is disabled ([audit] enabled = false): nothing to check")
+    log = _open(config_file)
+    caller = {"user": getpass.getuser(), "via": "candor audit drift"}
+    try:
+        report = check_drift(log, cfg.to_config(), window=span, reference=before, caller=caller)
+    except AuditUnavailableError as exc:
+        raise click.ClickException(f"audit log unavailable: {exc}") from exc
+    finally:
+        log.close()
+    text = json.dumps(report, indent=2, allow_nan=False)
+    target = out or settings.state_dir / "reports" / "drift.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text + "\n", encoding="utf-8")
+    click.echo(text)
+    alerts = report["alerts"]
+    summary = f"{len(alerts)} drift alert(s), queued for review" if alerts else "no drift alert"
+    click.echo(f"{summary}; audit record {report['audit_id']}; written to {target}", err=True)

@@ -27,6 +27,7 @@ from retrieval.engine import RetrievalEngine
 
 SOURCE_DIRS = ("app", "retrieval", "evals", "governance")
 AUDIT_NOT_CONFIGURED = "Audit log not available: no audit store is configured in this deployment."
+NO_DRIFT_CHECK = "No drift check ran (run `candor audit drift` or GET /v1/reports/drift)."
 _LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "NOTICE")
 _FRONT_MATTER_LICENSE = re.compile(r"^license:\s*(\S+)\s*$", re.MULTILINE)
 
@@ -243,6 +244,25 @@ def _read_audit(
         return None, None, f"Audit log not available: reading it failed ({type(exc).__name__}: {exc})."
 
 
+def latest_drift(audit: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The latest chained drift check, condensed, with its record id and date; or why there is none."""
+    from governance.drift import drift_summary
+
+    if audit is None:
+        return None, f"Drift: {AUDIT_NOT_CONFIGURED}"
+    reader = getattr(audit, "latest_drift", None)
+    if reader is None:
+        return None, NO_DRIFT_CHECK
+    try:
+        stored = reader()
+    except Exception as exc:  # a report states the log's failure rather than failing itself
+        return None, f"Drift: audit log not available: reading it failed ({type(exc).__name__}: {exc})."
+    if stored is None or stored.body is None:
+        return None, NO_DRIFT_CHECK
+    summary = drift_summary(stored.body.get("report") or {})
+    return {"audit_id": stored.id, "review_state": stored.review_state, **summary}, None
+
+
 def gather_facts(
     settings: Settings,
     *,
@@ -275,6 +295,7 @@ def gather_facts(
     """
     code, source, dirty = code_version()
     summary, verification, note = _read_audit(audit, since, until)
+    drift, drift_note = latest_drift(audit)
     return ComplianceFacts(
         generated_at=now or datetime.now(UTC),
         since=since,
@@ -293,6 +314,8 @@ def gather_facts(
         audit_note=note,
         evaluation=latest_evaluation(runs_dir or evals_runs_dir(settings)),
         bias=bias,
+        drift=drift,
+        drift_note=drift_note,
         recommender=recommender_parameters(settings),
         answer_backend=answer_backend_settings(settings),
         data=dict(pack),

@@ -54,9 +54,24 @@ class UserIn(Struct, forbid_unknown_fields=True):
 
 
 class ContextIn(Struct, forbid_unknown_fields=True):
-    """Optional request context; ``user`` is a name or an object (never used for ranking)."""
+    """Optional request context; ``user`` is a name or an object; neither is used for ranking.
+
+    ``segment`` labels the traffic (e.g. ``mobile``, ``de-DE``, ``campaign-42``): drift checks report per segment.
+    """
 
     user: Annotated[str, Meta(max_length=200)] | UserIn | None = None
+    segment: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+                description="traffic segment for drift reports: letters, digits, _ . : -",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class SearchRequest(Struct, forbid_unknown_fields=True):

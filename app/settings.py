@@ -17,10 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from governance.audit import AuditConfig
+from governance.drift import DriftConfig, parse_duration
 from retrieval import settings as core
 from retrieval.answers.local_model import LocalGeneratorConfig
 from retrieval.encoder import EncoderConfig
@@ -113,6 +114,36 @@ class AuditSettings(Section):
     max_text_chars: int = Field(default=4000, ge=64)
 
 
+class DriftSettings(Section):
+    """``[drift]``: live drift checks over the audit log (``candor audit drift``, ``GET /v1/reports/drift``)."""
+
+    window: str = "24h"
+    reference: str = "7d"
+    sketch_dims: int = Field(default=16, ge=2, le=64)
+    sketch_seed: int = Field(default=0, ge=0)
+    max_records: int = Field(default=20000, gt=0)
+    max_samples: int = Field(default=500, ge=10, le=5000)
+    permutations: int = Field(default=200, ge=10, le=10000)
+    seed: int = Field(default=0, ge=0)
+    min_samples: int = Field(default=30, ge=2)
+    psi_bins: int = Field(default=10, ge=2, le=100)
+    max_segments: int = Field(default=20, ge=0, le=100)
+    mmd_p_value_below: float = Field(default=0.01, gt=0, lt=1)
+    psi_above: float = Field(default=0.2, gt=0)
+    abstention_change_above: float = Field(default=0.1, gt=0, le=1)
+    feedback_change_above: float = Field(default=0.1, gt=0)
+
+    @field_validator("window", "reference")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def to_config(self) -> DriftConfig:
+        """The drift check's configuration."""
+        return DriftConfig(**self.model_dump())
+
+
 class KnowledgeSettings(core.KnowledgeSettings):
     """``[knowledge]``: the core's chunking, what the engine answers from, and the document API's limits."""
 
@@ -171,6 +202,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     answers: AnswerSettings = Field(default_factory=AnswerSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)

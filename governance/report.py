@@ -146,6 +146,9 @@ class ComplianceFacts:
         audit_note: Why the audit sections are empty, when they are.
         evaluation: The latest evaluation run (a mapping condensed from its ``results.json``), or ``None``.
         bias: The latest bias audit's results, or ``None`` when none has run.
+        drift: The latest live drift check, condensed (record id, date, windows, alerts, headline figures), or
+            ``None`` when none ran or the log cannot be read.
+        drift_note: Why ``drift`` is empty, when it is.
         recommender: The recommender's main parameters (DSA article 27).
         answer_backend: Answer backend settings, when the service has answers.
         data: The domain pack: where it is and its record counts.
@@ -163,6 +166,8 @@ class ComplianceFacts:
     audit_note: str | None = None
     evaluation: Mapping[str, Any] | None = None
     bias: Mapping[str, Any] | None = None
+    drift: Mapping[str, Any] | None = None
+    drift_note: str | None = None
     recommender: Mapping[str, Any] = field(default_factory=dict)
     answer_backend: Mapping[str, Any] | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -278,6 +283,8 @@ def _twin(facts: ComplianceFacts) -> dict[str, Any]:
         "audit_note": facts.audit_note,
         "evaluation": _plain(facts.evaluation) if facts.evaluation is not None else None,
         "bias": _plain(facts.bias) if facts.bias is not None else None,
+        "drift": _plain(facts.drift) if facts.drift is not None else None,
+        "drift_note": facts.drift_note,
         "recommender": _plain(facts.recommender),
         "answer_backend": _plain(facts.answer_backend) if facts.answer_backend is not None else None,
         "data": _plain(facts.data),
@@ -333,6 +340,8 @@ def facts_from_json(data: Mapping[str, Any]) -> ComplianceFacts:
             audit_note=data.get("audit_note"),
             evaluation=data.get("evaluation"),
             bias=data.get("bias"),
+            drift=data.get("drift"),
+            drift_note=data.get("drift_note"),
             recommender=data.get("recommender") or {},
             answer_backend=data.get("answer_backend"),
             data=data.get("data") or {},
@@ -506,6 +515,8 @@ def render_html(facts: ComplianceFacts) -> str:
             gaps=group_gaps(evaluation),
             failed_gates=failed_gates,
             bias=facts.bias,
+            drift=facts.drift,
+            drift_missing=facts.drift_note or "No drift check ran.",
             plots=plots,
             not_yet_run=NOT_YET_RUN,
             schema=SCHEMA,

@@ -55,11 +55,13 @@ class Ranked:
         ignored_history: History ids that were not in the catalog.
         recommender: What scored a history or user request: a trained recommender's ``kind`` and ``version``, or
             ``content-similarity`` or ``popularity`` (``None`` for search and more like this).
+        query_vector: The free-text query's embedding, for a search (the audit record keeps a sketch of it).
     """
 
     items: list[ScoredItem]
     ignored_history: list[str] = field(default_factory=list)
     recommender: Mapping[str, str | None] | None = None
+    query_vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -246,7 +248,8 @@ class Ranker:
         chosen = await self._nearest(vector, k, filters, set(exclude), diversity, request_id)
         stems, fields = query_stems(query), self._field_terms
         return Ranked(
-            [ScoredItem(c.item, c.score, explain_query_match(stems, c.item, c.score, fields)) for c in chosen]
+            [ScoredItem(c.item, c.score, explain_query_match(stems, c.item, c.score, fields)) for c in chosen],
+            query_vector=vector,
         )
 
     async def more_like_this(

@@ -176,7 +176,7 @@ class AnswerController(Controller):
                 )
             response = answer_out(result, cfg.disclosure_notice, request_id, internals=sees_internals(request))
             event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
-            response.audit_id = await audit_call(services, request, event, started)
+            response.audit_id = await audit_call(services, request, event, started, query_vector=vector)
             return Response(response)
         # Retrieved here, so overload and bad input still answer with their HTTP status before the stream starts.
         vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
@@ -202,7 +202,7 @@ class AnswerController(Controller):
                     final = answer_out(payload, cfg.disclosure_notice, request_id, internals=sees_internals(request))
                     event = answer_event(data, payload, final, services.settings.audit.review_confidence_below)
                     try:
-                        final.audit_id = await audit_call(services, request, event, started)
+                        final.audit_id = await audit_call(services, request, event, started, query_vector=vector)
                     except ApiError as exc:  # the stream has started: the failure travels as an error event
                         error = {"code": exc.code, "message": exc.message, "details": exc.details}
                         yield _event("error", {"error": error, "request_id": request_id})

@@ -37,7 +37,7 @@ from governance.audit.store import REVIEW_STATES
 
 T = TypeVar("T")
 MAX_LIMIT = 500
-KINDS = ("inference", "feedback", "review", "purge", "erase", "model")
+KINDS = ("inference", "feedback", "review", "purge", "erase", "model", "drift")
 EXPLANATION_METHODS = ("stored", "integrated-gradients")
 
 
@@ -327,6 +327,8 @@ async def feedback(
         flags=["reported"] if reported else (),
         target_id=target.id,
         review_update=update,
+        # Feedback counts in its response's segment (drift checks read feedback rates per segment).
+        segment=(target.body or {}).get("segment"),
     )
     response.audit_id = await audit_call(services, request, event, started)
     return response

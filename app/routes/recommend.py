@@ -156,7 +156,8 @@ class RecommendationController(Controller):
         response = SearchResponse(
             items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id
         )
-        response.audit_id = await audit_call(services, request, ranked_event("/v1/search", data, response), started)
+        event = ranked_event("/v1/search", data, response)
+        response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
         return response
 
     @post(
@@ -227,5 +228,5 @@ class RecommendationController(Controller):
             ignored_history=ranked.ignored_history,
         )
         event = ranked_event("/v1/recommendations", data, response)
-        response.audit_id = await audit_call(services, request, event, started)
+        response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
         return response

@@ -1,18 +1,22 @@
-"""``GET /v1/reports/compliance``: the compliance report for reviewers, as HTML, JSON or PDF."""
+"""Reports for reviewers: ``GET /v1/reports/compliance`` (HTML, JSON or PDF) and ``GET /v1/reports/drift``."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import anyio.to_thread
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
+from app.auditing import audit_unavailable, caller_of
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
-from app.errors import CALLER_ERRORS, documented_errors, invalid
+from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.state import Services
+from governance.audit import AuditUnavailableError
+from governance.drift import check_drift, parse_duration
 from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
 
 
@@ -67,3 +71,44 @@ async def compliance_report(
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'inline; filename="candor-compliance-{stamp}.{fmt}"'},
     )
+
+
+def _duration(name: str, value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise invalid(name, str(exc)) from exc
+
+
+@get(
+    "/reports/drift",
+    tags=["governance"],
+    summary="Live drift check over the audit log (query embeddings, top scores, abstention and feedback rates)",
+    guards=[require_roles("reviewer", "admin")],
+    responses=documented_errors(*CALLER_ERRORS, 503),
+)
+async def drift_report(
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
+    window: FromQuery[str | None] = None,
+    reference: FromQuery[str | None] = None,
+) -> dict[str, Any]:
+    """Compare the last ``window`` of audited traffic with the ``reference`` before it, overall and per segment.
+
+    ``window`` and ``reference`` are durations such as ``24h`` or ``7d`` (default: ``[drift]`` in the config).
+    Each call runs a check and chains its report in the audit log (``audit_id``); a report with alerts joins the
+    review queue. The same report as ``candor audit drift``.
+    """
+    log = services.audit
+    if log is None:
+        raise ApiError(503, "audit_disabled", "the audit log is disabled in this deployment")
+    cfg = services.settings.drift
+    span, before = _duration("window", window or cfg.window), _duration("reference", reference or cfg.reference)
+    caller = caller_of(request)
+    try:
+        # Reading two windows and a few hundred permutations of a kernel matrix block: a worker thread.
+        return await anyio.to_thread.run_sync(
+            lambda: check_drift(log, cfg.to_config(), window=span, reference=before, caller=caller)
+        )
+    except AuditUnavailableError as exc:
+        raise audit_unavailable(exc) from exc

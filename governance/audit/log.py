@@ -29,7 +29,7 @@ from governance.audit.backends import open_backend
 from governance.audit.config import AuditConfig
 from governance.audit.connections import AuditConnections
 from governance.audit.errors import AuditNotFoundError, AuditUnavailableError
-from governance.audit.records import AuditEvent, event_record, model_change_record
+from governance.audit.records import AuditEvent, drift_record, event_record, model_change_record
 from governance.audit.redact import names_found
 from governance.audit.reviews import Decision, review_record
 from governance.audit.signing import CheckpointSigner
@@ -205,6 +205,34 @@ class AuditLog:
         pending = model_change_record(change, caller)
         self._conns.append([pending])
         return str(pending.body["id"])
+
+    # -- drift ----------------------------------------------------------------------------------------------------
+
+    def bodies(self, kind: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """The bodies of up to ``limit`` records of one kind in ``[since, until)`` (epoch seconds), newest first.
+
+        Purged records (no body) are left out.
+        """
+        rows = self.find(RecordQuery(since=since, until=until, kind=kind, limit=limit))
+        return [r.body for r in rows if r.body is not None]
+
+    def record_drift(self, report: Mapping[str, Any], caller: Mapping[str, str]) -> str:
+        """Chain a drift check's report (see :func:`~governance.audit.records.drift_record`).
+
+        Returns:
+            The record's id.
+
+        Raises:
+            AuditUnavailableError: The store failed.
+        """
+        pending = drift_record(report, caller)
+        self._conns.append([pending])
+        return str(pending.body["id"])
+
+    def latest_drift(self) -> Stored | None:
+        """The latest chained drift check, if any ran (and its content was not purged)."""
+        rows = self.find(RecordQuery(kind="drift", limit=1))
+        return rows[0] if rows and rows[0].body is not None else None
 
     # -- retention and erasure ------------------------------------------------------------------------------------
 

@@ -50,6 +50,10 @@ class AuditEvent:
         caller: The API key's ``{"key_id", "role"}``.
         config_hash: Digest of the effective settings.
         latency_ms: Handling time before the audit step.
+        query_sketch: A compact trace of the query's embedding for drift checks: ``{"dims", "seed", "encoder",
+            "values"}`` with a few rounded random projections (``governance.drift.query_sketch``), never text.
+        segment: The traffic segment (feedback copies its target's); by default ``context.segment`` of the
+            request as redacted.
     """
 
     endpoint: str
@@ -68,6 +72,8 @@ class AuditEvent:
     caller: Mapping[str, str] = field(default_factory=dict)
     config_hash: str | None = None
     latency_ms: float | None = None
+    query_sketch: Mapping[str, Any] | None = None
+    segment: str | None = None
 
 
 def new_record_id(now: float) -> str:
@@ -145,7 +151,43 @@ def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
         body[name] = bound_text(body[name], max_text_chars, name, cut)
     if cut:
         body["truncated"] = cut
+    # Drift signals, only where the call has them (fixed size: a segment label, a few rounded numbers).
+    segment = event.segment if event.segment is not None else request_segment(redacted)
+    if segment is not None:
+        body["segment"] = segment[:MAX_SEGMENT_CHARS]
+    if event.query_sketch is not None:
+        body["query_sketch"] = dict(event.query_sketch)
     return Pending(body, json.dumps({"salt": salt, "found": found}), event.review_update)
+
+
+MAX_SEGMENT_CHARS = 64
+
+
+def request_segment(request: Any) -> str | None:
+    """``context.segment`` of a (redacted) request body, when it is a string."""
+    context = request.get("context") if isinstance(request, dict) else None
+    segment = context.get("segment") if isinstance(context, dict) else None
+    return segment if isinstance(segment, str) and segment else None
+
+
+def drift_record(report: Mapping[str, Any], caller: Mapping[str, str]) -> Pending:
+    """The chained record of a drift check: its whole report (windows, figures, alerts).
+
+    A report with alerts joins the review queue, its reason naming the signals and segments that fired.
+    """
+    alerts = list(report.get("alerts") or [])
+    reason = None
+    if alerts:
+        fired = sorted({f"{a['signal']}[{a['segment']}]" for a in alerts})
+        reason = "drift: " + ", ".join(fired[:10]) + (f" and {len(fired) - 10} more" if len(fired) > 10 else "")
+    return Pending(
+        {
+            **envelope("drift", "drift:check"),
+            "caller": dict(caller),
+            "report": dict(report),
+            "review": {"state": "pending" if alerts else "not_required", "reason": reason},
+        }
+    )
 
 
 def record_view(stored: Stored) -> dict[str, Any]:

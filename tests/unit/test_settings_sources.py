@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import PROJECT_ROOT, DriftSettings, Settings
 from bench.hotpath import batcher_config
 from evals.suite import EncoderSpec
+from governance.drift import DriftConfig
 from retrieval.answers import AnswerConfig
 from retrieval.answers.grounding import ExtractiveConfig, SupportConfig
 from retrieval.answers.local_model import LocalGeneratorConfig
@@ -59,6 +60,7 @@ PAIRS: list[tuple[type[Any], type[Any]]] = [
     (AnswerSettings, AnswerConfig),
     (LocalGeneratorSettings, LocalGeneratorConfig),
     (OpenAISettings, OpenAIConfig),
+    (DriftSettings, DriftConfig),
 ]
 
 # Section keys a dataclass takes grouped into one nested dataclass field: field -> {section key: nested field}.
