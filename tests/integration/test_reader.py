@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.models import reader_config
+from app.promotion import evaluate
 from app.settings import load_settings
 from app.training_reader import load_reader_source
 from retrieval.answers import AnswerService, ContextPassage
@@ -141,3 +142,18 @@ def test_candor_train_reader_registers_a_version_the_service_pins(
     assert Path(config.path).is_dir()
     none, _ = reader_config(load_settings(overrides={"models": {"reader": ""}}), registry)
     assert none is None  # no pin and no [reader] path: sentence answers
+
+    # Promotion compares it with sentence answers on the pack's held-out articles and gates on gold-passage F1.
+    promotion = evaluate(settings, registry, version, encoder=None, progress=False)
+    assert set(promotion.runs) == {"candidate", "production"}
+    (gate,) = promotion.gates
+    assert gate.rule.startswith("f1[task=answers.heldout, setting=gold] > baseline")
+    (check,) = gate.checks
+    production = json.loads((Path(promotion.runs["production"]) / "results.json").read_text(encoding="utf-8"))
+    baseline_f1 = [
+        m["value"]
+        for m in production["metrics"]
+        if m["name"] == "f1" and m["task"] == "answers.heldout" and m.get("setting") == "gold"
+    ]
+    assert check["threshold"] == pytest.approx(baseline_f1[0])
+    assert gate.passed == (check["value"] > check["threshold"])
