@@ -62,6 +62,9 @@ def device_option(default: str) -> Callable[[F], F]:
 @click.group("train")
 def train_group() -> None:
     """Train models (each becomes a version in the model registry; `candor models promote` serves it)."""
+    from app.observability import configure_logging
+
+    configure_logging("warning", "console")  # progress and results are printed; the batchers' debug lines are noise
 
 
 def serving_encoder(settings: Any) -> Any:
