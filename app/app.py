@@ -10,7 +10,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import msgspec
@@ -52,6 +52,7 @@ from retrieval.answers.reading import ReaderBackend
 from retrieval.batcher import BatchObserver
 from retrieval.encoder import Encoder
 from retrieval.engine import RetrievalEngine
+from retrieval.errors import BackendUnavailableError
 
 logger = structlog.get_logger(__name__)
 INITIAL_KEYS_FILE = "initial-keys.txt"
@@ -229,9 +230,12 @@ def create_app(
                 logger.info("api_keys_bootstrapped", path=str(created))
 
         async def start() -> None:
-            await engine.start()
+            # The reader loads first, so a ready service answers with it; one that cannot load is logged, search
+            # still starts, and answers get 503 backend_unavailable until it loads.
             if answers.reader is not None:
-                await answers.reader.start()
+                with suppress(BackendUnavailableError):
+                    await answers.reader.start()
+            await engine.start()
             local = answers.generators.get("local")
             if local is not None and settings.generator.local.load == "startup":
                 await local.start()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -27,6 +29,7 @@ from retrieval.reader import READER_FILE, ReaderConfig, ReadRequest, SpanReader
 from retrieval.reader_training import ReaderTrainConfig, ReaderTrainReport, train_reader
 from retrieval.registry import ModelRegistry, default_uri
 from retrieval.settings import ReaderBatcherSettings
+from tests.integration.test_app_limits import make_settings, serving
 
 PACK = Path(__file__).resolve().parents[2] / "data" / "demo"
 CONFIG = ReaderTrainConfig(epochs=1, batch_size=8, max_seq_length=128, doc_stride=32, device="cpu", seed=5)
@@ -157,3 +160,31 @@ def test_candor_train_reader_registers_a_version_the_service_pins(
     ]
     assert check["threshold"] == pytest.approx(baseline_f1[0])
     assert gate.passed == (check["value"] > check["threshold"])
+
+
+def test_the_service_answers_with_a_configured_reader(
+    trained: ReaderTrainReport, built_state: Path, encoder: Encoder, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(built_state, state)
+    settings = make_settings(state, generator={"local": {"enabled": False}}, reader={"path": str(trained.folder)})
+    with serving(settings, encoder) as base:
+        keys = dict(line.split("=", 1) for line in (state / "initial-keys.txt").read_text().splitlines())
+        frontend = {"Authorization": f"Bearer {keys['CANDOR_FRONTEND_KEY']}"}
+        admin = {"Authorization": f"Bearer {keys['CANDOR_ADMIN_KEY']}"}
+        info = httpx.get(f"{base}/v1/info", headers=admin, timeout=30).json()
+        assert info["models"]["answers"]["extractive"]["reader"]["loaded"] is True  # loaded at startup
+        question = {"question": "How long does standard delivery take?"}
+        body = httpx.post(f"{base}/v1/answers", json=question, headers=frontend, timeout=60).json()
+        assert body["backend"] == "extractive"
+        assert body["disclosure"]["model"]["reader"]["loaded"] is True
+        record = httpx.get(f"{base}/v1/audit/records/{body['audit_id']}", headers=admin, timeout=30).json()
+        grounding = record["record"]["explanation"]["grounding"]
+        assert grounding["method"] == "reader"
+        if body["abstained"]:  # one training step rarely makes a confident reader
+            assert body["reason"] == "low_confidence"
+        else:
+            cited = body["citations"][0]["text"]
+            assert body["span"] in cited
+            start, end = grounding["span"]["start"], grounding["span"]["end"]
+            assert cited[start:end] == body["span"]
