@@ -57,6 +57,9 @@ class GapStat:
         best: Group with the highest mean among those counted.
         worst: Group with the lowest mean among those counted.
         excluded: Groups left out of the gap for being smaller than ``min_size``.
+        ratio: Min over max of the counted group means (1 is parity; ``None`` when the max is 0 or fewer than two
+            groups count).
+        ratio_ci: Interval of the ratio, from the same resamples as the gap's.
     """
 
     groups: list[GroupStat]
@@ -65,6 +68,8 @@ class GapStat:
     best: str | None
     worst: str | None
     excluded: list[str]
+    ratio: float | None = None
+    ratio_ci: tuple[float, float] | None = None
 
 
 def group_gap(
@@ -107,11 +112,16 @@ def group_gap(
         return GapStat(stats, None, None, None, None, excluded)
     best = max(counted, key=lambda s: (s.mean, s.group))
     worst = min(counted, key=lambda s: (s.mean, s.group))
-    gap_ci = None
+    gap_ci = ratio_ci = None
     if all(s.group in draws for s in counted):
         stacked = np.stack([draws[s.group] for s in counted])
         gap_ci = _bounds(stacked.max(axis=0) - stacked.min(axis=0), confidence)
-    return GapStat(stats, best.mean - worst.mean, gap_ci, best.group, worst.group, excluded)
+        highs = stacked.max(axis=0)
+        lows = stacked.min(axis=0)
+        safe = np.divide(lows, highs, out=np.ones_like(lows), where=highs > 0)  # 0 / 0: every group at 0, parity
+        ratio_ci = _bounds(safe, confidence)
+    ratio = worst.mean / best.mean if best.mean > 0 else None
+    return GapStat(stats, best.mean - worst.mean, gap_ci, best.group, worst.group, excluded, ratio, ratio_ci)
 
 
 @dataclass(frozen=True, slots=True)

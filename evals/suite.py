@@ -188,6 +188,39 @@ class AnswerTask(_Model):
         return value
 
 
+class BiasSpec(_Model):
+    """``[bias]``: what ``candor audit bias`` checks, and the thresholds that turn its figures into findings.
+
+    Per-group quality is measured for every attribute in a recommendation task's ``groups`` and every metric in its
+    ``group_metrics``; exposure for every recommender of the task. A threshold left out (or set to a negative value
+    where a bound would be meaningless) raises no finding; every finding joins the audit log's review queue.
+    """
+
+    tasks: list[str] = Field(
+        default_factory=list, description="recommendation task ids to audit (empty: every enabled one)"
+    )
+    max_group_difference: float | None = Field(
+        default=None,
+        ge=0,
+        description="a between-group difference of a quality metric above this, with an interval excluding 0",
+    )
+    min_group_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a worst-over-best group ratio below this, with an interval excluding 1 (0.8: four-fifths)",
+    )
+    max_exposure_gini: float | None = Field(
+        default=None, ge=0, le=1, description="Gini of rank-discounted exposure over the catalog's items above this"
+    )
+    max_provider_gini: float | None = Field(
+        default=None, ge=0, le=1, description="Gini of exposure per catalog item of each provider above this"
+    )
+    max_popularity_bias: float | None = Field(
+        default=None, ge=0, le=1, description="share of top-k slots taken by the 10% most popular items above this"
+    )
+
+
 class GateSpec(_Model):
     """``[gates]``: rules a run must pass (``candor eval run --gate`` exits non-zero otherwise)."""
 
@@ -204,6 +237,7 @@ class Suite(_Model):
     recommendation: dict[str, RecommendationTask] = Field(default_factory=dict)
     answers: dict[str, AnswerTask] = Field(default_factory=dict)
     gates: GateSpec = Field(default_factory=GateSpec)
+    bias: BiasSpec = Field(default_factory=BiasSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +255,9 @@ class LoadedSuite:
     overrides: tuple[str, ...] = ()
 
     def config(self) -> dict[str, Any]:
-        """The effective suite as JSON-ready data."""
-        return self.suite.model_dump(mode="json")
+        """The effective suite as JSON-ready data (``bias`` only when set, so other suites' digests stay put)."""
+        exclude = {"bias"} if self.suite.bias == BiasSpec() else None
+        return self.suite.model_dump(mode="json", exclude=exclude)
 
     def digest(self) -> str:
         """SHA-256 of the effective suite (canonical JSON)."""
