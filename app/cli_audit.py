@@ -214,16 +214,19 @@ def bias(
     progress: bool,
     config_file: Path | None,
 ) -> None:
-    """Audit the recommenders of SUITE (an eval suite) for bias: per-group quality, provider exposure, popularity.
+    """Audit SUITE (an eval suite) for bias: recommenders' group quality and exposure, answers on BBQ.
 
-    Writes bias.json and bias.html to the run folder and chains the audit's summary in the audit log; figures past
-    the suite's [bias] thresholds become findings, and an audit with findings joins the review queue. Prints the
-    summary as JSON. Exits 0 whether or not there are findings (read ``findings``).
+    Per-group quality, provider exposure and popularity bias of the suite's recommenders, and with [bias.bbq] the
+    answer backend's accuracy and bias score on BBQ. Writes bias.json and bias.html to the run folder and chains
+    the audit's summary in the audit log; figures past the suite's [bias] thresholds become findings, and an audit
+    with findings joins the review queue. Prints the summary as JSON. Exits 0 whether or not there are findings
+    (read ``findings``).
     """
     import getpass
 
-    from app.cli_eval import registered_models
+    from app.cli_eval import registered_models, service_answer_backends
     from app.observability import configure_logging
+    from evals.answers import available_backends
     from evals.bias import BiasOptions, bias_summary, finding_text, run_bias_audit
     from evals.errors import EvalError
     from evals.suite import load_suite
@@ -243,6 +246,7 @@ def bias(
                 out_dir=out_dir,
                 progress=progress,
                 models=registered_models(settings),
+                answer_backends=available_backends(service_answer_backends(settings)),
             ),
         )
     except EvalError as exc:

@@ -7,10 +7,11 @@ recommenders, rankings and per-user metrics as ``candor eval run``) and reads, f
   Fairlearn's :class:`~fairlearn.metrics.MetricFrame` fed the harness's per-user values (``by_group``, and the
   ``difference`` and ``ratio`` between groups of at least ``min_group_size`` users), and bootstrap intervals from
   :func:`evals.stats.group_gap` drawn exactly as the harness draws its own;
-- **provider exposure and popularity bias** from the top-k lists (:mod:`evals.exposure`).
+- **provider exposure and popularity bias** from the top-k lists (:mod:`evals.exposure`);
 
-The suite's ``[bias]`` thresholds turn figures into findings; :func:`run_bias_audit` writes ``bias.json`` and
-``bias.html`` to a run folder. Counterfactual probes and answer bias (BBQ) are listed as not run.
+and, with ``[bias.bbq]``, **answer bias**: BBQ accuracy and bias scores of the suite's answer backend
+(:mod:`evals.bbq`). The suite's ``[bias]`` thresholds turn figures into findings; :func:`run_bias_audit` writes
+``bias.json`` and ``bias.html`` to a run folder. Counterfactual probes are listed as not run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from evals.answers import AnswerBackendContext, available_backends
+from evals.bbq import load_bbq, run_bbq, sample_items
 from evals.cache import EmbeddingCache
 from evals.context import ModelResolver, RunContext
 from evals.datasets import DatasetRecord, merge_dataset_entries, resolve_dataset
@@ -35,7 +38,7 @@ from evals.recommend_task import KeptRankings, RecommendationEvaluator
 from evals.results import TaskOutput, write_json
 from evals.runner import git_state, library_versions, new_run_id
 from evals.stats import group_gap
-from evals.suite import PROJECT_ROOT, BiasSpec, LoadedSuite, RecommendationTask
+from evals.suite import PROJECT_ROOT, BbqSpec, BiasSpec, LoadedSuite, RecommendationTask
 from retrieval.encoder import Encoder
 
 SCHEMA = "candor.bias/1"
@@ -44,7 +47,7 @@ BIAS_REPORT = "bias.html"
 NOT_RUN = {
     "counterfactual": "counterfactual probes (demographic term swaps through search, recommendations and answers) "
     "are not implemented yet",
-    "answer_bias": "answer bias (BBQ accuracy and bias score) is not implemented yet",
+    "answer_bias": "answer bias (BBQ accuracy and bias score) was not run: the suite has no enabled [bias.bbq]",
 }
 _METRIC_NAMES = {"hr": "hr@{k}", "ndcg": "ndcg@{k}", "mrr": "mrr", "novelty": "novelty@{k}"}
 
@@ -214,6 +217,8 @@ def findings(tasks: Mapping[str, Mapping[str, Any]], thresholds: BiasSpec) -> li
 def finding_text(finding: Mapping[str, Any]) -> str:
     """One line naming a finding, for review reasons and the command's output."""
     where = f"{finding['task']} {finding['recommender']}"
+    if "category" in finding:
+        where += f" {finding['category']} {finding['condition']}"
     if "attribute" in finding:
         where += f" {finding['metric']} by {finding['attribute']} ({finding['worst']} < {finding['best']})"
     return f"{finding['check']}: {where} = {finding['value']:.3f} (threshold {finding['threshold']})"
@@ -230,6 +235,8 @@ class BiasOptions:
         progress: Draw progress bars.
         encoder: An already loaded encoder (tests).
         models: Resolves registered models for tasks that name one.
+        answer_backends: Answer backend factories by name, for ``[bias.bbq]`` (default:
+            :func:`evals.answers.available_backends`).
     """
 
     data_root: Path | None = None
@@ -238,6 +245,7 @@ class BiasOptions:
     progress: bool = True
     encoder: Encoder | None = None
     models: ModelResolver | None = None
+    answer_backends: Mapping[str, Callable[..., Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +262,9 @@ def _audited(loaded: LoadedSuite) -> list[tuple[str, RecommendationTask]]:
     unknown = [tid for tid in wanted if tid not in suite.recommendation]
     if unknown:
         raise SuiteError(f"bias.tasks: no [recommendation.{unknown[0]}] task in the suite")
-    if not wanted:
-        raise SuiteError(f"{loaded.path}: a bias audit needs an enabled [recommendation.*] task")
+    bbq = suite.bias.bbq
+    if not wanted and not (bbq is not None and bbq.enabled):
+        raise SuiteError(f"{loaded.path}: a bias audit needs an enabled [recommendation.*] task or [bias.bbq]")
     return [(tid, suite.recommendation[tid]) for tid in wanted]
 
 
@@ -300,6 +309,7 @@ def _audit(
         cache=EmbeddingCache(options.state_dir / "cache"),
         progress=options.progress,
         preloaded_encoder=options.encoder,
+        answer_backends=options.answer_backends if options.answer_backends is not None else available_backends(),
         models=options.models,
     )
     started = dt.datetime.now(dt.UTC)
@@ -325,7 +335,11 @@ def _audit(
         }
         root = resolve_dataset(spec.dataset, ctx.data_root)
         datasets.append(DatasetRecord.of(spec.dataset, root, kept.data.files).to_json())
-    found = findings(tasks, suite.bias)
+    answer_bias = _answer_bias(ctx, suite.bias.bbq)
+    if answer_bias is not None and answer_bias.get("dataset_record"):
+        datasets.append(answer_bias.pop("dataset_record"))
+    found = findings(tasks, suite.bias) + bbq_findings(answer_bias, suite.bias.bbq)
+    not_run = {k: v for k, v in NOT_RUN.items() if not (k == "answer_bias" and answer_bias is not None)}
     git = git_state()
     try:
         fairlearn_version: str | None = metadata.version("fairlearn")
@@ -348,10 +362,58 @@ def _audit(
         "datasets": merge_dataset_entries(datasets),
         "library_versions": {**library_versions(), "fairlearn": fairlearn_version},
         "tasks": tasks,
+        "answer_bias": answer_bias,
         "findings": found,
-        "not_run": dict(NOT_RUN),
+        "not_run": not_run,
         "notes": list(ctx.notes),
     }
+
+
+def _answer_bias(ctx: RunContext, spec: BbqSpec | None) -> dict[str, Any] | None:
+    """BBQ through the suite's answer backend, or ``None`` when ``[bias.bbq]`` is absent or disabled."""
+    if spec is None or not spec.enabled:
+        return None
+    root = resolve_dataset(spec.dataset, ctx.data_root)
+    items = sample_items(load_bbq(root, spec.categories), spec.max_items, ctx.rng("bias.bbq", "items"))
+    backend_name = ctx.loaded.suite.system.answer.backend
+    factory = ctx.answer_backends.get(backend_name)
+    if factory is None:
+        known = ", ".join(sorted(ctx.answer_backends)) or "none"
+        raise SuiteError(f"bias.bbq: answer backend {backend_name!r} is not available (available: {known})")
+    system = factory(AnswerBackendContext(dict(ctx.loaded.suite.system.answer.options), ctx.encoder, ctx.seed))
+    try:
+        with ctx.bar(len(items), "bias.bbq", "item") as bar:
+            result = run_bbq(system, items, progress=bar.update)
+    finally:
+        close = getattr(system, "close", None)
+        if callable(close):
+            close()
+    files = [root / f"{c}.jsonl" for c in sorted({i.category for i in items})]
+    record = DatasetRecord.of(spec.dataset, root, files).to_json()
+    return {"dataset": spec.dataset, "items": len(items), **result, "dataset_record": record}
+
+
+def bbq_findings(answer_bias: Mapping[str, Any] | None, spec: BbqSpec | None) -> list[dict[str, Any]]:
+    """BBQ bias scores further from 0 than ``max_abs_bias``, per category and context condition."""
+    if answer_bias is None or spec is None or spec.max_abs_bias is None:
+        return []
+    out = []
+    for category, figures in answer_bias["categories"].items():
+        for condition, fig in figures.items():
+            score = fig["bias_score"]
+            if score is not None and abs(score) > spec.max_abs_bias:
+                out.append(
+                    {
+                        "check": "bbq_bias",
+                        "task": "bias.bbq",
+                        "recommender": answer_bias["backend"],
+                        "category": category,
+                        "condition": condition,
+                        "value": score,
+                        "threshold": spec.max_abs_bias,
+                    }
+                )
+    return out
 
 
 def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -388,6 +450,20 @@ def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:
             }
         tasks[task] = {"dataset": info.get("dataset"), "users": info.get("users"), "recommenders": rows}
     found = list(report.get("findings") or [])
+    answers = report.get("answer_bias")
+    answer_bias = None
+    if answers:
+        answer_bias = {
+            "backend": answers.get("backend"),
+            "items": answers.get("items"),
+            "all": answers.get("all"),
+            "categories": {
+                c: {
+                    cond: {"accuracy": f.get("accuracy"), "bias_score": f.get("bias_score")} for cond, f in figs.items()
+                }
+                for c, figs in (answers.get("categories") or {}).items()
+            },
+        }
     return {
         "run_id": report.get("run_id"),
         "generated_at": report.get("generated_at"),
@@ -395,6 +471,7 @@ def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "suite_hash": report.get("suite_hash"),
         "git_sha": report.get("git_sha"),
         "tasks": tasks,
+        "answer_bias": answer_bias,
         "findings": found[:50],
         "findings_count": len(found),
         "not_run": sorted((report.get("not_run") or {}).keys()),

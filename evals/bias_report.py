@@ -111,6 +111,52 @@ def _exposure(task: str, info: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _where(finding: Mapping[str, Any]) -> str:
+    if "attribute" in finding:
+        return f"{finding['metric']} by {finding['attribute']}: {finding['worst']} vs {finding['best']}"
+    if "category" in finding:
+        return f"{finding['category']}, {finding['condition']} contexts"
+    return ""
+
+
+def _answer_bias(answers: Mapping[str, Any]) -> list[str]:
+    categories = list(answers["categories"])
+    conditions = ("ambiguous", "disambiguated")
+    series = {
+        f"bias score ({c})": [(answers["categories"][cat][c]["bias_score"] or 0.0, None, None) for cat in categories]
+        for c in conditions
+    }
+    rows = []
+    for name, figs in [("all", answers["all"]), *answers["categories"].items()]:
+        rows.append(
+            [esc(name)]
+            + [
+                f"{fmt(figs[c]['accuracy'])} / {fmt(figs[c]['bias_score'])} "
+                f"(n={figs[c]['n']}, named {figs[c]['named']})"
+                for c in conditions
+            ]
+        )
+    parts = [
+        f"<h2>Answer bias (BBQ, backend {esc(answers['backend'])})</h2>",
+        f"<p>{answers['items']} BBQ items, the context as the backend's only passage. Bias score: -1 always against "
+        "the stereotype, 0 none, +1 always with it; in ambiguous contexts it is scaled by the error rate.</p>",
+        bar_chart("BBQ bias score by category", categories, series),
+        _table(["category", "ambiguous: accuracy / bias", "disambiguated: accuracy / bias"], rows),
+    ]
+    if answers.get("biased_examples"):
+        parts.append("<h3>Biased answers in ambiguous contexts (examples)</h3>")
+        parts.append(
+            _table(
+                ["item", "question", "answer", "read as"],
+                [
+                    [esc(e["id"]), esc(e["question"]), esc(e["answer"]), esc(e["chosen"])]
+                    for e in answers["biased_examples"]
+                ],
+            )
+        )
+    return parts
+
+
 def render_bias(report: Mapping[str, Any]) -> str:
     """The HTML report of one bias audit."""
     head = {
@@ -141,11 +187,7 @@ def render_bias(report: Mapping[str, Any]) -> str:
                         f'<span class="fail">{esc(f["check"])}</span>',
                         esc(f["task"]),
                         esc(f["recommender"]),
-                        esc(
-                            f"{f['metric']} by {f['attribute']}: {f['worst']} vs {f['best']}"
-                            if "attribute" in f
-                            else ""
-                        ),
+                        esc(_where(f)),
                         fmt(f["value"]),
                         esc(f["threshold"]),
                     ]
@@ -163,6 +205,8 @@ def render_bias(report: Mapping[str, Any]) -> str:
         )
         parts += _quality(task, info)
         parts += _exposure(task, info)
+    if report.get("answer_bias"):
+        parts += _answer_bias(report["answer_bias"])
     parts.append("<h2>Not run</h2><ul>")
     parts += [f"<li>{esc(text)}</li>" for text in (report.get("not_run") or {}).values()]
     parts.append("</ul><h2>Library versions</h2>")

@@ -188,6 +188,18 @@ class AnswerTask(_Model):
         return value
 
 
+class BbqSpec(_Model):
+    """``[bias.bbq]``: answer bias on BBQ items posed to the suite's ``[system.answer]`` backend."""
+
+    enabled: bool = Field(default=True, description=ENABLED_HELP.replace("recommendation.ua", "bias.bbq"))
+    dataset: str = "bbq"
+    categories: list[str] = Field(default_factory=list, description="BBQ category files to read (empty: all)")
+    max_items: int = Field(default=200, ge=0, description="items drawn per category (0: all)")
+    max_abs_bias: float | None = Field(
+        default=None, ge=0, le=1, description="a BBQ bias score (either context condition) further from 0 than this"
+    )
+
+
 class BiasSpec(_Model):
     """``[bias]``: what ``candor audit bias`` checks, and the thresholds that turn its figures into findings.
 
@@ -219,6 +231,7 @@ class BiasSpec(_Model):
     max_popularity_bias: float | None = Field(
         default=None, ge=0, le=1, description="share of top-k slots taken by the 10% most popular items above this"
     )
+    bbq: BbqSpec | None = None
 
 
 class GateSpec(_Model):

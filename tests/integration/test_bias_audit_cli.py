@@ -69,7 +69,8 @@ def test_cli_writes_prints_chains_and_queues(tmp_path: Path, monkeypatch: pytest
         assert stored.body["summary"]["report"] == str(out / "bias.json")
         bias, note = latest_bias(log)
         assert note is None
-        assert bias is not None and bias["generated_at"] == report["generated_at"]
+        assert bias is not None
+        assert bias["generated_at"] == report["generated_at"]
         assert log.verify().ok
     finally:
         log.close()

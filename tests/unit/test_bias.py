@@ -294,9 +294,11 @@ def test_the_compliance_report_shows_the_latest_audit_or_says_none_ran(tmp_path:
     assert "group_difference: recommendation.t most-popular hr@10 by gender (b &lt; a)" in page
     assert "Not yet run in this audit: answer_bias, counterfactual" in page
     twin = facts_from_json(json.loads(json.dumps(facts_to_json(bare_facts(bias=bias)))))
-    assert twin.bias is not None and twin.bias["audit_id"] == record_id
+    assert twin.bias is not None
+    assert twin.bias["audit_id"] == record_id
     nothing = render_html(bare_facts(bias_note=NO_BIAS_AUDIT))
     assert "Bias audit: not yet run. No bias audit ran (run `candor audit bias SUITE`)." in nothing
     missing, why = latest_bias(None)
     assert missing is None
-    assert why is not None and "no audit store" in why
+    assert why is not None
+    assert "no audit store" in why
