@@ -37,7 +37,7 @@ from evals.exposure import exposure_report
 from evals.recommend_task import KeptRankings, RecommendationEvaluator
 from evals.results import TaskOutput, write_json
 from evals.runner import git_state, library_versions, new_run_id
-from evals.stats import group_gap
+from evals.stats import group_gap, pair_gap
 from evals.suite import PROJECT_ROOT, BbqSpec, BiasSpec, LoadedSuite, RecommendationTask
 from retrieval.encoder import Encoder
 
@@ -83,20 +83,25 @@ def group_figures(
     """Per-group means, difference and ratio of one per-user metric, from MetricFrame, with bootstrap intervals.
 
     ``by_group`` covers every group; the difference (max minus min) and ratio (min over max) are MetricFrame's
-    ``between_groups`` figures over the groups of at least ``min_size`` users, as the harness's gap. The intervals
-    come from :func:`evals.stats.group_gap` with the generator given (the harness's, for identical intervals).
+    ``between_groups`` figures over the groups of at least ``min_size`` users, as the harness's gap. The group
+    intervals and ``difference_ci`` (the max-min over all counted groups in each resample) come from
+    :func:`evals.stats.group_gap` with the generator given (the harness's, so they equal ``candor eval run``'s);
+    ``pair_difference_ci`` and ``ratio_ci`` keep the best and worst group fixed (:func:`evals.stats.pair_gap`),
+    so they are centred on the observed figures and are what the thresholds read.
 
     Returns:
-        ``overall``, ``groups`` (group, n, mean, ci; best first), ``difference``, ``difference_ci``, ``ratio``,
-        ``ratio_ci``, ``best``, ``worst`` and ``excluded_small_groups``.
+        ``overall``, ``groups`` (group, n, mean, ci; best first), ``difference``, ``difference_ci``,
+        ``pair_difference_ci``, ``ratio``, ``ratio_ci``, ``best``, ``worst`` and ``excluded_small_groups``.
     """
     values = np.asarray(values, dtype=np.float64)
     frame = _frame(values, labels, attribute)
     by_group = {str(g): float(v) for g, v in frame.by_group.items()}
     stat = group_gap(values, labels, rng, resamples, confidence, min_size)
     counted = [g.group for g in stat.groups if g.group not in stat.excluded]
-    difference = ratio = None
-    if len(counted) >= 2:
+    difference = ratio = pair = None
+    if len(counted) >= 2 and stat.best is not None and stat.worst is not None:
+        members = np.asarray(labels)
+        pair = pair_gap(values[members == stat.best], values[members == stat.worst], rng, resamples, confidence)
         keep = np.asarray([label in set(counted) for label in labels])
         sub = (
             frame
@@ -111,8 +116,9 @@ def group_figures(
         "groups": [{"group": g.group, "n": g.n, "mean": by_group[g.group], "ci": _ci(g.ci)} for g in stat.groups],
         "difference": difference,
         "difference_ci": _ci(stat.gap_ci),
+        "pair_difference_ci": _ci(pair.difference_ci) if pair else None,
         "ratio": ratio,
-        "ratio_ci": _ci(stat.ratio_ci),
+        "ratio_ci": _ci(pair.ratio_ci) if pair else None,
         "best": stat.best,
         "worst": stat.worst,
         "excluded_small_groups": stat.excluded,
@@ -161,8 +167,9 @@ def recommender_audit(
 def findings(tasks: Mapping[str, Mapping[str, Any]], thresholds: BiasSpec) -> list[dict[str, Any]]:
     """The figures past the suite's ``[bias]`` thresholds, each a finding for the review queue.
 
-    A group difference counts when it exceeds ``max_group_difference`` and its interval excludes 0; a ratio when it
-    is under ``min_group_ratio`` and its interval excludes 1 (without intervals, the point figure decides).
+    A group difference counts when it exceeds ``max_group_difference`` and the best-against-worst interval
+    (``pair_difference_ci``) excludes 0; a ratio when it is under ``min_group_ratio`` and its interval excludes 1
+    (without intervals, the point figure decides).
     """
     out: list[dict[str, Any]] = []
 
@@ -173,7 +180,7 @@ def findings(tasks: Mapping[str, Mapping[str, Any]], thresholds: BiasSpec) -> li
         for rec, audit in info["recommenders"].items():
             for attribute, metrics in audit["groups"].items():
                 for metric, fig in metrics.items():
-                    diff, ci = fig["difference"], fig["difference_ci"]
+                    diff, ci = fig["difference"], fig["pair_difference_ci"]
                     limit = thresholds.max_group_difference
                     if limit is not None and diff is not None and diff > limit and (ci is None or ci[0] > 0):
                         add(
@@ -434,7 +441,7 @@ def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:
                         widest[metric] = {
                             "attribute": attribute,
                             "difference": diff,
-                            "difference_ci": fig.get("difference_ci"),
+                            "difference_ci": fig.get("pair_difference_ci"),
                             "ratio": fig.get("ratio"),
                             "best": fig.get("best"),
                             "worst": fig.get("worst"),

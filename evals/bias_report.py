@@ -42,7 +42,7 @@ def _quality(task: str, info: Mapping[str, Any]) -> list[str]:
                 [
                     esc(rec),
                     fmt(fig["overall"]),
-                    (fmt(fig["difference"]) + _ci(fig["difference_ci"])) if fig["difference"] is not None else "-",
+                    (fmt(fig["difference"]) + _ci(fig["pair_difference_ci"])) if fig["difference"] is not None else "-",
                     (fmt(fig["ratio"]) + _ci(fig["ratio_ci"])) if fig["ratio"] is not None else "-",
                     esc(fig["best"] or "-"),
                     esc(fig["worst"] or "-"),
@@ -201,7 +201,8 @@ def render_bias(report: Mapping[str, Any]) -> str:
         parts.append(
             f"<h2>{esc(task)}</h2><p>{esc(info['dataset'])}, {esc(info['protocol'])}, k={info['k']}: "
             f"{info['users']} users, {info['items']} items; groups under {info['min_group_size']} users are shown "
-            "but left out of differences and ratios.</p>"
+            "but left out of differences and ratios. Intervals of a difference and a ratio resample the best and "
+            "the worst group (bias.json also holds the harness's max-min interval, <code>difference_ci</code>).</p>"
         )
         parts += _quality(task, info)
         parts += _exposure(task, info)

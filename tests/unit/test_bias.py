@@ -302,3 +302,21 @@ def test_the_compliance_report_shows_the_latest_audit_or_says_none_ran(tmp_path:
     assert missing is None
     assert why is not None
     assert "no audit store" in why
+
+
+def test_the_best_against_worst_interval_covers_the_observed_gap() -> None:
+    from evals.stats import pair_gap
+
+    rng = np.random.default_rng(0)
+    high, low = rng.binomial(1, 0.6, 200).astype(float), rng.binomial(1, 0.4, 200).astype(float)
+    gap = pair_gap(high, low, rng_for(3, "pair"), 500)
+    assert gap.difference_ci is not None
+    assert gap.ratio_ci is not None
+    assert gap.difference_ci[0] < gap.difference < gap.difference_ci[1]
+    assert gap.difference_ci[0] > 0
+    assert gap.ratio is not None
+    assert gap.ratio_ci[0] < gap.ratio < gap.ratio_ci[1] < 1
+    same = pair_gap(high, high[::-1].copy(), rng_for(3, "same"), 500)
+    assert same.difference == 0.0
+    assert same.difference_ci is not None
+    assert same.difference_ci[0] < 0 < same.difference_ci[1]
