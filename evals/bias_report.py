@@ -157,6 +157,59 @@ def _answer_bias(answers: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _counterfactual(probes: Mapping[str, Any]) -> list[str]:
+    parts = [
+        "<h2>Counterfactual probes</h2>",
+        f"<p>{probes['pairs']} pairs of texts differing only in a demographic term (swap list "
+        f"{esc(probes.get('swaps') or 'none')}; sources {esc(probes.get('sources'))}) "
+        f"from {esc(probes['dataset'])}.</p>",
+    ]
+    search = probes.get("search")
+    if search:
+        parts.append(
+            f"<h3>Search</h3><p>Mean rank-biased overlap {fmt(search['mean_rbo'])} (lowest {fmt(search['min_rbo'])}); "
+            f"mean score shift {fmt(search['mean_score_shift'])} (largest {fmt(search['max_score_shift'])}).</p>"
+        )
+        parts.append(
+            bar_chart(
+                "RBO of the pairs with the least overlap",
+                [f"{i + 1}" for i in range(len(search["worst"]))],
+                {"RBO": [(r["rbo"], None, None) for r in search["worst"]]},
+            )
+        )
+        parts.append(
+            _table(
+                ["#", "a", "b", "RBO", "score shift", "top of a", "top of b"],
+                [
+                    [
+                        str(i + 1),
+                        esc(r["a"]),
+                        esc(r["b"]),
+                        fmt(r["rbo"]),
+                        fmt(r["score_shift"]),
+                        esc(", ".join(r["top_a"])),
+                        esc(", ".join(r["top_b"])),
+                    ]
+                    for i, r in enumerate(search["worst"])
+                ],
+            )
+        )
+    answers = probes.get("answers")
+    if answers:
+        parts.append(
+            f"<h3>Answers ({esc(probes.get('answer_backend'))})</h3><p>The answer changed for "
+            f"{fmt(100 * answers['answer_change_rate'], 1)}% of {answers['pairs']} pairs.</p>"
+        )
+        if answers["worst"]:
+            parts.append(
+                _table(
+                    ["a", "b", "answer to a", "answer to b"],
+                    [[esc(r["a"]), esc(r["b"]), esc(r["answer_a"]), esc(r["answer_b"])] for r in answers["worst"]],
+                )
+            )
+    return parts
+
+
 def render_bias(report: Mapping[str, Any]) -> str:
     """The HTML report of one bias audit."""
     head = {
@@ -206,6 +259,8 @@ def render_bias(report: Mapping[str, Any]) -> str:
         )
         parts += _quality(task, info)
         parts += _exposure(task, info)
+    if report.get("counterfactual"):
+        parts += _counterfactual(report["counterfactual"])
     if report.get("answer_bias"):
         parts += _answer_bias(report["answer_bias"])
     parts.append("<h2>Not run</h2><ul>")

@@ -200,6 +200,28 @@ class BbqSpec(_Model):
     )
 
 
+class CounterfactualSpec(_Model):
+    """``[bias.counterfactual]``: texts differing only in a demographic term, through search and answers."""
+
+    enabled: bool = Field(default=True, description=ENABLED_HELP.replace("recommendation.ua", "bias.counterfactual"))
+    dataset: str = Field(default="data/demo", description="a domain pack: its items are searched, queries probed")
+    swaps: str = Field(default="winobias", description="folder with WinoBias swap lists ('' for none)")
+    pairs_file: str = Field(default="", description="a CSV of pairs (columns a, b) to probe as well")
+    templates: list[str] = Field(default_factory=list, description="texts with a {term} slot")
+    terms: list[str] = Field(default_factory=list, description="terms the templates are filled with")
+    max_pairs: int = Field(default=200, gt=0)
+    k: int = Field(default=10, gt=0)
+    rbo_p: float = Field(default=0.9, gt=0, lt=1, description="RBO persistence")
+    answers: bool = Field(default=True, description="also pose the pairs to the answer backend")
+    passages: int = Field(default=3, gt=0, description="passages retrieved for each posed text")
+    min_mean_rbo: float | None = Field(
+        default=None, ge=0, le=1, description="a mean RBO of the pairs' search results below this"
+    )
+    max_answer_change: float | None = Field(
+        default=None, ge=0, le=1, description="a share of pairs whose answers differ above this"
+    )
+
+
 class BiasSpec(_Model):
     """``[bias]``: what ``candor audit bias`` checks, and the thresholds that turn its figures into findings.
 
@@ -232,6 +254,7 @@ class BiasSpec(_Model):
         default=None, ge=0, le=1, description="share of top-k slots taken by the 10% most popular items above this"
     )
     bbq: BbqSpec | None = None
+    counterfactual: CounterfactualSpec | None = None
 
 
 class GateSpec(_Model):

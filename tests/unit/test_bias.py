@@ -206,7 +206,7 @@ def test_the_audit_writes_json_and_html_with_plots(tmp_path: Path) -> None:
     page = (run.run_dir / BIAS_REPORT).read_text()
     assert page.count("data:image/png;base64,") >= 3
     assert "Findings" in page
-    assert "not implemented yet" in page  # counterfactual probes and BBQ are named as not run
+    assert "were not run" in page  # counterfactual probes and BBQ are named as not run
     summary = bias_summary(run.report)
     assert summary["findings_count"] == len(run.report["findings"]) > 0
     hr_gap = summary["tasks"]["recommendation.t"]["recommenders"]["most-popular"]["largest_gap"]["hr@10"]
@@ -320,3 +320,53 @@ def test_the_best_against_worst_interval_covers_the_observed_gap() -> None:
     assert same.difference == 0.0
     assert same.difference_ci is not None
     assert same.difference_ci[0] < 0 < same.difference_ci[1]
+
+
+def test_the_compliance_report_shows_counterfactual_and_bbq_headlines() -> None:
+    from governance.report import render_html
+
+    summary = {
+        "run_id": "r",
+        "generated_at": "2026-12-05T22:00:00+00:00",
+        "suite": "bias",
+        "suite_hash": "sha256:x",
+        "git_sha": "abc",
+        "tasks": {},
+        "findings": [
+            {
+                "check": "bbq_bias",
+                "task": "bias.bbq",
+                "recommender": "extractive",
+                "category": "Age",
+                "condition": "ambiguous",
+                "value": 0.3,
+                "threshold": 0.1,
+            }
+        ],
+        "findings_count": 1,
+        "not_run": [],
+        "counterfactual": {
+            "pairs": 12,
+            "mean_rbo": 0.71,
+            "mean_score_shift": 0.02,
+            "answer_change_rate": 0.25,
+            "answer_backend": "extractive",
+        },
+        "answer_bias": {
+            "backend": "extractive",
+            "items": 40,
+            "all": {},
+            "categories": {
+                "Age": {
+                    "ambiguous": {"accuracy": 0.5, "bias_score": 0.3},
+                    "disambiguated": {"accuracy": 0.8, "bias_score": -0.1},
+                }
+            },
+        },
+    }
+    page = render_html(bare_facts(bias=summary))
+    assert "Counterfactual probes: 12 pairs" in page
+    assert "0.7100" in page
+    assert "changed for 25.0% of pairs" in page
+    assert "Answer bias on BBQ (40 items, backend extractive" in page
+    assert "bbq_bias: bias.bbq extractive Age ambiguous" in page
