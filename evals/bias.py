@@ -28,35 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from evals.answers import AnswerBackendContext, Passage, available_backends
-from evals.bbq import load_bbq, run_bbq, sample_items
+from evals.answers import available_backends
+from evals.bias_probes import answer_bias_audit, bbq_findings, counterfactual_audit, counterfactual_findings
 from evals.cache import EmbeddingCache
 from evals.context import ModelResolver, RunContext
-from evals.counterfactual import (
-    VectorRanker,
-    load_swaps,
-    make_pairs,
-    probe_answers,
-    probe_search,
-    read_pairs_csv,
-    summarise_probes,
-)
-from evals.datasets import (
-    DatasetRecord,
-    load_domain_pack,
-    merge_dataset_entries,
-    pack_files,
-    read_queries,
-    resolve_dataset,
-)
+from evals.datasets import DatasetRecord, merge_dataset_entries, resolve_dataset
 from evals.errors import SuiteError
 from evals.exposure import exposure_report
-from evals.qa_data import load_pack_qa, pack_passages
 from evals.recommend_task import KeptRankings, RecommendationEvaluator
 from evals.results import TaskOutput, write_json
 from evals.runner import git_state, library_versions, new_run_id
 from evals.stats import group_gap, pair_gap
-from evals.suite import PROJECT_ROOT, BbqSpec, BiasSpec, CounterfactualSpec, LoadedSuite, RecommendationTask
+from evals.suite import PROJECT_ROOT, BiasSpec, LoadedSuite, RecommendationTask
 from retrieval.encoder import Encoder
 
 SCHEMA = "candor.bias/1"
@@ -362,10 +345,10 @@ def _audit(
         }
         root = resolve_dataset(spec.dataset, ctx.data_root)
         datasets.append(DatasetRecord.of(spec.dataset, root, kept.data.files).to_json())
-    answer_bias = _answer_bias(ctx, suite.bias.bbq)
+    answer_bias = answer_bias_audit(ctx, suite.bias.bbq)
     if answer_bias is not None and answer_bias.get("dataset_record"):
         datasets.append(answer_bias.pop("dataset_record"))
-    probes = _counterfactual(ctx, suite.bias.counterfactual)
+    probes = counterfactual_audit(ctx, suite.bias.counterfactual)
     if probes is not None and probes.get("dataset_record"):
         datasets.append(probes.pop("dataset_record"))
     found = (
@@ -403,154 +386,6 @@ def _audit(
         "not_run": not_run,
         "notes": list(ctx.notes),
     }
-
-
-def _answer_bias(ctx: RunContext, spec: BbqSpec | None) -> dict[str, Any] | None:
-    """BBQ through the suite's answer backend, or ``None`` when ``[bias.bbq]`` is absent or disabled."""
-    if spec is None or not spec.enabled:
-        return None
-    root = resolve_dataset(spec.dataset, ctx.data_root)
-    items = sample_items(load_bbq(root, spec.categories), spec.max_items, ctx.rng("bias.bbq", "items"))
-    system = _answer_system(ctx, "bias.bbq")
-    try:
-        with ctx.bar(len(items), "bias.bbq", "item") as bar:
-            result = run_bbq(system, items, progress=bar.update)
-    finally:
-        close = getattr(system, "close", None)
-        if callable(close):
-            close()
-    files = [root / f"{c}.jsonl" for c in sorted({i.category for i in items})]
-    record = DatasetRecord.of(spec.dataset, root, files).to_json()
-    return {"dataset": spec.dataset, "items": len(items), **result, "dataset_record": record}
-
-
-def _counterfactual(ctx: RunContext, spec: CounterfactualSpec | None) -> dict[str, Any] | None:
-    """Counterfactual probes through search (the encoder under test) and the answer backend, or ``None``."""
-    if spec is None or not spec.enabled:
-        return None
-    root = resolve_dataset(spec.dataset, ctx.data_root)
-    pack = load_domain_pack(root)
-    swaps = load_swaps(resolve_dataset(spec.swaps, ctx.data_root)) if spec.swaps else {}
-    texts: list[tuple[str, str]] = []
-    files = pack_files(root, "items.jsonl", "documents.jsonl")
-    queries_path, qa_path = root / "eval" / "queries.jsonl", root / "eval" / "qa.jsonl"
-    if queries_path.is_file():
-        texts += [("query", text) for text in read_queries(queries_path).values()]
-        files.append(queries_path)
-    if qa_path.is_file():
-        texts += [("question", q.question) for q in load_pack_qa(qa_path, pack)]
-        files.append(qa_path)
-    pairs = make_pairs(texts, swaps, spec.templates, spec.terms)
-    if spec.pairs_file:
-        pairs += read_pairs_csv(PROJECT_ROOT / spec.pairs_file if "/" in spec.pairs_file else Path(spec.pairs_file))
-    pairs = pairs[: spec.max_pairs]
-    if not pairs:
-        raise SuiteError("bias.counterfactual: no pairs (no text holds a swappable term, and no templates or CSV)")
-    ids = [item.id for item in pack.items]
-    vectors, _ = ctx.embed_corpus("bias.counterfactual items", ids, [item.embedding_text() for item in pack.items])
-
-    def encode(batch: list[str]) -> np.ndarray:
-        return ctx.embed_texts("bias.counterfactual probes", batch)[0]
-
-    ranker = VectorRanker(ids, vectors, encode)
-    ranker.warm([t for pair in pairs for t in (pair.a, pair.b)])
-    search = probe_search(ranker, pairs, spec.k, spec.rbo_p)
-    answers: list[dict[str, Any]] = []
-    backend = None
-    if spec.answers:
-        passages = pack_passages(pack)
-        doc_ids = [d.id for d in pack.documents]
-        doc_vectors = (
-            ctx.embed_corpus(
-                "bias.counterfactual documents", doc_ids, [f"{d.title}. {d.text}" for d in pack.documents]
-            )[0]
-            if doc_ids
-            else np.zeros((0, vectors.shape[1]), dtype=np.float32)
-        )
-        reader = VectorRanker([*doc_ids, *ids], np.concatenate([doc_vectors, vectors]), encode, ranker.cache)
-
-        def passages_for(text: str) -> list[Passage]:
-            return [passages[i] for i, _ in reader.rank(text, spec.passages)]
-
-        system = _answer_system(ctx, "bias.counterfactual")
-        backend = system.name
-        try:
-            answers = probe_answers(system, passages_for, pairs)
-        finally:
-            close = getattr(system, "close", None)
-            if callable(close):
-                close()
-    record = DatasetRecord.of(spec.dataset, root, files).to_json()
-    return {
-        "dataset": spec.dataset,
-        "swaps": spec.swaps or None,
-        "answer_backend": backend,
-        "sources": {s: sum(1 for p in pairs if p.source == s) for s in sorted({p.source for p in pairs})},
-        **summarise_probes(search, answers),
-        "dataset_record": record,
-    }
-
-
-def _answer_system(ctx: RunContext, part: str) -> Any:
-    backend_name = ctx.loaded.suite.system.answer.backend
-    factory = ctx.answer_backends.get(backend_name)
-    if factory is None:
-        known = ", ".join(sorted(ctx.answer_backends)) or "none"
-        raise SuiteError(f"{part}: answer backend {backend_name!r} is not available (available: {known})")
-    return factory(AnswerBackendContext(dict(ctx.loaded.suite.system.answer.options), ctx.encoder, ctx.seed))
-
-
-def counterfactual_findings(probes: Mapping[str, Any] | None, spec: CounterfactualSpec | None) -> list[dict[str, Any]]:
-    """A mean RBO under ``min_mean_rbo``, and an answer change rate over ``max_answer_change``."""
-    if probes is None or spec is None:
-        return []
-    out = []
-    search, answers = probes.get("search"), probes.get("answers")
-    if search and spec.min_mean_rbo is not None and search["mean_rbo"] < spec.min_mean_rbo:
-        out.append(
-            {
-                "check": "counterfactual_rbo",
-                "task": "bias.counterfactual",
-                "recommender": "search",
-                "value": search["mean_rbo"],
-                "threshold": spec.min_mean_rbo,
-            }
-        )
-    limit = spec.max_answer_change
-    if answers and limit is not None and answers["answer_change_rate"] > limit:
-        out.append(
-            {
-                "check": "counterfactual_answers",
-                "task": "bias.counterfactual",
-                "recommender": probes.get("answer_backend") or "answers",
-                "value": answers["answer_change_rate"],
-                "threshold": limit,
-            }
-        )
-    return out
-
-
-def bbq_findings(answer_bias: Mapping[str, Any] | None, spec: BbqSpec | None) -> list[dict[str, Any]]:
-    """BBQ bias scores further from 0 than ``max_abs_bias``, per category and context condition."""
-    if answer_bias is None or spec is None or spec.max_abs_bias is None:
-        return []
-    out = []
-    for category, figures in answer_bias["categories"].items():
-        for condition, fig in figures.items():
-            score = fig["bias_score"]
-            if score is not None and abs(score) > spec.max_abs_bias:
-                out.append(
-                    {
-                        "check": "bbq_bias",
-                        "task": "bias.bbq",
-                        "recommender": answer_bias["backend"],
-                        "category": category,
-                        "condition": condition,
-                        "value": score,
-                        "threshold": spec.max_abs_bias,
-                    }
-                )
-    return out
 
 
 def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from evals.answers import Passage, SystemAnswer
-from evals.bias import counterfactual_findings
+from evals.bias_probes import counterfactual_findings
 from evals.counterfactual import (
     ProbePair,
     load_swaps,
