@@ -323,6 +323,7 @@ def _audit(
         models=options.models,
     )
     started = dt.datetime.now(dt.UTC)
+    git = git_state()  # the code the audit starts with
     tasks: dict[str, Any] = {}
     datasets: list[dict[str, Any]] = []
     for tid, spec in audited:
@@ -358,7 +359,6 @@ def _audit(
     )
     ran = {"answer_bias": answer_bias is not None, "counterfactual": probes is not None}
     not_run = {k: v for k, v in NOT_RUN.items() if not ran[k]}
-    git = git_state()
     try:
         fairlearn_version: str | None = metadata.version("fairlearn")
     except metadata.PackageNotFoundError:
