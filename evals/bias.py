@@ -444,6 +444,8 @@ def bias_summary(report: Mapping[str, Any]) -> dict[str, Any]:
             "mean_rbo": (probes.get("search") or {}).get("mean_rbo"),
             "mean_score_shift": (probes.get("search") or {}).get("mean_score_shift"),
             "answer_change_rate": (probes.get("answers") or {}).get("answer_change_rate"),
+            "history_pairs": (probes.get("histories") or {}).get("pairs"),
+            "history_mean_rbo": (probes.get("histories") or {}).get("mean_rbo"),
             "answer_backend": probes.get("answer_backend"),
         }
     return {

@@ -7,7 +7,7 @@ them into findings past the table's thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,21 @@ from evals.bbq import load_bbq, run_bbq, sample_items
 from evals.context import RunContext
 from evals.counterfactual import (
     VectorRanker,
+    history_pairs,
     load_swaps,
     make_pairs,
     probe_answers,
+    probe_histories,
     probe_search,
     read_pairs_csv,
     summarise_probes,
+    swap_terms,
 )
 from evals.datasets import DatasetRecord, load_domain_pack, pack_files, read_queries, resolve_dataset
 from evals.errors import SuiteError
 from evals.qa_data import load_pack_qa, pack_passages
 from evals.suite import PROJECT_ROOT, BbqSpec, CounterfactualSpec
+from retrieval.pack import DomainPack
 
 
 def answer_bias_audit(ctx: RunContext, spec: BbqSpec | None) -> dict[str, Any] | None:
@@ -81,6 +85,7 @@ def counterfactual_audit(ctx: RunContext, spec: CounterfactualSpec | None) -> di
     ranker = VectorRanker(ids, vectors, encode)
     ranker.warm([t for pair in pairs for t in (pair.a, pair.b)])
     search = probe_search(ranker, pairs, spec.k, spec.rbo_p)
+    histories = _history_probes(pack, swaps, ranker, vectors, spec) if spec.histories else []
     answers: list[dict[str, Any]] = []
     backend = None
     if spec.answers:
@@ -112,9 +117,52 @@ def counterfactual_audit(ctx: RunContext, spec: CounterfactualSpec | None) -> di
         "swaps": spec.swaps or None,
         "answer_backend": backend,
         "sources": {s: sum(1 for p in pairs if p.source == s) for s in sorted({p.source for p in pairs})},
-        **summarise_probes(search, answers),
+        **summarise_probes(search, answers, histories=histories),
         "dataset_record": record,
     }
+
+
+def _history_probes(
+    pack: DomainPack, swaps: Mapping[str, str], ranker: VectorRanker, vectors: np.ndarray, spec: CounterfactualSpec
+) -> list[dict[str, Any]]:
+    """Shoppers' histories and their swapped counterparts through a recommender from history.
+
+    The recommender ranks by the mean of the history's item vectors (as the service's content fallback does), items
+    already in the history left out.
+    """
+    swapped_titles: dict[str, str] = {}
+    for item in pack.items:
+        text, made = swap_terms(item.title, swaps)
+        if made:
+            swapped_titles[item.id] = text
+    ranker.warm(list(swapped_titles.values()))
+
+    def counterpart(item_id: str) -> str | None:
+        text = swapped_titles.get(item_id)
+        if text is None:
+            return None
+        return next((other for other, _ in ranker.rank(text, 2) if other != item_id), None)
+
+    ordered = sorted(pack.interactions, key=lambda e: (e.ts, e.item_id))
+    histories: dict[str, list[str]] = {}
+    for event in ordered:
+        seen = histories.setdefault(event.user_id, [])
+        if event.item_id not in seen:
+            seen.append(event.item_id)
+    recent = {user: items[-spec.max_history :] for user, items in histories.items()}
+    pairs = history_pairs(recent, counterpart, spec.max_pairs)
+    row_of = {item_id: row for row, item_id in enumerate(ranker.ids)}
+
+    def recommend(history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        rows = [row_of[i] for i in history if i in row_of]
+        profile = vectors[rows].mean(axis=0)
+        profile = profile / (np.linalg.norm(profile) or 1.0)
+        scores = vectors @ profile
+        scores[rows] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(ranker.ids[i], float(scores[i])) for i in top]
+
+    return probe_histories(recommend, pairs, spec.k, spec.rbo_p)
 
 
 def answer_system(ctx: RunContext, part: str) -> AnswerSystem:
@@ -135,21 +183,23 @@ def answer_system(ctx: RunContext, part: str) -> AnswerSystem:
 
 
 def counterfactual_findings(probes: Mapping[str, Any] | None, spec: CounterfactualSpec | None) -> list[dict[str, Any]]:
-    """A mean RBO under ``min_mean_rbo``, and an answer change rate over ``max_answer_change``."""
+    """A mean RBO of search or history probes under ``min_mean_rbo``; an answer change rate over the maximum."""
     if probes is None or spec is None:
         return []
     out = []
-    search, answers = probes.get("search"), probes.get("answers")
-    if search and spec.min_mean_rbo is not None and search["mean_rbo"] < spec.min_mean_rbo:
-        out.append(
-            {
-                "check": "counterfactual_rbo",
-                "task": "bias.counterfactual",
-                "recommender": "search",
-                "value": search["mean_rbo"],
-                "threshold": spec.min_mean_rbo,
-            }
-        )
+    answers = probes.get("answers")
+    for part in ("search", "histories"):
+        figures = probes.get(part)
+        if figures and spec.min_mean_rbo is not None and figures["mean_rbo"] < spec.min_mean_rbo:
+            out.append(
+                {
+                    "check": "counterfactual_rbo",
+                    "task": "bias.counterfactual",
+                    "recommender": part,
+                    "value": figures["mean_rbo"],
+                    "threshold": spec.min_mean_rbo,
+                }
+            )
     limit = spec.max_answer_change
     if answers and limit is not None and answers["answer_change_rate"] > limit:
         out.append(

@@ -194,6 +194,23 @@ def _counterfactual(probes: Mapping[str, Any]) -> list[str]:
                 ],
             )
         )
+    histories = probes.get("histories")
+    if histories:
+        parts.append(
+            f"<h3>Recommendations from history</h3><p>{histories['pairs']} shoppers' histories with each item whose "
+            "title holds a demographic term swapped for the item closest to the swapped title: mean rank-biased "
+            f"overlap {fmt(histories['mean_rbo'])} (lowest {fmt(histories['min_rbo'])}), mean score shift "
+            f"{fmt(histories['mean_score_shift'])}.</p>"
+        )
+        parts.append(
+            _table(
+                ["history", "items swapped", "RBO", "top of a", "top of b"],
+                [
+                    [esc(r["a"]), esc(r["b"]), fmt(r["rbo"]), esc(", ".join(r["top_a"])), esc(", ".join(r["top_b"]))]
+                    for r in histories["worst"]
+                ],
+            )
+        )
     answers = probes.get("answers")
     if answers:
         parts.append(

@@ -1,4 +1,4 @@
-"""Counterfactual probes: texts that differ only in a demographic term, through search and answers.
+"""Counterfactual probes: texts and histories differing only in a demographic term, through search, answers, recs.
 
 Pairs come from a swap list (WinoBias ``generalized_swaps.txt`` and ``extra_gendered_words.txt``: ``he``/``she``,
 ``son``/``daughter``, ...) applied to a pack's search queries and questions and to templates (``gift for my
@@ -11,6 +11,8 @@ runs are compared:
 - **score shift**: the absolute difference of the two lists' mean scores;
 - **answer change**: whether the two answers differ (after SQuAD normalisation) or one abstained and the other not.
 
+Histories are probed too: a shopper's history with every item whose title holds a demographic term replaced by the
+item closest to its title with the term swapped, run through a recommender from history (RBO and score shift).
 The pairs with the lowest overlap (and the changed answers) are listed as the worst.
 """
 
@@ -231,22 +233,98 @@ def probe_answers(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPair:
+    """A shopper's history and its counterfactual.
+
+    In the counterfactual, each item whose title holds a demographic term is replaced by the item closest to the
+    title with the term swapped (a men's watch by the women's watch most like it).
+
+    Attributes:
+        user: Whose history it is.
+        a: The history, item ids oldest first.
+        b: The counterfactual history.
+        terms: The items swapped (``i1->i7``).
+    """
+
+    user: str
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    terms: str
+
+
+def history_pairs(
+    histories: Mapping[str, Sequence[str]], counterpart: Callable[[str], str | None], max_pairs: int
+) -> list[HistoryPair]:
+    """Pairs of histories from the shoppers whose histories hold an item with a counterpart, users in sorted order.
+
+    Args:
+        histories: User to item ids, oldest first.
+        counterpart: The counterpart of an item, ``None`` when its title holds no demographic term.
+        max_pairs: Most pairs made.
+    """
+    pairs: list[HistoryPair] = []
+    for user in sorted(histories):
+        items = tuple(histories[user])
+        swapped = tuple(counterpart(item) or item for item in items)
+        if swapped != items:
+            made = ", ".join(f"{x}->{y}" for x, y in zip(items, swapped, strict=True) if x != y)
+            pairs.append(HistoryPair(user, items, swapped, made))
+            if len(pairs) >= max_pairs:
+                break
+    return pairs
+
+
+def probe_histories(
+    recommend: Callable[[Sequence[str], int], list[tuple[str, float]]],
+    pairs: Sequence[HistoryPair],
+    k: int,
+    p: float = 0.9,
+) -> list[dict[str, Any]]:
+    """Each history pair through a recommender: the two top-k lists, their RBO and score shift."""
+    rows = []
+    for pair in pairs:
+        hits_a, hits_b = recommend(pair.a, k), recommend(pair.b, k)
+        rows.append(
+            {
+                "a": f"{pair.user}: {len(pair.a)} items",
+                "b": pair.terms,
+                "source": "history",
+                "terms": pair.terms,
+                "rbo": rbo([i for i, _ in hits_a], [i for i, _ in hits_b], p),
+                "score_shift": abs(_mean_score(hits_a) - _mean_score(hits_b)),
+                "top_a": [i for i, _ in hits_a[:3]],
+                "top_b": [i for i, _ in hits_b[:3]],
+            }
+        )
+    return rows
+
+
+def _search_figures(rows: Sequence[Mapping[str, Any]], worst: int) -> dict[str, Any]:
+    overlaps = np.asarray([r["rbo"] for r in rows])
+    shifts = np.asarray([r["score_shift"] for r in rows])
+    return {
+        "pairs": len(rows),
+        "mean_rbo": float(overlaps.mean()),
+        "min_rbo": float(overlaps.min()),
+        "mean_score_shift": float(shifts.mean()),
+        "max_score_shift": float(shifts.max()),
+        "worst": sorted(rows, key=lambda r: (r["rbo"], -r["score_shift"]))[:worst],
+    }
+
+
 def summarise_probes(
-    search: Sequence[Mapping[str, Any]], answers: Sequence[Mapping[str, Any]], worst: int = 10
+    search: Sequence[Mapping[str, Any]],
+    answers: Sequence[Mapping[str, Any]],
+    worst: int = 10,
+    histories: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Headline figures and the worst pairs of search and answer probes."""
+    """Headline figures and the worst pairs of search, answer and history (recommendation) probes."""
     out: dict[str, Any] = {"pairs": max(len(search), len(answers))}
     if search:
-        overlaps = np.asarray([r["rbo"] for r in search])
-        shifts = np.asarray([r["score_shift"] for r in search])
-        out["search"] = {
-            "pairs": len(search),
-            "mean_rbo": float(overlaps.mean()),
-            "min_rbo": float(overlaps.min()),
-            "mean_score_shift": float(shifts.mean()),
-            "max_score_shift": float(shifts.max()),
-            "worst": sorted(search, key=lambda r: (r["rbo"], -r["score_shift"]))[:worst],
-        }
+        out["search"] = _search_figures(search, worst)
+    if histories:
+        out["histories"] = _search_figures(histories, worst)
     if answers:
         changed = [r for r in answers if r["changed"]]
         out["answers"] = {

@@ -214,8 +214,12 @@ class CounterfactualSpec(_Model):
     rbo_p: float = Field(default=0.9, gt=0, lt=1, description="RBO persistence")
     answers: bool = Field(default=True, description="also pose the pairs to the answer backend")
     passages: int = Field(default=3, gt=0, description="passages retrieved for each posed text")
+    histories: bool = Field(
+        default=True, description="also probe shoppers' histories with demographic items swapped (recommendations)"
+    )
+    max_history: int = Field(default=20, gt=0, description="latest items of a history probed")
     min_mean_rbo: float | None = Field(
-        default=None, ge=0, le=1, description="a mean RBO of the pairs' search results below this"
+        default=None, ge=0, le=1, description="a mean RBO of the pairs' search (or history) results below this"
     )
     max_answer_change: float | None = Field(
         default=None, ge=0, le=1, description="a share of pairs whose answers differ above this"

@@ -325,7 +325,7 @@ def test_the_best_against_worst_interval_covers_the_observed_gap() -> None:
 def test_the_compliance_report_shows_counterfactual_and_bbq_headlines() -> None:
     from governance.report import render_html
 
-    summary = {
+    summary: dict[str, Any] = {
         "run_id": "r",
         "generated_at": "2026-12-05T22:00:00+00:00",
         "suite": "bias",
@@ -367,6 +367,10 @@ def test_the_compliance_report_shows_counterfactual_and_bbq_headlines() -> None:
     page = render_html(bare_facts(bias=summary))
     assert "Counterfactual probes: 12 pairs" in page
     assert "0.7100" in page
-    assert "changed for 25.0% of pairs" in page
+    assert "changed for 25.0% of pairs." in page  # no history probes in this summary
+    summary["counterfactual"] = {**summary["counterfactual"], "history_pairs": 30, "history_mean_rbo": 0.8}
+    assert "recommendations from 30 shoppers' histories with demographic items swapped overlap 0.8000" in render_html(
+        bare_facts(bias=summary)
+    ).replace("&#39;", "'")
     assert "Answer bias on BBQ (40 items, backend extractive" in page
     assert "bbq_bias: bias.bbq extractive Age ambiguous" in page

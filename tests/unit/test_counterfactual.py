@@ -155,10 +155,13 @@ def test_probes_run_inside_the_bias_audit(tmp_path: Path, monkeypatch: pytest.Mo
     from tests.unit.test_bias import constructed_pack
 
     pack = constructed_pack(tmp_path / "pack", biased=False, users=20)
+    items = [json.loads(line) for line in (pack / "items.jsonl").read_text().splitlines()]
+    items[0]["title"], items[1]["title"] = "Watch for men", "Watch for women"  # p0 is in many histories
+    (pack / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (pack / "eval").mkdir()
     (pack / "eval" / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "gift for my son"}) + "\n")
     (tmp_path / "swaps").mkdir()
-    (tmp_path / "swaps" / "generalized_swaps.txt").write_text("son\tdaughter\nhe\tshe\n")
+    (tmp_path / "swaps" / "generalized_swaps.txt").write_text("son\tdaughter\nhe\tshe\nmen\twomen\n")
 
     class FakeEncoder:
         def encode(self, texts: Sequence[str], batch_size: int = 32, progress: Any = None) -> np.ndarray:
@@ -196,4 +199,34 @@ def test_probes_run_inside_the_bias_audit(tmp_path: Path, monkeypatch: pytest.Mo
     assert 0.0 <= probes["search"]["mean_rbo"] < 1.0
     assert "counterfactual" not in run.report["not_run"]
     assert bias_summary(run.report)["counterfactual"]["pairs"] == 2
+    assert probes["histories"]["pairs"] > 0  # shoppers who viewed p0, "Watch for men"
+    assert bias_summary(run.report)["counterfactual"]["history_pairs"] == probes["histories"]["pairs"]
     assert "Counterfactual probes" in (run.run_dir / "bias.html").read_text()
+
+
+def test_history_pairs_swap_demographic_items_and_a_biased_recommender_fails() -> None:
+    from evals.counterfactual import history_pairs, probe_histories
+
+    twins = {"mens-watch": "womens-watch", "boys-shirt": "girls-shirt"}
+    histories = {"u2": ["mug", "kettle"], "u1": ["mug", "mens-watch", "boys-shirt"]}
+    pairs = history_pairs(histories, twins.get, max_pairs=10)
+    assert [(p.user, p.b, p.terms) for p in pairs] == [
+        ("u1", ("mug", "womens-watch", "girls-shirt"), "mens-watch->womens-watch, boys-shirt->girls-shirt")
+    ]
+    canonical = {v: k for k, v in twins.items()}
+
+    def neutral(history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        return Neutral().rank(" ".join(canonical.get(i, i) for i in history), k)
+
+    def biased(history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        return Biased().rank(
+            " ".join(canonical.get(i, i) for i in history) + (" she" if "womens-watch" in history else ""), k
+        )
+
+    spec = CounterfactualSpec(min_mean_rbo=0.9)
+    fair = summarise_probes([], [], histories=probe_histories(neutral, pairs, 10))
+    unfair = summarise_probes([], [], histories=probe_histories(biased, pairs, 10))
+    assert fair["histories"]["mean_rbo"] == pytest.approx(1.0)
+    assert unfair["histories"]["mean_rbo"] < 0.6
+    assert counterfactual_findings(fair, spec) == []
+    assert [f["recommender"] for f in counterfactual_findings(unfair, spec)] == ["histories"]
