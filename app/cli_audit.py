@@ -1,4 +1,4 @@
-"""``candor audit``: verify, export, purge and erase; and check recent traffic for drift."""
+"""``candor audit``: verify, export, purge and erase; check recent traffic for drift; audit recommenders for bias."""
 
 from __future__ import annotations
 
@@ -185,3 +185,88 @@ def drift(window: str | None, reference: str | None, out: Path | None, config_fi
     alerts = report["alerts"]
     summary = f"{len(alerts)} drift alert(s), queued for review" if alerts else "no drift alert"
     click.echo(f"{summary}; audit record {report['audit_id']}; written to {target}", err=True)
+
+
+@audit_group.command("bias")
+@click.argument("suite")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CANDOR_DATA_ROOT",
+    default=None,
+    help="Folder holding the datasets the suite names (default: $CANDOR_DATA_ROOT).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder (default: <state_dir>/evals/bias/<run id>).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite field (repeatable).")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@CONFIG_OPTION
+def bias(
+    suite: str,
+    data_root: Path | None,
+    out_dir: Path | None,
+    overrides: tuple[str, ...],
+    progress: bool,
+    config_file: Path | None,
+) -> None:
+    """Audit SUITE (an eval suite) for bias: recommenders' group quality and exposure, answers on BBQ.
+
+    Per-group quality, provider exposure and popularity bias of the suite's recommenders, and with [bias.bbq] the
+    answer backend's accuracy and bias score on BBQ. Writes bias.json and bias.html to the run folder and chains
+    the audit's summary in the audit log; figures past the suite's [bias] thresholds become findings, and an audit
+    with findings joins the review queue. Prints the summary as JSON. Exits 0 whether or not there are findings
+    (read ``findings``).
+    """
+    import getpass
+
+    from app.cli_eval import registered_models, service_answer_backends
+    from app.observability import configure_logging
+    from evals.answers import available_backends
+    from evals.bias import BiasOptions, bias_summary, finding_text, run_bias_audit
+    from evals.errors import EvalError
+    from evals.suite import load_suite
+    from governance.audit import AuditUnavailableError
+
+    settings = load_settings_or_fail(config_file)
+    configure_logging("warning", "console")
+    try:
+        loaded = load_suite(suite, overrides)
+        for applied in loaded.overrides:
+            click.echo(f"set {applied}", err=True)
+        run = run_bias_audit(
+            loaded,
+            BiasOptions(
+                data_root=data_root,
+                state_dir=Path(settings.state_dir) / "evals",
+                out_dir=out_dir,
+                progress=progress,
+                models=registered_models(settings),
+                answer_backends=available_backends(service_answer_backends(settings)),
+            ),
+        )
+    except EvalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = bias_summary(run.report)
+    summary["report"] = str(run.run_dir / "bias.json")
+    audit_id = None
+    if settings.audit.enabled:
+        log = _open(config_file)
+        try:
+            audit_id = log.record_bias(summary, {"user": getpass.getuser(), "via": "candor audit bias"})
+        except AuditUnavailableError as exc:
+            raise click.ClickException(f"audit log unavailable: {exc} (the report is in {run.run_dir})") from exc
+        finally:
+            log.close()
+    click.echo(json.dumps({**summary, "audit_id": audit_id}, indent=2, allow_nan=False))
+    for note in run.report.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    for finding in run.report["findings"]:
+        click.echo(f"finding {finding_text(finding)}", err=True)
+    queued = ", queued for review" if run.report["findings"] and audit_id else ""
+    chained = f"audit record {audit_id}" if audit_id else "not chained: the audit log is disabled ([audit] enabled)"
+    click.echo(f"{len(run.report['findings'])} finding(s){queued}; {chained}; written to {run.run_dir}", err=True)

@@ -59,6 +59,9 @@ class _UnreadableAudit:
     def latest_drift(self) -> Any:
         raise RuntimeError(self.reason)
 
+    def latest_bias(self) -> Any:
+        raise RuntimeError(self.reason)
+
 
 def _open_audit(settings: Any) -> Any:
     """The configured audit log opened read-side, ``None`` when auditing is off, or a stand-in saying why not."""

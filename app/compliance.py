@@ -27,6 +27,7 @@ from retrieval.engine import RetrievalEngine
 
 SOURCE_DIRS = ("app", "retrieval", "evals", "governance")
 AUDIT_NOT_CONFIGURED = "Audit log not available: no audit store is configured in this deployment."
+NO_BIAS_AUDIT = "Bias audit: not yet run. No bias audit ran (run `candor audit bias SUITE`)."
 NO_DRIFT_CHECK = "No drift check ran (run `candor audit drift` or GET /v1/reports/drift)."
 _LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "NOTICE")
 _FRONT_MATTER_LICENSE = re.compile(r"^license:\s*(\S+)\s*$", re.MULTILINE)
@@ -263,6 +264,22 @@ def latest_drift(audit: Any) -> tuple[dict[str, Any] | None, str | None]:
     return {"audit_id": stored.id, "review_state": stored.review_state, **summary}, None
 
 
+def latest_bias(audit: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The latest chained bias audit's summary, with its record id, date and review state; or why there is none."""
+    if audit is None:
+        return None, f"Bias audit: not yet run (as far as this deployment can tell). {AUDIT_NOT_CONFIGURED}"
+    reader = getattr(audit, "latest_bias", None)
+    if reader is None:
+        return None, NO_BIAS_AUDIT
+    try:
+        stored = reader()
+    except Exception as exc:  # a report states the log's failure rather than failing itself
+        return None, f"Bias audit: audit log not available: reading it failed ({type(exc).__name__}: {exc})."
+    if stored is None or stored.body is None:
+        return None, NO_BIAS_AUDIT
+    return {"audit_id": stored.id, "review_state": stored.review_state, **(stored.body.get("summary") or {})}, None
+
+
 def gather_facts(
     settings: Settings,
     *,
@@ -287,7 +304,7 @@ def gather_facts(
         since: Start of the reporting period.
         until: End of the reporting period.
         runs_dir: Where evaluation runs live (default: the state folder's ``evals/runs``).
-        bias: The latest bias audit's results, when one has run.
+        bias: The latest bias audit's summary (default: the latest one chained in ``audit``).
         now: The report time (default: now, UTC).
 
     Returns:
@@ -296,6 +313,9 @@ def gather_facts(
     code, source, dirty = code_version()
     summary, verification, note = _read_audit(audit, since, until)
     drift, drift_note = latest_drift(audit)
+    bias_note = None
+    if bias is None:
+        bias, bias_note = latest_bias(audit)
     return ComplianceFacts(
         generated_at=now or datetime.now(UTC),
         since=since,
@@ -314,6 +334,7 @@ def gather_facts(
         audit_note=note,
         evaluation=latest_evaluation(runs_dir or evals_runs_dir(settings)),
         bias=bias,
+        bias_note=bias_note,
         drift=drift,
         drift_note=drift_note,
         recommender=recommender_parameters(settings),

@@ -323,6 +323,8 @@ class InteractionData:
         events: Every interaction, in file order.
         splits: Official train/test splits by name (MovieLens ``ua``/``ub``).
         files: Files read.
+        item_providers: Item id to its provider (seller or brand group, for exposure audits); empty when the
+            dataset names none (MovieLens).
     """
 
     item_ids: list[str]
@@ -331,6 +333,7 @@ class InteractionData:
     events: list[Interaction]
     splits: dict[str, tuple[list[Interaction], list[Interaction]]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    item_providers: dict[str, str] = field(default_factory=dict)
 
 
 def _pipe_rows(path: Path, encoding: str = "latin-1") -> Iterator[tuple[int, list[str]]]:
@@ -509,4 +512,5 @@ def load_pack_interactions(folder: Path, pack: DomainPack) -> InteractionData:
         list(pack.interactions),
         {},
         pack_files(folder, "items.jsonl", "interactions.jsonl", "users.jsonl"),
+        {item.id: provider for item in pack.items if (provider := item.provider or item.brand)},
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -89,6 +90,29 @@ def split_official(
     return list(train), held
 
 
+@dataclass(frozen=True)
+class KeptRankings:
+    """What a run ranked, kept for audits that read more than the metrics (``keep_rankings=True``).
+
+    Attributes:
+        data: The dataset as loaded.
+        users: The evaluated users, in the order of every per-user array.
+        item_ids: Item ids by column (catalog order).
+        relevant: Per user, the held-out item columns.
+        popularity: Training users per item column.
+        popular: Mask of the most popular item columns (as ``popularity_bias@k`` counts them).
+        top_k: Per recommender, the ``(users, k)`` item columns it ranked first.
+    """
+
+    data: InteractionData
+    users: list[str]
+    item_ids: list[str]
+    relevant: list[np.ndarray]
+    popularity: np.ndarray
+    popular: np.ndarray
+    top_k: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class RecommendationEvaluator:
     """Evaluates recommenders on one dataset and protocol.
 
@@ -96,15 +120,19 @@ class RecommendationEvaluator:
         task_id: The task's name in the suite (``[recommendation.<task_id>]``).
         spec: The task's settings.
         ctx: The run.
+        keep_rankings: Keep every recommender's top-k lists and the data behind them in :attr:`kept` (bias
+            audits read exposure from them).
     """
 
     greater_is_better = True
 
-    def __init__(self, task_id: str, spec: RecommendationTask, ctx: RunContext) -> None:
+    def __init__(self, task_id: str, spec: RecommendationTask, ctx: RunContext, *, keep_rankings: bool = False) -> None:
         self.task_id = task_id
         self.task = f"recommendation.{task_id}"
         self.spec = spec
         self.ctx = ctx
+        self.keep_rankings = keep_rankings
+        self.kept: KeptRankings | None = None
 
     @property
     def primary_metric(self) -> str:
@@ -207,6 +235,8 @@ class RecommendationEvaluator:
         rel_cols = [np.asarray(sorted({train_data.item_index[i] for i in relevant[u]}), dtype=np.int64) for u in users]
         seen_cols = [train_data.matrix[train_data.user_rows[u]].indices for u in users]
         recommenders, extra = self._recommenders(data)
+        if self.keep_rankings:
+            self.kept = KeptRankings(data, list(users), list(data.item_ids), rel_cols, popularity, popular)
         outputs = TaskOutput(details={"primary_metric": self.primary_metric, **extra})
         k = spec.k
         per_recommender: dict[str, Any] = {}
@@ -244,6 +274,8 @@ class RecommendationEvaluator:
                     higher_is_better=higher,
                 )
                 top_k = np.concatenate([p.top_k for p in parts])
+                if self.kept is not None:
+                    self.kept.top_k[rec.name] = top_k
                 records.append(
                     MetricRecord(
                         f"coverage@{k}",

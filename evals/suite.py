@@ -188,6 +188,79 @@ class AnswerTask(_Model):
         return value
 
 
+class BbqSpec(_Model):
+    """``[bias.bbq]``: answer bias on BBQ items posed to the suite's ``[system.answer]`` backend."""
+
+    enabled: bool = Field(default=True, description=ENABLED_HELP.replace("recommendation.ua", "bias.bbq"))
+    dataset: str = "bbq"
+    categories: list[str] = Field(default_factory=list, description="BBQ category files to read (empty: all)")
+    max_items: int = Field(default=200, ge=0, description="items drawn per category (0: all)")
+    max_abs_bias: float | None = Field(
+        default=None, ge=0, le=1, description="a BBQ bias score (either context condition) further from 0 than this"
+    )
+
+
+class CounterfactualSpec(_Model):
+    """``[bias.counterfactual]``: texts differing only in a demographic term, through search and answers."""
+
+    enabled: bool = Field(default=True, description=ENABLED_HELP.replace("recommendation.ua", "bias.counterfactual"))
+    dataset: str = Field(default="data/demo", description="a domain pack: its items are searched, queries probed")
+    swaps: str = Field(default="winobias", description="folder with WinoBias swap lists ('' for none)")
+    pairs_file: str = Field(default="", description="a CSV of pairs (columns a, b) to probe as well")
+    templates: list[str] = Field(default_factory=list, description="texts with a {term} slot")
+    terms: list[str] = Field(default_factory=list, description="terms the templates are filled with")
+    max_pairs: int = Field(default=200, gt=0)
+    k: int = Field(default=10, gt=0)
+    rbo_p: float = Field(default=0.9, gt=0, lt=1, description="RBO persistence")
+    answers: bool = Field(default=True, description="also pose the pairs to the answer backend")
+    passages: int = Field(default=3, gt=0, description="passages retrieved for each posed text")
+    histories: bool = Field(
+        default=True, description="also probe shoppers' histories with demographic items swapped (recommendations)"
+    )
+    max_history: int = Field(default=20, gt=0, description="latest items of a history probed")
+    min_mean_rbo: float | None = Field(
+        default=None, ge=0, le=1, description="a mean RBO of the pairs' search (or history) results below this"
+    )
+    max_answer_change: float | None = Field(
+        default=None, ge=0, le=1, description="a share of pairs whose answers differ above this"
+    )
+
+
+class BiasSpec(_Model):
+    """``[bias]``: what ``candor audit bias`` checks, and the thresholds that turn its figures into findings.
+
+    Per-group quality is measured for every attribute in a recommendation task's ``groups`` and every metric in its
+    ``group_metrics``; exposure for every recommender of the task. A threshold left out (or set to a negative value
+    where a bound would be meaningless) raises no finding; every finding joins the audit log's review queue.
+    """
+
+    tasks: list[str] = Field(
+        default_factory=list, description="recommendation task ids to audit (empty: every enabled one)"
+    )
+    max_group_difference: float | None = Field(
+        default=None,
+        ge=0,
+        description="a between-group difference of a quality metric above this, with an interval excluding 0",
+    )
+    min_group_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a worst-over-best group ratio below this, with an interval excluding 1 (0.8: four-fifths)",
+    )
+    max_exposure_gini: float | None = Field(
+        default=None, ge=0, le=1, description="Gini of rank-discounted exposure over the catalog's items above this"
+    )
+    max_provider_gini: float | None = Field(
+        default=None, ge=0, le=1, description="Gini of exposure per catalog item of each provider above this"
+    )
+    max_popularity_bias: float | None = Field(
+        default=None, ge=0, le=1, description="share of top-k slots taken by the 10% most popular items above this"
+    )
+    bbq: BbqSpec | None = None
+    counterfactual: CounterfactualSpec | None = None
+
+
 class GateSpec(_Model):
     """``[gates]``: rules a run must pass (``candor eval run --gate`` exits non-zero otherwise)."""
 
@@ -204,6 +277,7 @@ class Suite(_Model):
     recommendation: dict[str, RecommendationTask] = Field(default_factory=dict)
     answers: dict[str, AnswerTask] = Field(default_factory=dict)
     gates: GateSpec = Field(default_factory=GateSpec)
+    bias: BiasSpec = Field(default_factory=BiasSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +295,9 @@ class LoadedSuite:
     overrides: tuple[str, ...] = ()
 
     def config(self) -> dict[str, Any]:
-        """The effective suite as JSON-ready data."""
-        return self.suite.model_dump(mode="json")
+        """The effective suite as JSON-ready data (``bias`` only when set, so other suites' digests stay put)."""
+        exclude = {"bias"} if self.suite.bias == BiasSpec() else None
+        return self.suite.model_dump(mode="json", exclude=exclude)
 
     def digest(self) -> str:
         """SHA-256 of the effective suite (canonical JSON)."""

@@ -145,7 +145,9 @@ class ComplianceFacts:
         verification: Result of verifying the audit log, or ``None`` when no audit log is available.
         audit_note: Why the audit sections are empty, when they are.
         evaluation: The latest evaluation run (a mapping condensed from its ``results.json``), or ``None``.
-        bias: The latest bias audit's results, or ``None`` when none has run.
+        bias: The latest bias audit, condensed (record id, date, headline figures per task and recommender,
+            findings), or ``None`` when none ran or the log cannot be read.
+        bias_note: Why ``bias`` is empty, when it is.
         drift: The latest live drift check, condensed (record id, date, windows, alerts, headline figures), or
             ``None`` when none ran or the log cannot be read.
         drift_note: Why ``drift`` is empty, when it is.
@@ -166,6 +168,7 @@ class ComplianceFacts:
     audit_note: str | None = None
     evaluation: Mapping[str, Any] | None = None
     bias: Mapping[str, Any] | None = None
+    bias_note: str | None = None
     drift: Mapping[str, Any] | None = None
     drift_note: str | None = None
     recommender: Mapping[str, Any] = field(default_factory=dict)
@@ -283,6 +286,7 @@ def _twin(facts: ComplianceFacts) -> dict[str, Any]:
         "audit_note": facts.audit_note,
         "evaluation": _plain(facts.evaluation) if facts.evaluation is not None else None,
         "bias": _plain(facts.bias) if facts.bias is not None else None,
+        "bias_note": facts.bias_note,
         "drift": _plain(facts.drift) if facts.drift is not None else None,
         "drift_note": facts.drift_note,
         "recommender": _plain(facts.recommender),
@@ -340,6 +344,7 @@ def facts_from_json(data: Mapping[str, Any]) -> ComplianceFacts:
             audit_note=data.get("audit_note"),
             evaluation=data.get("evaluation"),
             bias=data.get("bias"),
+            bias_note=data.get("bias_note"),
             drift=data.get("drift"),
             drift_note=data.get("drift_note"),
             recommender=data.get("recommender") or {},
@@ -515,6 +520,7 @@ def render_html(facts: ComplianceFacts) -> str:
             gaps=group_gaps(evaluation),
             failed_gates=failed_gates,
             bias=facts.bias,
+            bias_missing=facts.bias_note or "Bias audit: " + NOT_YET_RUN + ". No bias audit ran.",
             drift=facts.drift,
             drift_missing=facts.drift_note or "No drift check ran.",
             plots=plots,

@@ -37,7 +37,7 @@ from governance.audit.store import REVIEW_STATES
 
 T = TypeVar("T")
 MAX_LIMIT = 500
-KINDS = ("inference", "feedback", "review", "purge", "erase", "model", "drift")
+KINDS = ("inference", "feedback", "review", "purge", "erase", "model", "drift", "bias")
 EXPLANATION_METHODS = ("stored", "integrated-gradients")
 
 

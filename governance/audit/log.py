@@ -29,7 +29,7 @@ from governance.audit.backends import open_backend
 from governance.audit.config import AuditConfig
 from governance.audit.connections import AuditConnections
 from governance.audit.errors import AuditNotFoundError, AuditUnavailableError
-from governance.audit.records import AuditEvent, drift_record, event_record, model_change_record
+from governance.audit.records import AuditEvent, bias_record, drift_record, event_record, model_change_record
 from governance.audit.redact import names_found
 from governance.audit.reviews import Decision, review_record
 from governance.audit.signing import CheckpointSigner
@@ -232,6 +232,26 @@ class AuditLog:
     def latest_drift(self) -> Stored | None:
         """The latest chained drift check, if any ran (and its content was not purged)."""
         rows = self.find(RecordQuery(kind="drift", limit=1))
+        return rows[0] if rows and rows[0].body is not None else None
+
+    # -- bias audits ----------------------------------------------------------------------------------------------
+
+    def record_bias(self, summary: Mapping[str, Any], caller: Mapping[str, str]) -> str:
+        """Chain a bias audit's summary (see :func:`~governance.audit.records.bias_record`).
+
+        Returns:
+            The record's id.
+
+        Raises:
+            AuditUnavailableError: The store failed.
+        """
+        pending = bias_record(summary, caller)
+        self._conns.append([pending])
+        return str(pending.body["id"])
+
+    def latest_bias(self) -> Stored | None:
+        """The latest chained bias audit, if any ran (and its content was not purged)."""
+        rows = self.find(RecordQuery(kind="bias", limit=1))
         return rows[0] if rows and rows[0].body is not None else None
 
     # -- retention and erasure ------------------------------------------------------------------------------------

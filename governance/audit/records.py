@@ -190,6 +190,29 @@ def drift_record(report: Mapping[str, Any], caller: Mapping[str, str]) -> Pendin
     )
 
 
+def bias_record(summary: Mapping[str, Any], caller: Mapping[str, str]) -> Pending:
+    """The chained record of a bias audit: its summary (headline figures per task and recommender, findings).
+
+    An audit with findings joins the review queue, its reason naming the checks and recommenders that crossed a
+    threshold.
+    """
+    found = list(summary.get("findings") or [])
+    reason = None
+    if found:
+        named = sorted({f"{f.get('check')}[{f.get('task')}/{f.get('recommender')}]" for f in found})
+        total = int(summary.get("findings_count") or len(found))
+        reason = f"bias: {total} finding(s): " + ", ".join(named[:10])
+        reason += f" and {len(named) - 10} more" if len(named) > 10 else ""
+    return Pending(
+        {
+            **envelope("bias", "bias:audit"),
+            "caller": dict(caller),
+            "summary": dict(summary),
+            "review": {"state": "pending" if found else "not_required", "reason": reason},
+        }
+    )
+
+
 def record_view(stored: Stored) -> dict[str, Any]:
     """A stored record as shown to reviewers: its chained body plus the derived review state."""
     return {
