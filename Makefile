@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test check lint format bench install clean-state
+.PHONY: run test check lint format bench soak install clean-state
 
 run: $(STAMP)
 	$(BIN)/candor serve
@@ -29,6 +29,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# 64 clients for 10 minutes mixing every kind of call (docs/performance.md#soak); SOAK_ARGS="--minutes 2 --out FILE"
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 install: $(STAMP)
 

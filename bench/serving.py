@@ -99,11 +99,13 @@ class RawClient:
         """Open the connection."""
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """Send one request (``body``, if given, as JSON) and read its full response."""
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, auth: str | None = None
+    ) -> tuple[int, bytes]:
+        """Send one request (``body``, if given, as JSON; ``auth``, if given, instead of the connection's key)."""
         assert self.reader is not None
         assert self.writer is not None
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.auth}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {auth or self.auth}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write((head + "\r\n").encode() + (body or b""))

@@ -192,6 +192,12 @@ class ItemCatalog:
                 out[row] = np.frombuffer(found[0], dtype=np.float32)
         return out
 
+    def faiss_ids_written_since(self, seq: int) -> np.ndarray:
+        """FAISS ids of the items written after change ``seq`` (upserted, or their vectors replaced in place)."""
+        with self._lock:
+            rows = self._db.execute("SELECT faiss_id FROM items WHERE seq > ?", (int(seq),)).fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """``(faiss_ids, vectors)`` of every item, read in one pass."""
         with self._lock:

@@ -2,7 +2,8 @@
 
 Every write goes to the catalog first (durable at once) and then to the index; snapshots of the index follow a
 little later. On open, a snapshot is reconciled with the catalog (vectors added or removed since it was written
-are applied), so an acknowledged write survives a crash even if no snapshot was written after it. A rebuild
+are applied), so an acknowledged write survives a crash even if no snapshot was written after it; a snapshot older
+than a re-embed, which rewrites vectors under their FAISS ids, is rebuilt from the catalog instead. A rebuild
 makes a fresh index of the configured kind and swaps it in atomically; searches keep the old one until then.
 """
 
@@ -154,7 +155,11 @@ class ItemStore:
             logger.warning("index_snapshot_unusable", error=str(exc))
         if loaded is not None:
             index, manifest = loaded
-            if manifest.encoder_version == catalog.encoder_version and manifest.kind == self.spec.kind:
+            if (
+                manifest.encoder_version == catalog.encoder_version
+                and manifest.kind == self.spec.kind
+                and not self._rewritten_since(index, manifest.seq)
+            ):
                 self._index, self._manifest = index, manifest
                 if self._reconcile():
                     self._save_snapshot()
@@ -166,6 +171,16 @@ class ItemStore:
     def _build_index(self) -> VectorIndex:
         ids, vectors = self.catalog.all_vectors()
         return VectorIndex.build(self._encoder.dim, self.spec, ids, vectors)
+
+    def _rewritten_since(self, index: VectorIndex, seq: int) -> bool:
+        """Whether a vector the snapshot holds was replaced in place (same FAISS id) after change ``seq``.
+
+        Upserts give a changed vector a new FAISS id, which :meth:`_reconcile` applies; a re-embed keeps the ids
+        and rewrites every vector. A crash after the re-embed's commit and before its snapshot leaves a snapshot
+        whose ids all match but whose vectors are the old ones, so such a snapshot is rebuilt, not reused.
+        """
+        written = self.catalog.faiss_ids_written_since(seq)
+        return bool(len(written)) and bool(np.isin(written, index.ids()).any())
 
     def _reconcile(self) -> bool:
         """Apply catalog changes made after the snapshot; returns whether anything changed."""

@@ -29,9 +29,15 @@ class Server:
     admin_key: str
     env: dict[str, str]
     log: Path
+    process: subprocess.Popen[bytes]
 
     def headers(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a power cut or the OOM killer would: no shutdown hook runs."""
+        self.process.kill()
+        self.process.wait(timeout=30)
 
 
 # The served encoder's device: the CPU by default, so results do not depend on the machine; a CUDA machine runs
@@ -50,6 +56,17 @@ def read_keys(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
+def reviewer_key(server: Server) -> str:
+    """A reviewer key created through the store the server reads (keys are looked up per request)."""
+    from app.auth import KeyStore
+
+    store = KeyStore(server.state_dir / "candor.sqlite")
+    try:
+        return store.create("reviewer", label="e2e")
+    finally:
+        store.close()
+
+
 @contextmanager
 def started_server(built_state: Path, workdir: Path, settings: dict[str, str] | None = None) -> Iterator[Server]:
     """Run ``candor serve`` over a copy of ``built_state`` in ``workdir`` until the block ends.
@@ -58,6 +75,17 @@ def started_server(built_state: Path, workdir: Path, settings: dict[str, str] | 
     """
     state = workdir / "state"
     shutil.copytree(built_state, state)
+    with serving(state, settings) as server:
+        yield server
+
+
+@contextmanager
+def serving(state: Path, settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """Run ``candor serve`` on the state folder ``state`` as it is (a restart reuses one) until the block ends.
+
+    ``settings`` are extra ``CANDOR_...`` environment overrides. The server's output is appended to
+    ``server.log`` beside ``state``.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -69,7 +97,7 @@ def started_server(built_state: Path, workdir: Path, settings: dict[str, str] | 
         **(settings or {}),
     }
     log = state.parent / "server.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
         )
@@ -91,7 +119,7 @@ def started_server(built_state: Path, workdir: Path, settings: dict[str, str] | 
                 raise TimeoutError(f"server not ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.25)
         keys = read_keys(state / "initial-keys.txt")
-        yield Server(base, state, keys["CANDOR_FRONTEND_KEY"], keys["CANDOR_ADMIN_KEY"], env, log)
+        yield Server(base, state, keys["CANDOR_FRONTEND_KEY"], keys["CANDOR_ADMIN_KEY"], env, log, proc)
     finally:
         proc.terminate()
         try:

@@ -12,23 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, reviewer_key
 
 
 def call(server: Server, method: str, path: str, key: str | None, **kwargs: Any) -> httpx.Response:
     headers = {**server.headers(key), **kwargs.pop("headers", {})}
     return httpx.request(method, f"{server.base_url}{path}", headers=headers, timeout=60, **kwargs)
-
-
-def reviewer_key(server: Server) -> str:
-    """A reviewer key created through the store the server reads (keys are looked up per request)."""
-    from app.auth import KeyStore
-
-    store = KeyStore(server.state_dir / "candor.sqlite")
-    try:
-        return store.create("reviewer", label="hostile")
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize(
