@@ -45,6 +45,7 @@ class ReaderConfig:
         doc_stride: Tokens shared by consecutive windows of a long passage (``0``: as trained, else 128).
         max_answer_tokens: Longest span returned, in tokens.
         max_question_tokens: Questions are cut to this many tokens (``0``: as trained, else 64).
+        min_confidence: Answers below this calibrated confidence abstain (negative: the threshold in the card).
     """
 
     path: str
@@ -55,10 +56,13 @@ class ReaderConfig:
     doc_stride: int = 0
     max_answer_tokens: int = 30
     max_question_tokens: int = 0
+    min_confidence: float = -1.0
 
     def __post_init__(self) -> None:
         if min(self.max_seq_length, self.doc_stride, self.max_question_tokens, self.threads) < 0:
             raise ValueError("reader sizes and threads must not be negative")
+        if self.min_confidence > 1:
+            raise ValueError("min_confidence is a probability (negative: the card's)")
         if self.max_answer_tokens < 1:
             raise ValueError("max_answer_tokens must be at least 1")
 

@@ -153,6 +153,7 @@ class ReaderSettings(Section):
     doc_stride: int = Field(default=0, ge=0)
     max_answer_tokens: int = Field(default=30, gt=0)
     max_question_tokens: int = Field(default=0, ge=0)
+    min_confidence: float = Field(default=-1.0, le=1)
 
     def to_config(self, path: str, name: str = "") -> ReaderConfig:
         """As the reader's config, reading the folder ``path`` (reported as ``name``, or ``[reader] name``)."""

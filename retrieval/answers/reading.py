@@ -17,7 +17,7 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,10 @@ class ReaderBackend:
             except Exception as exc:
                 logger.exception("reader_load_failed")
                 raise BackendUnavailableError("reader", f"the reader could not load ({type(exc).__name__})") from exc
-            self.calibration = ReaderCalibration.from_card(card)
+            calibration = ReaderCalibration.from_card(card)
+            if self.config.min_confidence >= 0:  # the operator's threshold over the one fitted with the card
+                calibration = replace(calibration, min_confidence=self.config.min_confidence)
+            self.calibration = calibration
             batcher: DynamicBatcher[ReadRequest, Span | None] = DynamicBatcher(
                 "reader",
                 reader.read,

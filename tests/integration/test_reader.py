@@ -188,3 +188,17 @@ def test_the_service_answers_with_a_configured_reader(
             assert body["span"] in cited
             start, end = grounding["span"]["start"], grounding["span"]["end"]
             assert cited[start:end] == body["span"]
+
+
+def test_the_configured_threshold_overrides_the_cards(trained: ReaderTrainReport) -> None:
+    async def threshold(config: ReaderConfig) -> float:
+        backend = ReaderBackend(config, ReaderBatcherSettings().to_config())
+        await backend.start()
+        await backend.stop()
+        return backend.calibration.min_confidence
+
+    folder = str(trained.folder)
+    assert asyncio.run(threshold(ReaderConfig(path=folder, device="cpu"))) == ReaderCalibration().min_confidence
+    assert asyncio.run(threshold(ReaderConfig(path=folder, device="cpu", min_confidence=0.2))) == 0.2
+    with pytest.raises(ValueError, match="probability"):
+        ReaderConfig(path=folder, min_confidence=1.5)
