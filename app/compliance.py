@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,39 +245,36 @@ def _read_audit(
         return None, None, f"Audit log not available: reading it failed ({type(exc).__name__}: {exc})."
 
 
+def _latest(
+    audit: Any, kind: str, label: str, none_ran: str, condense: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The latest chained record of ``kind``, condensed, with its record id and review state; or why there is none."""
+    reader = getattr(audit, "latest", None)
+    if reader is None:
+        return None, none_ran
+    try:
+        stored = reader(kind)
+    except Exception as exc:  # a report states the log's failure rather than failing itself
+        return None, f"{label}: audit log not available: reading it failed ({type(exc).__name__}: {exc})."
+    if stored is None or stored.body is None:
+        return None, none_ran
+    return {"audit_id": stored.id, "review_state": stored.review_state, **condense(stored.body)}, None
+
+
 def latest_drift(audit: Any) -> tuple[dict[str, Any] | None, str | None]:
     """The latest chained drift check, condensed, with its record id and date; or why there is none."""
     from governance.drift import drift_summary
 
     if audit is None:
         return None, f"Drift: {AUDIT_NOT_CONFIGURED}"
-    reader = getattr(audit, "latest_drift", None)
-    if reader is None:
-        return None, NO_DRIFT_CHECK
-    try:
-        stored = reader()
-    except Exception as exc:  # a report states the log's failure rather than failing itself
-        return None, f"Drift: audit log not available: reading it failed ({type(exc).__name__}: {exc})."
-    if stored is None or stored.body is None:
-        return None, NO_DRIFT_CHECK
-    summary = drift_summary(stored.body.get("report") or {})
-    return {"audit_id": stored.id, "review_state": stored.review_state, **summary}, None
+    return _latest(audit, "drift", "Drift", NO_DRIFT_CHECK, lambda body: drift_summary(body.get("report") or {}))
 
 
 def latest_bias(audit: Any) -> tuple[dict[str, Any] | None, str | None]:
     """The latest chained bias audit's summary, with its record id, date and review state; or why there is none."""
     if audit is None:
         return None, f"Bias audit: not yet run (as far as this deployment can tell). {AUDIT_NOT_CONFIGURED}"
-    reader = getattr(audit, "latest_bias", None)
-    if reader is None:
-        return None, NO_BIAS_AUDIT
-    try:
-        stored = reader()
-    except Exception as exc:  # a report states the log's failure rather than failing itself
-        return None, f"Bias audit: audit log not available: reading it failed ({type(exc).__name__}: {exc})."
-    if stored is None or stored.body is None:
-        return None, NO_BIAS_AUDIT
-    return {"audit_id": stored.id, "review_state": stored.review_state, **(stored.body.get("summary") or {})}, None
+    return _latest(audit, "bias", "Bias audit", NO_BIAS_AUDIT, lambda body: body.get("summary") or {})
 
 
 def gather_facts(

@@ -229,9 +229,9 @@ class AuditLog:
         self._conns.append([pending])
         return str(pending.body["id"])
 
-    def latest_drift(self) -> Stored | None:
-        """The latest chained drift check, if any ran (and its content was not purged)."""
-        rows = self.find(RecordQuery(kind="drift", limit=1))
+    def latest(self, kind: str) -> Stored | None:
+        """The latest chained record of one kind (``drift``, ``bias``), if any (and its content was not purged)."""
+        rows = self.find(RecordQuery(kind=kind, limit=1))
         return rows[0] if rows and rows[0].body is not None else None
 
     # -- bias audits ----------------------------------------------------------------------------------------------
@@ -248,11 +248,6 @@ class AuditLog:
         pending = bias_record(summary, caller)
         self._conns.append([pending])
         return str(pending.body["id"])
-
-    def latest_bias(self) -> Stored | None:
-        """The latest chained bias audit, if any ran (and its content was not purged)."""
-        rows = self.find(RecordQuery(kind="bias", limit=1))
-        return rows[0] if rows and rows[0].body is not None else None
 
     # -- retention and erasure ------------------------------------------------------------------------------------
 

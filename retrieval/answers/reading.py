@@ -18,7 +18,6 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ import structlog
 from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError
-from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader, read_card
+from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader
 
 logger = structlog.get_logger(__name__)
 
@@ -218,11 +217,10 @@ class ReaderBackend:
                 return
             try:
                 reader = await asyncio.to_thread(self._load)
-                card = await asyncio.to_thread(read_card, Path(reader.info.path))
             except Exception as exc:
                 logger.exception("reader_load_failed")
                 raise BackendUnavailableError("reader", f"the reader could not load ({type(exc).__name__})") from exc
-            calibration = ReaderCalibration.from_card(card)
+            calibration = ReaderCalibration.from_card(reader.card)  # the card the reader loaded with
             if self.config.min_confidence >= 0:  # the operator's threshold over the one fitted with the card
                 calibration = replace(calibration, min_confidence=self.config.min_confidence)
             self.calibration = calibration

@@ -253,7 +253,7 @@ def test_findings_join_the_review_queue_and_a_clean_audit_does_not(tmp_path: Pat
         quiet = log.get(log.record_bias(bias_summary(clean), {"user": "t"}))
         assert quiet is not None
         assert quiet.review_state == "not_required"
-        latest = log.latest_bias()
+        latest = log.latest("bias")
         assert latest is not None
         assert latest.id == quiet.id
         assert log.verify().ok

@@ -299,7 +299,7 @@ async def test_a_check_over_the_log_chains_its_report_and_queues_alerts(audit_st
         assert stored.body["report"]["alerts"] == report["alerts"]
         assert stored.body["caller"] == reviewer
         assert report["audit_id"] in [r.id for r in log.review_queue()]
-        assert log.latest_drift() == stored
+        assert log.latest("drift") == stored
         assert log.verify().ok
         # A quiet check chains a record too, outside the review queue.
         quiet = check_drift(log, cfg, window=timedelta(hours=1), reference=timedelta(hours=1), caller=reviewer)
