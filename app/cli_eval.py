@@ -36,6 +36,7 @@ def service_answer_backends(settings: Any) -> dict[str, Any]:
             models_dir=Path(settings.state_dir) / "models",
             reader=serving_reader_config(settings),
             reader_batching=settings.batching.reader.to_config(),
+            reader_settings=settings.reader.to_config(""),
         )
     )
 

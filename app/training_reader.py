@@ -37,7 +37,7 @@ from evals.suite import AnswerSpec, AnswerTask, GateSpec, LoadedSuite, Suite, Su
 from retrieval.answers.reading import ReaderCalibration, fit_calibration
 from retrieval.digest import tree_sha256
 from retrieval.encoder import Encoder, bundled_model_path
-from retrieval.reader import ReaderConfig, ReadRequest, SpanReader
+from retrieval.reader import Precision, ReaderConfig, ReadRequest, SpanReader
 from retrieval.reader_training import (
     Fold,
     ReaderTrainConfig,
@@ -194,6 +194,7 @@ def calibrate(
     encoder: Encoder,
     *,
     device: str = "auto",
+    precision: Precision = "fp32",
     batch_size: int = 32,
     say: Callable[[str], None] = print,
 ) -> ReaderCalibration:
@@ -201,7 +202,8 @@ def calibrate(
 
     An answer is right when its token F1 against the gold answers is at least 0.5; any answer to an answer-free
     passage is wrong. Features are what the service has at answer time: the passage's retrieval score (the
-    encoder's cosine of question and passage, titled as the service embeds it) and the reader's margin.
+    encoder's cosine of question and passage, titled as the service embeds it) and the reader's margin, read in the
+    ``precision`` the service will read in (int8 margins differ a little from float32 ones).
 
     Raises:
         ValueError: The calibration articles hold no questions, or only right (or only wrong) answers.
@@ -209,7 +211,7 @@ def calibrate(
     cases = source.calibration
     if not cases:
         raise ValueError("the calibration articles hold no questions: train on a larger source or change --split-salt")
-    reader = SpanReader(ReaderConfig(path=str(folder), device=device))  # type: ignore[arg-type]
+    reader = SpanReader(ReaderConfig(path=str(folder), device=device, precision=precision))  # type: ignore[arg-type]
     spans = []
     for at in range(0, len(cases), batch_size):
         spans.extend(reader.read([ReadRequest(c.question, c.context) for c in cases[at : at + batch_size]]))
@@ -227,7 +229,8 @@ def calibrate(
     weights, bias = fit_calibration(np.stack([scores, margins], axis=1), correct)
     answerable = sum(1 for c in cases if c.answer_start >= 0)
     fitted_on = (
-        f"{source.name}, calibration articles ({len(source.articles.get('calibration', []))}): "
+        f"{source.name}, calibration articles ({len(source.articles.get('calibration', []))}, "
+        f"read in {reader.info.precision}): "
         f"{answerable} answers ({int(correct.sum())} right), {len(cases) - answerable} answer-free passages"
     )
     say(f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), bias {bias:.3f}; {fitted_on}")
@@ -390,7 +393,9 @@ def train_reader_model(
     say(f"trained in {report.seconds:.0f}s ({report.steps} steps on {report.device}); weights {report.version}")
     result = TrainedReader(folder, report)
     try:
-        result.calibration = calibrate(folder, source, encoder, device=config.device, say=say)
+        result.calibration = calibrate(
+            folder, source, encoder, device=config.device, precision=settings.reader.precision, say=say
+        )
         update_card(folder, calibration=result.calibration.to_dict())
     except ValueError as exc:  # too few calibration questions, or all right / all wrong: say so, keep defaults
         say(f"not calibrated ({exc}); the reader keeps the uncalibrated default confidence")

@@ -8,7 +8,8 @@ ungrounded ``local`` answer replaced by the extractive one) and why it abstained
 backend's own answers apart from the ones it fell back on (:func:`system_answer`). Suite options
 (``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``), ``max_tokens``, ``min_confidence``,
 ``min_retrieval_score``, ``reader`` (a reader folder, or ``none`` for sentence answers; by default the service's
-reader, if it has one), ``reader_min_confidence``, and for ``openai`` the ``[generator.openai]`` keys.
+reader, if it has one), ``reader_min_confidence``, ``reader_precision`` (``fp32`` or ``int8``; by default the service's
+``[reader] precision``), and for ``openai`` the ``[generator.openai]`` keys.
 
 The service's configured answer settings come in as :class:`ServiceAnswerDefaults` (the app builds them from its
 settings, so the backends start from what the service would run); :func:`service_backends` turns them into harness
@@ -18,10 +19,11 @@ factories.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -41,7 +43,7 @@ from retrieval.answers.reading import ReaderBackend
 from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Encoder
-from retrieval.reader import ReaderConfig, read_card
+from retrieval.reader import Precision, ReaderConfig, read_card
 from retrieval.settings import ReaderBatcherSettings
 
 BACKENDS = ("extractive", "local", "openai")
@@ -54,6 +56,7 @@ _SERVICE_KEYS = {
     "cache_dir",
     "reader",
     "reader_min_confidence",
+    "reader_precision",
 }
 
 
@@ -70,6 +73,8 @@ class ServiceAnswerDefaults:
         models_dir: Where the local LM keeps its converted copy.
         reader: The service's span reader (``None``: extractive answers are sentences).
         reader_batching: The reader's batcher.
+        reader_settings: The service's ``[reader]`` settings (precision, windowing), applied to a reader folder the
+            suite's options name.
     """
 
     answer: AnswerConfig
@@ -80,6 +85,7 @@ class ServiceAnswerDefaults:
     models_dir: Path
     reader: ReaderConfig | None = None
     reader_batching: BatcherConfig = field(default_factory=lambda: ReaderBatcherSettings().to_config())
+    reader_settings: ReaderConfig | None = None
 
 
 class ServiceAnswerSystem:
@@ -142,6 +148,7 @@ class ServiceAnswerSystem:
             card = read_card(Path(self._reader.config.path))
             reader = {
                 "reader": {
+                    **self._reader.describe(),
                     "path": self._reader.config.path,
                     "trained_on": card.get("trained_on", {}),
                     "calibration": self._reader.calibration.to_dict(),
@@ -158,21 +165,48 @@ class ServiceAnswerSystem:
 
     def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
         """Answer from ``passages`` (scored against the question by the encoder, best first)."""
-        vectors = self._encoder.encode([question, *(f"{p.title}. {p.text}" if p.title else p.text for p in passages)])
-        scores = vectors[1:] @ vectors[0]
-        context = sorted(
-            (ContextPassage(p.id, p.id, p.title, p.text, float(s)) for p, s in zip(passages, scores, strict=True)),
-            key=lambda c: -c.score,
-        )
-        result = self._loop.run_until_complete(
-            self._service.answer(question, vectors[0], context, backend=self.name, max_tokens=self._max_tokens)
-        )
-        return system_answer(result, self._answer_text)
+        return self.answer_many([(question, passages)])[0][0]
+
+    def answer_many(self, questions: Sequence[tuple[str, Sequence[Passage]]]) -> list[tuple[SystemAnswer, float]]:
+        """Answer several questions at once (their reader and generator calls share batches), with latencies in ms.
+
+        The questions and passages of the whole call are embedded in one encoder batch first; each latency runs
+        from the start of the answering, so it is a question's latency under the call's load.
+        """
+        texts = [text for question, passages in questions for text in (question, *map(_titled, passages))]
+        vectors = self._encoder.encode(texts)
+        calls = []
+        at = 0
+        for question, passages in questions:
+            query, scores = vectors[at], vectors[at + 1 : at + 1 + len(passages)] @ vectors[at]
+            at += 1 + len(passages)
+            context = sorted(
+                (ContextPassage(p.id, p.id, p.title, p.text, float(s)) for p, s in zip(passages, scores, strict=True)),
+                key=lambda c: -c.score,
+            )
+            calls.append(self._service.answer(question, query, context, backend=self.name, max_tokens=self._max_tokens))
+        return self._loop.run_until_complete(_timed(calls, self._answer_text))
 
     def close(self) -> None:
         """Stop generators and the private event loop."""
         self._loop.run_until_complete(self._service.stop())
         self._loop.close()
+
+
+def _titled(passage: Passage) -> str:
+    """A passage as the service embeds it: its title, then its text."""
+    return f"{passage.title}. {passage.text}" if passage.title else passage.text
+
+
+async def _timed(calls: Sequence[Awaitable[GroundedAnswer]], answer_text: str) -> list[tuple[SystemAnswer, float]]:
+    """Await the answers together, each with the ms from the start until it was done."""
+    started = time.perf_counter()
+
+    async def one(call: Awaitable[GroundedAnswer]) -> tuple[SystemAnswer, float]:
+        result = await call
+        return system_answer(result, answer_text), (time.perf_counter() - started) * 1000.0
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 def _reader(options: Mapping[str, Any], defaults: ServiceAnswerDefaults) -> ReaderBackend | None:
@@ -182,7 +216,13 @@ def _reader(options: Mapping[str, Any], defaults: ServiceAnswerDefaults) -> Read
         return None
     config = defaults.reader
     if choice:
-        config = ReaderConfig(path=choice, name=Path(choice).name) if config is None else replace(config, path=choice)
+        template = config or defaults.reader_settings or ReaderConfig(path="")
+        config = replace(template, path=choice, name=config.name if config else Path(choice).name)
+    if config is not None and "reader_precision" in options:
+        precision = str(options["reader_precision"])
+        if precision not in get_args(Precision):
+            raise SuiteError(f"reader_precision must be one of {list(get_args(Precision))}, not {precision!r}")
+        config = replace(config, precision=precision)  # type: ignore[arg-type]
     return ReaderBackend(config, defaults.reader_batching) if config is not None else None
 
 

@@ -34,7 +34,14 @@ import numpy as np
 
 from evals.answer_cases import Case, CaseBuilder
 from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness
-from evals.answers import OUTCOMES, AnswerBackendContext, AnswerSystem, SystemAnswer, answer_outcome
+from evals.answers import (
+    OUTCOMES,
+    AnswerBackendContext,
+    AnswerSystem,
+    ConcurrentAnswerSystem,
+    SystemAnswer,
+    answer_outcome,
+)
 from evals.context import RunContext, summarise
 from evals.datasets import (
     DatasetRecord,
@@ -200,12 +207,19 @@ class AnswerEvaluator:
     def _ask(self, system: AnswerSystem, cases: Sequence[Case], setting: str) -> tuple[list[SystemAnswer], list[float]]:
         answers: list[SystemAnswer] = []
         latencies: list[float] = []
+        together = self.spec.concurrency if isinstance(system, ConcurrentAnswerSystem) else 1
         with self.ctx.bar(len(cases), f"{self.task} questions ({setting})", "q") as bar:
-            for case in cases:
-                started = time.perf_counter()
-                answers.append(system.answer(case.example.question, case.passages))
-                latencies.append((time.perf_counter() - started) * 1000.0)
-                bar.update(1)
+            for at in range(0, len(cases), together):
+                chunk = cases[at : at + together]
+                if isinstance(system, ConcurrentAnswerSystem) and together > 1:
+                    answered = system.answer_many([(c.example.question, c.passages) for c in chunk])
+                else:
+                    started = time.perf_counter()
+                    one = system.answer(chunk[0].example.question, chunk[0].passages)
+                    answered = [(one, (time.perf_counter() - started) * 1000.0)]
+                answers.extend(a for a, _ in answered)
+                latencies.extend(ms for _, ms in answered)
+                bar.update(len(chunk))
         return answers, latencies
 
     def _score(

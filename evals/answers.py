@@ -93,6 +93,15 @@ class AnswerSystem(Protocol):
         ...
 
 
+@runtime_checkable
+class ConcurrentAnswerSystem(AnswerSystem, Protocol):
+    """A backend that can answer several questions at once (the service's backends, through their batchers)."""
+
+    def answer_many(self, questions: Sequence[tuple[str, Sequence[Passage]]]) -> list[tuple[SystemAnswer, float]]:
+        """Answer every question at once; each answer with its latency in ms from the start of the call."""
+        ...
+
+
 @dataclass(frozen=True)
 class AnswerBackendContext:
     """What a factory gets to build a backend.

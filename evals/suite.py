@@ -179,6 +179,13 @@ class AnswerTask(_Model):
         "(test), drawn from a hash of each article's name",
     )
     split_salt: str = Field(default="", description="the article split's salt (as `candor train reader --split-salt`)")
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="questions in flight at once: the service's backends answer them together through their "
+        "batchers (a reader evaluation runs several times faster); latencies are then per question under that load",
+    )
 
     @field_validator("settings", "probes")
     @classmethod

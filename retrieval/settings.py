@@ -22,7 +22,7 @@ from retrieval.batcher import BatcherConfig
 from retrieval.encoder import Device, EncoderConfig
 from retrieval.index import IndexKind, IndexSpec
 from retrieval.knowledge import ChunkingConfig
-from retrieval.reader import ReaderConfig
+from retrieval.reader import Precision, ReaderConfig
 from retrieval.recommend import RecommenderConfig
 
 # ``[answers]`` keeps the support thresholds as flat keys: each key, and the SupportConfig field it fills.
@@ -148,6 +148,7 @@ class ReaderSettings(Section):
     name: str = "reader"
     path: str = ""
     device: Device = "auto"
+    precision: Precision = "int8"
     threads: int = Field(default=0, ge=0)
     max_seq_length: int = Field(default=0, ge=0)
     doc_stride: int = Field(default=0, ge=0)

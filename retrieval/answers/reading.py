@@ -242,7 +242,7 @@ class ReaderBackend:
             self._batcher = None
 
     def describe(self) -> dict[str, Any]:
-        """The reader's name, weights digest, device and registry version (``loaded: false`` before start)."""
+        """The reader's name, weights digest, device, precision and registry version (``loaded: false`` unstarted)."""
         if self._reader is None:
             return {"name": self.config.name, "loaded": False}
         return {**self._reader.info.identity(), "registry_version": self.version, "loaded": True}

@@ -202,3 +202,56 @@ def test_the_configured_threshold_overrides_the_cards(trained: ReaderTrainReport
     assert asyncio.run(threshold(ReaderConfig(path=folder, device="cpu", min_confidence=0.2))) == 0.2
     with pytest.raises(ValueError, match="probability"):
         ReaderConfig(path=folder, min_confidence=1.5)
+
+
+def test_an_int8_reader_reads_the_same_spans_at_about_the_same_scores(trained: ReaderTrainReport) -> None:
+    full = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu", precision="fp32"))
+    int8 = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu", precision="int8"))
+    assert (full.info.precision, int8.info.precision) == ("fp32", "int8")
+    assert int8.info.identity()["precision"] == "int8"  # answers and audit records say how it computed
+    assert int8.info.version == full.info.version  # the same weights
+    assert int8.info.parameters == full.info.parameters
+    quantized = [m for m in int8._model.modules() if "quantized" in type(m).__module__]
+    assert len(quantized) >= 6 * 4  # every linear layer of the six encoder layers (and the head)
+    requests = [
+        ReadRequest("How long does delivery take?", "Standard delivery takes 3 to 7 business days in the EU."),
+        ReadRequest("What is the mug made of?", "The travel mug is made of stainless steel and holds 350 ml."),
+        ReadRequest("When can items be returned?", "Most items can be returned within 30 days of delivery."),
+    ]
+    for a, b, request in zip(full.read(requests), int8.read(requests), requests, strict=True):
+        assert a is not None
+        assert b is not None
+        assert request.context[b.start : b.end].strip() == b.text
+        assert abs(a.score - b.score) < 0.25 * max(1.0, abs(a.score))  # int8 rounding moves scores a little
+
+
+def test_the_harness_answers_questions_together_as_it_does_one_at_a_time(
+    trained: ReaderTrainReport, encoder: Encoder
+) -> None:
+    from app.cli_eval import service_answer_backends
+    from app.settings import Settings
+    from evals.answer_backends import ServiceAnswerSystem
+    from evals.answers import AnswerBackendContext, ConcurrentAnswerSystem, Passage
+
+    settings = Settings()
+    factory = service_answer_backends(settings)["extractive"]
+    options = {"reader": str(trained.folder), "reader_min_confidence": 0.0}
+    system = factory(AnswerBackendContext(options=options, encoder=lambda: encoder))
+    assert isinstance(system, ServiceAnswerSystem)
+    assert isinstance(system, ConcurrentAnswerSystem)
+    described = system.describe()["reader"]
+    assert described["path"] == str(trained.folder)
+    assert described["precision"] == settings.reader.precision == "int8"  # the service's default on a CPU
+    passages = [
+        Passage("kb-1", "Standard delivery takes 3 to 7 business days.", "Delivery"),
+        Passage("kb-2", "Most items can be returned within 30 days.", "Returns"),
+    ]
+    questions = [(q, passages) for q in ("How long does delivery take?", "When can I return an item?", "Returns?")]
+    try:
+        one_by_one = [system.answer(q, p) for q, p in questions]
+        together = system.answer_many(questions)
+    finally:
+        system.close()
+    # Every window is read alone on the CPU, so an int8 answer does not depend on what it was batched with.
+    assert [a for a, _ in together] == one_by_one
+    assert all(ms > 0 for _, ms in together)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from evals.answer_baselines import OverlapBaseline
 from evals.answers import (
     AnswerBackendContext,
     AnswerSystem,
+    ConcurrentAnswerSystem,
     Passage,
     SystemAnswer,
     available_backends,
@@ -274,6 +276,41 @@ def test_one_setting_and_no_probes(tmp_path: Path, backends: None, encoder: Any)
     assert {m.get("setting") for m in run.results["metrics"]} == {"gold"}
     assert "abstention_recall" not in _values(run.results, "gold")
     assert not run.gates_passed  # the gate names a figure the run could not produce
+
+
+class ConcurrentOracle(Oracle):
+    """The oracle, answering questions in groups (as the service's backends do through their batchers)."""
+
+    name = "concurrent-oracle"
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+
+    def answer_many(self, questions: Sequence[tuple[str, Sequence[Passage]]]) -> list[tuple[SystemAnswer, float]]:
+        self.groups.append(len(questions))
+        return [(self.answer(q, p), 1.0) for q, p in questions]
+
+
+def test_concurrent_questions_score_as_one_at_a_time(tmp_path: Path, backends: None, encoder: Any) -> None:
+    made: list[ConcurrentOracle] = []
+
+    def factory(ctx: AnswerBackendContext) -> AnswerSystem:
+        made.append(ConcurrentOracle())
+        return made[-1]
+
+    assert isinstance(ConcurrentOracle(), ConcurrentAnswerSystem)
+    assert not isinstance(Oracle(), ConcurrentAnswerSystem)
+    options = RunOptions(state_dir=tmp_path / "state", progress=False, encoder=encoder)
+    one = run_suite(load_suite(str(_suite(tmp_path, "oracle"))), options)
+    suite = load_suite(str(_suite(tmp_path, "together")), ["answers.mini.concurrency=5"])
+    together = run_suite(suite, replace(options, answer_backends={"together": factory}))
+    for setting in ("open", "gold"):
+        quality = {k: v for k, v in _values(one.results, setting).items() if "latency" not in k}
+        assert quality
+        assert {k: v for k, v in _values(together.results, setting).items() if "latency" not in k} == quality
+    (system,) = made
+    assert max(system.groups) == 5  # questions went five at a time
+    assert sum(system.groups) == 2 * (len(GOLD) + 3 * 4)
 
 
 def test_backend_context_carries_options(tmp_path: Path, encoder: Any) -> None:
