@@ -31,8 +31,8 @@ from litestar.openapi.spec import (
 
 from app import models, schemas
 from app.auth import KeyStore
+from app.bounded_work import BoundedWork
 from app.errors import EXCEPTION_HANDLERS
-from app.explanations import ExplanationQueue
 from app.hooks import check_api_request, reject_unknown_query
 from app.metrics import Metrics
 from app.observability import RequestContextMiddleware
@@ -220,7 +220,19 @@ def create_app(
             answers=answers,
             config_digest=settings.digest(),
             models=serving,
-            explanations=ExplanationQueue(settings.audit.ig_workers, settings.audit.ig_max_pending),
+            explanations=BoundedWork(
+                "explanations",
+                settings.audit.ig_workers,
+                settings.audit.ig_max_pending,
+                nice=settings.audit.background_nice,
+                torch_threads=settings.audit.ig_threads,
+            ),
+            reports=BoundedWork(
+                "reports",
+                settings.audit.report_workers,
+                settings.audit.report_max_pending,
+                nice=settings.audit.background_nice,
+            ),
         )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
@@ -255,6 +267,7 @@ def create_app(
                 task.cancel()
             await answers.stop()
             app.state.services.explanations.close()
+            app.state.services.reports.close()
             if engine.status == "ready":
                 await engine.stop()
             if audit is not None:

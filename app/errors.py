@@ -25,7 +25,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap
 
-from app.explanations import ExplanationsBusyError
+from app.bounded_work import WorkBusyError
 from app.observability import current_request_id
 from app.schemas import ErrorResponse
 from retrieval.errors import (
@@ -180,12 +180,12 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             {"model": exc.model},
             _retry_after(exc.retry_after_s),
         )
-    if isinstance(exc, ExplanationsBusyError):
+    if isinstance(exc, WorkBusyError):
         return error_response(
             429,
             "overloaded",
-            "too many explanations are being computed; retry later",
-            {"queue": "explanations", "pending": exc.pending},
+            f"too many {exc.queue} are being computed; retry later",
+            {"queue": exc.queue, "pending": exc.pending},
             _retry_after(exc.retry_after_s),
         )
     if isinstance(exc, OverloadedError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from litestar.datastructures import State
 
 from app.auth import KeyStore
-from app.explanations import ExplanationQueue
+from app.bounded_work import BoundedWork
 from app.metrics import Metrics
 from app.models import ServingModels
 from app.settings import Settings
@@ -28,7 +28,8 @@ class Services:
     audit: AuditLog | None = None
     config_digest: str = ""
     models: ServingModels = field(default_factory=ServingModels)
-    explanations: ExplanationQueue = field(default_factory=lambda: ExplanationQueue(1, 4))
+    explanations: BoundedWork = field(default_factory=lambda: BoundedWork("explanations", 1, 4))
+    reports: BoundedWork = field(default_factory=lambda: BoundedWork("reports", 1, 4))
 
 
 def provide_services(state: State) -> Services:

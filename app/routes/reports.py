@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio.to_thread
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
@@ -35,7 +34,7 @@ def _period_bound(name: str, value: str | None) -> datetime | None:
     summary="Compliance report (EU AI Act articles 9-15 and 50, DSA article 27)",
     guards=[require_roles("reviewer", "admin")],
     media_type="application/octet-stream",
-    responses=documented_errors(*CALLER_ERRORS, 503),
+    responses=documented_errors(*CALLER_ERRORS, 429, 503),
 )
 async def compliance_report(
     services: NamedDependency[Services],
@@ -63,8 +62,9 @@ async def compliance_report(
         facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=start, until=end)
         return facts, render(facts, fmt)
 
-    # Reading the evaluation run, the git state and the audit log, plotting and PDF layout all block.
-    facts, body = await anyio.to_thread.run_sync(build)
+    # Reading the evaluation run, the git state and the audit log, plotting and PDF layout all block: on the reports'
+    # own bounded threads, one build shared by identical requests.
+    facts, body = await services.reports.run_blocking(f"compliance:{fmt}:{start}:{end}", build)
     stamp = facts.generated_at.strftime("%Y%m%dT%H%M%SZ")
     return Response(
         body,
@@ -85,7 +85,7 @@ def _duration(name: str, value: str) -> timedelta:
     tags=["governance"],
     summary="Live drift check over the audit log (query embeddings, top scores, abstention and feedback rates)",
     guards=[require_roles("reviewer", "admin")],
-    responses=documented_errors(*CALLER_ERRORS, 503),
+    responses=documented_errors(*CALLER_ERRORS, 429, 503),
 )
 async def drift_report(
     services: NamedDependency[Services],
@@ -106,9 +106,11 @@ async def drift_report(
     span, before = _duration("window", window or cfg.window), _duration("reference", reference or cfg.reference)
     caller = caller_of(request)
     try:
-        # Reading two windows and a few hundred permutations of a kernel matrix block: a worker thread.
-        return await anyio.to_thread.run_sync(
-            lambda: check_drift(log, cfg.to_config(), window=span, reference=before, caller=caller)
+        # Reading two windows and a few hundred permutations of a kernel matrix block: the reports' own threads;
+        # identical requests at once share one check (and its chained record).
+        return await services.reports.run_blocking(
+            f"drift:{span}:{before}",
+            lambda: check_drift(log, cfg.to_config(), window=span, reference=before, caller=caller),
         )
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc
