@@ -51,6 +51,8 @@ from retrieval.registry import ModelRegistry, ModelVersion
 
 SourceFormat = Literal["squad", "pack"]
 HELD_OUT_TASK = "heldout"
+HELD_OUT_CONCURRENCY = 16
+"""Held-out questions answered at once (through the reader's batcher): the same answers, several times faster."""
 REPORTED = ("em", "f1", "abstention_recall", "abstention_precision", "citation_precision")
 
 
@@ -262,6 +264,7 @@ def held_out_suite(
         max_questions=max_questions,
         articles="test",
         split_salt=source.salt,
+        concurrency=HELD_OUT_CONCURRENCY,
     )
     options = {"reader": reader} if backend == "extractive" else {}
     suite = Suite(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -43,6 +44,15 @@ class Server:
 # The served encoder's device: the CPU by default, so results do not depend on the machine; a CUDA machine runs
 # this suite against a server on its GPU with CANDOR_TEST_SERVER_DEVICE=cuda (bench/gpu_check.sh does).
 SERVER_DEVICE = os.environ.get("CANDOR_TEST_SERVER_DEVICE", "cpu")
+
+
+def tally(test: str, **counts: int) -> None:
+    """Add one test's request counts to ``$CANDOR_TEST_TALLY`` (JSON lines), when set: ``python -m bench.hostile``
+    runs the hostile and contract tests at a larger size and sums their counts into one figure."""
+    path = os.environ.get("CANDOR_TEST_TALLY")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"test": test, **counts}) + "\n")
 
 
 def free_port() -> int:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, reviewer_key
+from tests.e2e.conftest import Server, reviewer_key, tally
 
 
 def call(server: Server, method: str, path: str, key: str | None, **kwargs: Any) -> httpx.Response:
@@ -200,8 +201,18 @@ async def _send_all(server: Server, requests: list[tuple[str, Any]]) -> list[htt
 
 
 def test_generated_hostile_bodies_get_a_4xx_or_a_valid_200(server: Server) -> None:
-    requests = hostile_bodies(seed=23, n=400)
+    requests = hostile_bodies(seed=23, n=int(os.environ.get("CANDOR_TEST_HOSTILE_BODIES", "400")))
     responses = asyncio.run(_send_all(server, requests))
+    tally(
+        "hostile_bodies",
+        requests=len(responses),
+        server_errors=sum(r.status_code >= 500 for r in responses),
+        violations=sum(
+            r.status_code < 500
+            and not (set(r.json()) == {"error", "request_id"} if r.status_code >= 400 else finite_numbers(r.json()))
+            for r in responses
+        ),
+    )
     for (path, body), response in zip(requests, responses, strict=True):
         assert response.status_code < 500, (path, body, response.text[:300])
         data = response.json()

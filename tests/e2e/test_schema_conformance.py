@@ -35,7 +35,7 @@ from schemathesis.checks import (
 )
 
 from app.auth import KeyStore
-from tests.e2e.conftest import Server, started_server
+from tests.e2e.conftest import Server, started_server, tally
 
 CHECKS = [
     not_a_server_error,
@@ -88,6 +88,7 @@ def api_schema(contract_server: Server) -> Any:
 def test_every_operation_keeps_to_its_documented_contract(api_schema: Any, role_keys: dict[str, str]) -> None:
     """Schema-valid and schema-violating requests alike: the answer is always one the document describes."""
     failures: list[str] = []
+    sent = 0
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 20
     for operation in operations:
@@ -106,7 +107,9 @@ def test_every_operation_keeps_to_its_documented_contract(api_schema: Any, role_
                 # An empty object has no form in a query string: it goes out as an empty value, which is a valid
                 # string, so the "schema-violating" request is a valid one on the wire.
                 assume(not any(value == {} for value in (case.query or {}).values()))
+                nonlocal sent
                 for key in role_keys.values():
+                    sent += 1
                     case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS)
 
             try:
@@ -115,6 +118,7 @@ def test_every_operation_keeps_to_its_documented_contract(api_schema: Any, role_
                 assert mode is GenerationMode.NEGATIVE, operation.label
             except (Exception, BaseExceptionGroup) as exc:  # every operation's failures, not just the first
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
+    tally("contract", requests=sent, operations=len(operations), failed_operations=len(failures))
     assert not failures, "\n\n".join(failures)
 
 
