@@ -11,6 +11,7 @@ from app.explanations import ExplanationQueue
 from app.metrics import Metrics
 from app.models import ServingModels
 from app.settings import Settings
+from app.web.sessions import SessionStore
 from governance.audit import AuditLog
 from retrieval.answers import AnswerService
 from retrieval.engine import RetrievalEngine
@@ -29,6 +30,7 @@ class Services:
     config_digest: str = ""
     models: ServingModels = field(default_factory=ServingModels)
     explanations: ExplanationQueue = field(default_factory=lambda: ExplanationQueue(1, 4))
+    sessions: SessionStore = field(default_factory=SessionStore)
 
 
 def provide_services(state: State) -> Services:
