@@ -215,7 +215,10 @@ class ConsoleController(Controller):
                 attribution_error = exc.message
         request_body = body.get("request")
         query = request_body.get("query") if isinstance(request_body, dict) else None
-        output = body.get("output") if isinstance(body.get("output"), dict) else {}
+        raw_output = body.get("output")
+        output: dict[str, Any] = raw_output if isinstance(raw_output, dict) else {}
+        # Looked up here: in a template, a dict without "items" would yield its .items method.
+        results = output.get("items") if isinstance(output.get("items"), list) else []
         explanations = {e.get("id"): e for e in body.get("explanation") or [] if isinstance(e, dict)}
         return _page(
             "console_record.html",
@@ -224,6 +227,7 @@ class ConsoleController(Controller):
             view=record_view(stored),
             body=body,
             output=output,
+            results=results,
             explanations=explanations,
             query=query if isinstance(query, str) else None,
             reviews=reviews,

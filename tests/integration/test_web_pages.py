@@ -192,6 +192,9 @@ def test_console_review_is_a_chained_record_and_everything_is_escaped(site: Site
     assert review["record"]["caller"]["role"] == "reviewer"
     assert review["prev_hash"]
     assert review["seq"] > record["seq"]
+    review_page = console.get(f"/console/records/{review['id']}")
+    assert review_page.status_code == 200
+    assert "&lt;img src=x" in review_page.text
     assert site.api("GET", "/v1/audit/verify", site.reviewer).json()["ok"] is True
     verify = console.get("/console/verify")
     assert verify.status_code == 200
