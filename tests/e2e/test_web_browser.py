@@ -150,6 +150,20 @@ def test_console_filter_open_approve_verify_report(web: Browser) -> None:
     )
     assert search.status_code == 200, search.text
     record_id = search.json()["audit_id"]
+    # A shopper reports another result: it joins the review queue.
+    reported = httpx.post(
+        f"{server.base_url}/v1/search",
+        headers=server.headers(server.frontend_key),
+        json={"query": "steel water bottle", "k": 2},
+        timeout=120,
+    ).json()["audit_id"]
+    feedback = httpx.post(
+        f"{server.base_url}/v1/feedback",
+        headers=server.headers(server.frontend_key),
+        json={"audit_id": reported, "event": "report"},
+        timeout=60,
+    )
+    assert feedback.status_code == 201, feedback.text
 
     page = sign_in(web.page(), "console", web.reviewer)
     assert page.url.endswith("/console/records")
@@ -198,6 +212,12 @@ def test_console_filter_open_approve_verify_report(web: Browser) -> None:
         page.get_by_role("link", name="Review queue").click()
     assert page.locator("h1").inner_text() == "Review queue"
     check_page(page, "console-queue")
+    queued = page.locator("section", has=page.get_by_role("link", name=reported))
+    queued.get_by_label(re.compile("^Note")).fill("Needs the catalogue team")
+    with page.expect_navigation():
+        queued.get_by_role("button", name=re.compile("^Escalate")).click()
+    assert "Decision recorded as" in page.inner_text("main")
+    assert "escalated" in page.locator("section", has=page.get_by_role("link", name=reported)).inner_text()
     with page.expect_navigation():
         page.get_by_role("link", name="Chain verification").click()
     assert "Verified." in page.inner_text("main")
