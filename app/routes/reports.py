@@ -51,16 +51,17 @@ async def compliance_report(
     """
     if format not in REPORT_FORMATS:
         raise invalid("format", f"must be one of {', '.join(REPORT_FORMATS)}")
+    fmt: ReportFormat = format
     start, end = _period_bound("since", since), _period_bound("until", until)
     try:
         check_period(start, end)
     except ValueError as exc:
         raise invalid("until", str(exc)) from exc
-    facts, body = await compliance_facts_and_body(services, format, start, end)
+    facts, body = await compliance_facts_and_body(services, fmt, start, end)
     return Response(
         body,
-        media_type=MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'inline; filename="{report_filename(facts, format)}"'},
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'inline; filename="{report_filename(facts, fmt)}"'},
     )
 
 
