@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from app.auth import Principal
 from app.web.console import highlighted_tokens
 from app.web.headers import API_POLICY, PAGE_POLICY, REPORT_POLICY, policy_for
-from app.web.sessions import HISTORY_LENGTH, SessionStore, tokens_match
+from app.web.sessions import HISTORY_LENGTH, Portal, SessionStore, session_cookie, tokens_match
 
 REVIEWER = Principal(key_id="abcd1234", role="reviewer")
 
@@ -92,3 +95,13 @@ def test_attribution_shades_scale_with_the_largest_and_join_word_pieces() -> Non
     assert shaded[0]["text"] == "<script>"  # escaped by the template, not here
     assert shaded[2] == {"text": "el", "joined": True, "value": 0.05, "shade": "pos-1"}
     assert highlighted_tokens([]) == []
+
+
+@pytest.mark.parametrize(("scheme", "secure"), [("https", True), ("http", False)])
+def test_session_cookie_is_secure_over_tls(scheme: str, secure: bool) -> None:
+    request: Any = SimpleNamespace(url=SimpleNamespace(scheme=scheme))
+    cookie = session_cookie(Portal("console", "/console", ("reviewer",)), request, "sid", None)
+    assert cookie.secure is secure
+    assert cookie.httponly is True
+    assert cookie.samesite == "strict"
+    assert cookie.path == "/console"
