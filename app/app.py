@@ -28,6 +28,7 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
+from litestar.static_files import create_static_files_router
 
 from app import models, schemas
 from app.auth import KeyStore
@@ -45,6 +46,10 @@ from app.routes.recommend import RecommendationController
 from app.routes.reports import compliance_report, drift_report
 from app.settings import Settings
 from app.state import Services, provide_services
+from app.web import pages
+from app.web.console import ConsoleController
+from app.web.demo import DemoController
+from app.web.headers import SecurityHeadersMiddleware
 from governance.audit import AuditLog
 from governance.report import MEDIA_TYPES as REPORT_MEDIA_TYPES
 from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
@@ -293,8 +298,16 @@ def create_app(
         before_request=check_api_request,
         security=[{"apiKey": []}],
     )
+    # The reviewer console and the demo page: server-rendered pages over the same code as the API routes.
+    web = Router(
+        path="/",
+        route_handlers=[ConsoleController, DemoController],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        include_in_schema=False,
+    )
+    static = create_static_files_router(path="/static", directories=[pages.STATIC], include_in_schema=False)
     app = Litestar(
-        route_handlers=[api, ops.live, ops.ready, ops.metrics],
+        route_handlers=[api, web, static, ops.live, ops.ready, ops.metrics],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=reject_unknown_query,
@@ -313,5 +326,7 @@ def create_app(
     )
     complete_openapi(app)
     # Wrap the whole ASGI handler (not per route) so 404s and errors also get request ids and metrics.
+    # Security headers go on every response, pages, reports and errors alike (app/web/headers.py).
+    app.asgi_handler = SecurityHeadersMiddleware(app.asgi_handler)
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics, access_log=settings.logging.access_log)
     return app

@@ -101,6 +101,17 @@ class KeyStore:
         role: Role = row[1]
         return Principal(key_id=parts[1], role=role)
 
+    def active(self, key_id: str) -> Principal | None:
+        """The principal of an unrevoked key by its id (a signed-in page session checks its key on every request)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT role FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        role: Role = row[0]
+        return Principal(key_id=key_id, role=role)
+
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by id; returns whether one was revoked."""
         with self._lock:

@@ -11,6 +11,7 @@ from app.bounded_work import BoundedWork
 from app.metrics import Metrics
 from app.models import ServingModels
 from app.settings import Settings
+from app.web.sessions import SessionStore
 from governance.audit import AuditLog
 from retrieval.answers import AnswerService
 from retrieval.engine import RetrievalEngine
@@ -30,6 +31,7 @@ class Services:
     models: ServingModels = field(default_factory=ServingModels)
     explanations: BoundedWork = field(default_factory=lambda: BoundedWork("explanations", 1, 4))
     reports: BoundedWork = field(default_factory=lambda: BoundedWork("reports", 1, 4))
+    sessions: SessionStore = field(default_factory=SessionStore)
 
 
 def provide_services(state: State) -> Services:

@@ -491,19 +491,25 @@ def _val(value: Any) -> str:
     return _num(value)
 
 
-def render_html(facts: ComplianceFacts) -> str:
-    """The compliance report as one self-contained HTML page (plots embedded as PNG data URIs)."""
+def report_plots(facts: ComplianceFacts) -> dict[str, str | None]:
+    """The report's plots (traffic, latency, reviews, metrics) as PNG data URIs; ``None`` where nothing to plot."""
     audit = facts.audit
     endpoints = list(audit.endpoints) if audit is not None else []
-    metrics = headline_metrics(facts.evaluation)
     # Only figures on a 0-1 scale share one axis readably (novelty, for one, is in bits); the table has them all.
-    bounded = [m for m in metrics if 0.0 <= float(m["value"]) <= 1.0]
-    plots = {
+    bounded = [m for m in headline_metrics(facts.evaluation) if 0.0 <= float(m["value"]) <= 1.0]
+    return {
         "traffic": plot_traffic(endpoints) if endpoints else None,
         "latency": plot_latency(endpoints) if endpoints else None,
         "reviews": plot_reviews(audit.reviews) if audit is not None else None,
         "metrics": plot_metrics(bounded) if bounded else None,
     }
+
+
+def render_html(facts: ComplianceFacts) -> str:
+    """The compliance report as one self-contained HTML page (plots embedded as PNG data URIs)."""
+    audit = facts.audit
+    metrics = headline_metrics(facts.evaluation)
+    plots = report_plots(facts)
     evaluation = facts.evaluation
     failed_gates = [g for g in (evaluation or {}).get("gates", []) if not g.get("passed")]
     return str(

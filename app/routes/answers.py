@@ -23,7 +23,7 @@ from app.auditing import audit_call
 from app.auth import model_for_caller, require_roles, sees_internals
 from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
-from app.routes.recommend import check_text
+from app.routes.recommend import FRONTEND_ROLES, check_text
 from app.schemas import (
     AnswerRequest,
     AnswerResponse,
@@ -112,6 +112,63 @@ def answer_event(request: AnswerRequest, answer: GroundedAnswer, response: Answe
     )
 
 
+def answer_parameters(services: Services, data: AnswerRequest) -> tuple[str, int, int, str]:
+    """Check an answer request against the configured limits and backends.
+
+    Returns:
+        The stripped question, ``k_context``, ``max_tokens`` and the backend's name.
+
+    Raises:
+        ApiError: 400 for a value out of range or a backend this service does not run.
+    """
+    cfg = services.settings.answers
+    question = check_text("question", data.question, cfg.max_question_chars)
+    k = data.k_context or cfg.k_context
+    if k > cfg.max_k_context:
+        raise invalid("k_context", f"must be between 1 and {cfg.max_k_context}")
+    max_tokens = data.max_tokens or cfg.max_tokens
+    if max_tokens > cfg.max_tokens_limit:
+        raise invalid("max_tokens", f"must be between 1 and {cfg.max_tokens_limit}")
+    backend = data.backend or cfg.default_backend
+    if backend not in services.answers.backends:
+        raise ApiError(
+            400,
+            "backend_unavailable",
+            f"backend {backend!r} is not configured on this service",
+            {"backend": backend, "available": list(services.answers.backends)},
+        )
+    return question, k, max_tokens, backend
+
+
+async def run_answer(services: Services, request: Request[Any, Any, Any], data: AnswerRequest) -> AnswerResponse:
+    """Answer one question without streaming and audit it, as ``POST /v1/answers`` does (the demo page too).
+
+    Args:
+        services: The running service's parts.
+        request: The HTTP request (its caller is recorded; admin keys see the remote model's address).
+        data: The validated request body.
+
+    Returns:
+        The response, with its ``audit_id``.
+    """
+    started = time.perf_counter()
+    cfg = services.settings.answers
+    question, k, max_tokens, backend = answer_parameters(services, data)
+    request_id = current_request_id()
+    engine = services.engine
+    # One lease for the question's vector and the answer's sentence vectors: one encoder makes them all.
+    async with engine.lease():
+        # Twice k: passages kept out of the context (they address the model) must not shrink it.
+        vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
+        result = await services.answers.answer(
+            question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
+        )
+    response = answer_out(result, cfg.disclosure_notice, request_id, internals=sees_internals(request))
+    event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
+    response.audit_id = await audit_call(services, request, event, started, query_vector=vector)
+    return response
+
+
 def _event(name: str, payload: Any) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=msgspec.json.encode(payload).decode(), event=name)
 
@@ -125,7 +182,7 @@ class AnswerController(Controller):
     @post(
         "/answers",
         status_code=200,
-        guards=[require_roles("frontend", "admin")],
+        guards=[require_roles(*FRONTEND_ROLES)],
         summary="Answer a question from the shop's documents and items, with citations",
         responses={
             200: ResponseSpec(AnswerResponse, description="The answer (or, with stream, SSE events)"),
@@ -146,38 +203,14 @@ class AnswerController(Controller):
         the error shape. Every answer is audited before it is sent; abstentions and low-confidence answers join the
         review queue.
         """
+        if not data.stream:
+            return Response(await run_answer(services, request, data))
         started = time.perf_counter()
         cfg = services.settings.answers
-        question = check_text("question", data.question, cfg.max_question_chars)
-        k = data.k_context or cfg.k_context
-        if k > cfg.max_k_context:
-            raise invalid("k_context", f"must be between 1 and {cfg.max_k_context}")
-        max_tokens = data.max_tokens or cfg.max_tokens
-        if max_tokens > cfg.max_tokens_limit:
-            raise invalid("max_tokens", f"must be between 1 and {cfg.max_tokens_limit}")
+        question, k, max_tokens, backend = answer_parameters(services, data)
         answers = services.answers
-        backend = data.backend or cfg.default_backend
-        if backend not in answers.backends:
-            raise ApiError(
-                400,
-                "backend_unavailable",
-                f"backend {backend!r} is not configured on this service",
-                {"backend": backend, "available": list(answers.backends)},
-            )
         request_id = current_request_id()
         engine = services.engine
-        if not data.stream:
-            # One lease for the question's vector and the answer's sentence vectors: one encoder makes them all.
-            async with engine.lease():
-                # Twice k: passages kept out of the context (they address the model) must not shrink it.
-                vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
-                result = await answers.answer(
-                    question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
-                )
-            response = answer_out(result, cfg.disclosure_notice, request_id, internals=sees_internals(request))
-            event = answer_event(data, result, response, services.settings.audit.review_confidence_below)
-            response.audit_id = await audit_call(services, request, event, started, query_vector=vector)
-            return Response(response)
         # Retrieved here, so overload and bad input still answer with their HTTP status before the stream starts.
         vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
         retrieved_with = engine.encoder_info.version

@@ -20,7 +20,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from app.auditing import audit_call, audit_unavailable, caller_of
-from app.auth import require_roles
+from app.auth import Role, require_roles
 from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import FeedbackRequest, FeedbackResponse, ReviewRequest
@@ -34,23 +34,44 @@ from governance.audit import (
     record_view,
 )
 from governance.audit.store import REVIEW_STATES
+from governance.types import VerifyReport
 
 T = TypeVar("T")
 MAX_LIMIT = 500
 KINDS = ("inference", "feedback", "review", "purge", "erase", "model", "drift", "bias")
 EXPLANATION_METHODS = ("stored", "integrated-gradients")
+# Who may read the audit log and reports, and who may record decisions (the API and the console alike).
+READ_ROLES: tuple[Role, ...] = ("reviewer", "admin")
+DECIDE_ROLES: tuple[Role, ...] = ("reviewer",)
 
 
-def _log(services: Services) -> AuditLog:
+def audit_log_of(services: Services) -> AuditLog:
+    """The service's audit log.
+
+    Raises:
+        ApiError: 503 ``audit_disabled`` when the deployment runs without one.
+    """
     if services.audit is None:
         raise ApiError(503, "audit_disabled", "the audit log is disabled in this deployment")
     return services.audit
 
 
-async def _run(fn: Callable[[], T]) -> T:
+async def audit_io(fn: Callable[[], T]) -> T:
     """Run a blocking audit-store call in a thread, mapping store failures to 503."""
     try:
         return await asyncio.to_thread(fn)
+    except AuditUnavailableError as exc:
+        raise audit_unavailable(exc) from exc
+
+
+async def verify_chain(services: Services) -> VerifyReport:
+    """Verify the whole chain now (the verify route and the console both call this).
+
+    Hashing the whole chain is Python work: it runs on the reports' own threads, one run shared by concurrent callers.
+    """
+    log = audit_log_of(services)
+    try:
+        return await services.reports.run_blocking("verify", log.verify)
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc
 
@@ -105,7 +126,7 @@ class AuditController(Controller):
     """The audit log, for reviewers."""
 
     path = "/audit"
-    guards = [require_roles("reviewer", "admin")]  # noqa: RUF012 - Litestar reads this class attribute
+    guards = [require_roles(*READ_ROLES)]  # noqa: RUF012 - Litestar reads this class attribute
     tags = ["governance"]  # noqa: RUF012
 
     @get(
@@ -125,7 +146,7 @@ class AuditController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """Records in ``[since, until)``, optionally of one endpoint, kind or review states (comma-separated)."""
-        log = _log(services)
+        log = audit_log_of(services)
         lo, hi = parse_time("since", since), parse_time("until", until)
         if lo is not None and hi is not None and lo > hi:
             raise invalid("since", "must not be after until")
@@ -146,7 +167,7 @@ class AuditController(Controller):
             before_seq=parse_cursor(cursor),
             limit=check_limit(limit),
         )
-        rows = await _run(lambda: log.find(query))
+        rows = await audit_io(lambda: log.find(query))
         return _page(rows, query.limit)
 
     @get(
@@ -156,11 +177,11 @@ class AuditController(Controller):
     )
     async def read_record(self, record_id: FromPath[str], services: NamedDependency[Services]) -> dict[str, Any]:
         """The chained record, its derived review state and the review records about it."""
-        log = _log(services)
-        stored = await _run(lambda: log.get(record_id))
+        log = audit_log_of(services)
+        stored = await audit_io(lambda: log.get(record_id))
         if stored is None:
             raise _not_found(record_id)
-        reviews = await _run(lambda: log.reviews_of(record_id))
+        reviews = await audit_io(lambda: log.reviews_of(record_id))
         return {**record_view(stored), "reviews": reviews, "request_id": current_request_id()}
 
     @get(
@@ -176,29 +197,17 @@ class AuditController(Controller):
         ``integrated-gradients`` attributes the query's tokens for the top results (Captum
         LayerIntegratedGradients on the encoder), computed once and cached with the record.
         """
-        log = _log(services)
+        log = audit_log_of(services)
         if method not in EXPLANATION_METHODS:
             raise invalid("method", f"must be one of {', '.join(EXPLANATION_METHODS)}")
-        stored = await _run(lambda: log.get(record_id))
+        stored = await audit_io(lambda: log.get(record_id))
         if stored is None:
             raise _not_found(record_id)
         if stored.body is None:
             raise ApiError(410, "audit_record_purged", f"the content of {record_id} was purged under retention")
         if method == "stored":
             return {"id": record_id, "method": "stored", "explanation": stored.body.get("explanation")}
-        cached = await _run(lambda: log.cached_explanation(record_id, method))
-        if cached is not None:
-            return {"id": record_id, "method": method, "cached": True, **cached}
-        body = stored.body
-
-        async def compute() -> dict[str, Any]:
-            result = await attributions(services, body)
-            await _run(lambda: log.cache_explanation(record_id, method, result))
-            return result
-
-        # Its own bounded queue (429 when full), one computation per record however many ask at once.
-        result = await services.explanations.run(f"{record_id}:{method}", compute)
-        return {"id": record_id, "method": method, "cached": False, **result}
+        return {"id": record_id, "method": method, **await cached_attributions(services, log, record_id, stored.body)}
 
     @get(
         "/verify",
@@ -207,12 +216,7 @@ class AuditController(Controller):
     )
     async def verify(self, services: NamedDependency[Services]) -> dict[str, Any]:
         """``ok`` with the count, or the first record that fails and why."""
-        log = _log(services)
-        try:
-            # Hashing the whole chain is Python work: the reports' own threads, one run shared by concurrent callers.
-            report = await services.reports.run_blocking("verify", log.verify)
-        except AuditUnavailableError as exc:
-            raise audit_unavailable(exc) from exc
+        report = await verify_chain(services)
         out = dataclasses.asdict(report)
         out["checked_at"] = report.checked_at.isoformat() if report.checked_at else None
         return out
@@ -226,17 +230,17 @@ class AuditController(Controller):
         self, services: NamedDependency[Services], limit: FromQuery[int] = 50, cursor: FromQuery[str | None] = None
     ) -> dict[str, Any]:
         """Pending and escalated records, newest first."""
-        log = _log(services)
+        log = audit_log_of(services)
         check_limit(limit)
         before = parse_cursor(cursor)
-        rows = await _run(lambda: log.review_queue(limit=limit, before_seq=before))
+        rows = await audit_io(lambda: log.review_queue(limit=limit, before_seq=before))
         return _page(rows, limit)
 
     @post(
         "/records/{record_id:str}/review",
         status_code=201,
         summary="Record a human-oversight decision (a new chained record)",
-        guards=[require_roles("reviewer")],
+        guards=[require_roles(*DECIDE_ROLES)],
         responses=documented_errors(*CALLER_ERRORS, *BODY_ERRORS, 404, 503),
     )
     async def review(
@@ -247,21 +251,65 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
     ) -> dict[str, Any]:
         """Approve, reject or escalate a record; approve and reject take it out of the review queue."""
-        log = _log(services)
-        try:
-            review_id = await log.review(record_id, data.decision, data.note, caller_of(request))
-        except AuditNotFoundError as exc:
-            raise _not_found(record_id) from exc
-        except AuditUnavailableError as exc:
-            raise audit_unavailable(exc) from exc
-        stored = await _run(lambda: log.get(record_id))
-        return {
-            "review_id": review_id,
-            "record_id": record_id,
-            "decision": data.decision,
-            "review_state": stored.review_state if stored else None,
-            "request_id": current_request_id(),
-        }
+        return await record_review(services, request, record_id, data)
+
+
+async def record_review(
+    services: Services, request: Request[Any, Any, Any], record_id: str, data: ReviewRequest
+) -> dict[str, Any]:
+    """Chain one human-oversight decision about a record (the review route and the console both call this).
+
+    Args:
+        services: The running service's parts.
+        request: The HTTP request; its caller (a reviewer key) is named in the review record.
+        record_id: The record decided on.
+        data: The decision and its note.
+
+    Returns:
+        ``review_id``, ``record_id``, ``decision``, the record's new ``review_state`` and the ``request_id``.
+
+    Raises:
+        ApiError: 404 for an unknown record, 503 when the audit log is disabled or cannot be written.
+    """
+    log = audit_log_of(services)
+    try:
+        review_id = await log.review(record_id, data.decision, data.note, caller_of(request))
+    except AuditNotFoundError as exc:
+        raise _not_found(record_id) from exc
+    except AuditUnavailableError as exc:
+        raise audit_unavailable(exc) from exc
+    stored = await audit_io(lambda: log.get(record_id))
+    return {
+        "review_id": review_id,
+        "record_id": record_id,
+        "decision": data.decision,
+        "review_state": stored.review_state if stored else None,
+        "request_id": current_request_id(),
+    }
+
+
+async def cached_attributions(
+    services: Services, log: AuditLog, record_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """A record's integrated-gradients token attributions: cached with the record, or computed once and cached.
+
+    The explanation route and the console both call this. Computations run in their own bounded queue (429 when
+    full), one per record however many ask at once.
+
+    Returns:
+        ``cached`` (whether it was computed earlier) and what :func:`attributions` returns.
+    """
+    method = "integrated-gradients"
+    cached = await audit_io(lambda: log.cached_explanation(record_id, method))
+    if cached is not None:
+        return {"cached": True, **cached}
+
+    async def compute() -> dict[str, Any]:
+        result = await attributions(services, body)
+        await audit_io(lambda: log.cache_explanation(record_id, method, result))
+        return result
+
+    return {"cached": False, **await services.explanations.run(f"{record_id}:{method}", compute)}
 
 
 async def attributions(services: Services, body: dict[str, Any]) -> dict[str, Any]:
@@ -312,8 +360,8 @@ async def feedback(
 ) -> FeedbackResponse:
     """What a shopper did with an audited response; ``report`` puts that response in the review queue."""
     started = time.perf_counter()
-    log = _log(services)
-    target = await _run(lambda: log.get(data.audit_id))
+    log = audit_log_of(services)
+    target = await audit_io(lambda: log.get(data.audit_id))
     if target is None or target.kind != "inference":
         raise ApiError(
             404, "audit_record_not_found", f"no audited response with id {data.audit_id}", {"audit_id": data.audit_id}

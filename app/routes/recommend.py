@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from app.auditing import audit_call
-from app.auth import require_roles
+from app.auth import Role, require_roles
 from app.errors import BODY_ERRORS, CALLER_ERRORS, documented_errors, invalid
 from app.observability import current_request_id
 from app.schemas import (
@@ -35,6 +35,9 @@ from app.state import Services
 from governance.audit import AuditEvent
 from retrieval.engine import Ranked, RetrievalEngine
 from retrieval.types import Filters, HistoryEntry, ScoredItem
+
+# Who may search, get recommendations and ask (the API routes and the demo page alike).
+FRONTEND_ROLES: tuple[Role, ...] = ("frontend", "admin")
 
 
 def check_text(field: str, value: str, max_chars: int) -> str:
@@ -123,11 +126,113 @@ def _unexplained(item: ItemOut) -> dict[str, Any]:
     return fields
 
 
+async def run_search(services: Services, request: Request[Any, Any, Any], data: SearchRequest) -> SearchResponse:
+    """Run and audit one search, as ``POST /v1/search`` does (the demo page calls it too).
+
+    Args:
+        services: The running service's parts.
+        request: The HTTP request (its caller is recorded in the audit record).
+        data: The validated request body.
+
+    Returns:
+        The response, with its ``audit_id``.
+    """
+    started = time.perf_counter()
+    engine, limits = services.engine, services.settings.limits
+    query = check_text("query", data.query, limits.max_query_chars)
+    check_common(data.k, data.exclude, limits)
+    request_id = current_request_id()
+    ranked = await engine.search(
+        query,
+        k=data.k,
+        filters=to_filters(data.filters),
+        exclude=data.exclude,
+        diversity=data.diversity,
+        request_id=request_id,
+    )
+    response = SearchResponse(items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id)
+    event = ranked_event("/v1/search", data, response)
+    response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
+    return response
+
+
+async def run_recommendation(
+    services: Services, request: Request[Any, Any, Any], data: RecommendationRequest
+) -> RecommendationResponse:
+    """Run and audit one recommendation, as ``POST /v1/recommendations`` does (the demo page calls it too).
+
+    Args:
+        services: The running service's parts.
+        request: The HTTP request (its caller is recorded in the audit record).
+        data: The validated request body.
+
+    Returns:
+        The response, with its ``audit_id``.
+    """
+    started = time.perf_counter()
+    engine, limits = services.engine, services.settings.limits
+    modes = {
+        name: value
+        for name, value in (
+            ("query", data.query),
+            ("item_id", data.item_id),
+            ("history", data.history),
+            ("user_id", data.user_id),
+        )
+        if value is not None
+    }
+    if len(modes) != 1:
+        given = ", ".join(modes) or "none"
+        raise invalid("query|item_id|history|user_id", f"give exactly one (got: {given})")
+    check_common(data.k, data.exclude, limits)
+    filters = to_filters(data.filters)
+    request_id = current_request_id()
+    k, exclude, diversity = data.k, data.exclude, data.diversity
+    mode = next(iter(modes))
+    ranked: Ranked
+    if data.query is not None:
+        query = check_text("query", data.query, limits.max_query_chars)
+        ranked = await engine.search(
+            query, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
+        )
+    elif data.item_id is not None:
+        ranked = await engine.more_like_this(
+            data.item_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
+        )
+    elif data.history is not None:
+        if not data.history:
+            raise invalid("history", "must list at least one item")
+        if len(data.history) > limits.max_history:
+            raise invalid("history", f"at most {limits.max_history} entries")
+        history = [
+            HistoryEntry(e.item_id, e.weight) if isinstance(e, HistoryEntryIn) else HistoryEntry(e)
+            for e in data.history
+        ]
+        ranked = await engine.recommend_for_history(
+            history, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
+        )
+    else:
+        assert data.user_id is not None
+        ranked = await engine.recommend_for_user(
+            data.user_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
+        )
+    response = RecommendationResponse(
+        items=[item_out(s) for s in ranked.items],
+        mode=mode,
+        model=model_out(engine, ranked),
+        request_id=request_id,
+        ignored_history=ranked.ignored_history,
+    )
+    event = ranked_event("/v1/recommendations", data, response)
+    response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
+    return response
+
+
 class RecommendationController(Controller):
     """Search and recommendations for the frontend."""
 
     path = "/"
-    guards = [require_roles("frontend", "admin")]  # noqa: RUF012 - Litestar reads this class attribute
+    guards = [require_roles(*FRONTEND_ROLES)]  # noqa: RUF012 - Litestar reads this class attribute
     tags = ["recommendations"]  # noqa: RUF012
 
     @post(
@@ -140,25 +245,7 @@ class RecommendationController(Controller):
         self, data: JSONBody[SearchRequest], services: NamedDependency[Services], request: Request[Any, Any, Any]
     ) -> SearchResponse:
         """Items best matching a free-text query, each with the fields that matched; the call is audited."""
-        started = time.perf_counter()
-        engine, limits = services.engine, services.settings.limits
-        query = check_text("query", data.query, limits.max_query_chars)
-        check_common(data.k, data.exclude, limits)
-        request_id = current_request_id()
-        ranked = await engine.search(
-            query,
-            k=data.k,
-            filters=to_filters(data.filters),
-            exclude=data.exclude,
-            diversity=data.diversity,
-            request_id=request_id,
-        )
-        response = SearchResponse(
-            items=[item_out(s) for s in ranked.items], model=model_out(engine), request_id=request_id
-        )
-        event = ranked_event("/v1/search", data, response)
-        response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
-        return response
+        return await run_search(services, request, data)
 
     @post(
         "/recommendations",
@@ -173,60 +260,4 @@ class RecommendationController(Controller):
         request: Request[Any, Any, Any],
     ) -> RecommendationResponse:
         """Items for a shopper; history items are never returned, and each item says what led to it (audited)."""
-        started = time.perf_counter()
-        engine, limits = services.engine, services.settings.limits
-        modes = {
-            name: value
-            for name, value in (
-                ("query", data.query),
-                ("item_id", data.item_id),
-                ("history", data.history),
-                ("user_id", data.user_id),
-            )
-            if value is not None
-        }
-        if len(modes) != 1:
-            given = ", ".join(modes) or "none"
-            raise invalid("query|item_id|history|user_id", f"give exactly one (got: {given})")
-        check_common(data.k, data.exclude, limits)
-        filters = to_filters(data.filters)
-        request_id = current_request_id()
-        k, exclude, diversity = data.k, data.exclude, data.diversity
-        mode = next(iter(modes))
-        ranked: Ranked
-        if data.query is not None:
-            query = check_text("query", data.query, limits.max_query_chars)
-            ranked = await engine.search(
-                query, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
-            )
-        elif data.item_id is not None:
-            ranked = await engine.more_like_this(
-                data.item_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
-            )
-        elif data.history is not None:
-            if not data.history:
-                raise invalid("history", "must list at least one item")
-            if len(data.history) > limits.max_history:
-                raise invalid("history", f"at most {limits.max_history} entries")
-            history = [
-                HistoryEntry(e.item_id, e.weight) if isinstance(e, HistoryEntryIn) else HistoryEntry(e)
-                for e in data.history
-            ]
-            ranked = await engine.recommend_for_history(
-                history, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
-            )
-        else:
-            assert data.user_id is not None
-            ranked = await engine.recommend_for_user(
-                data.user_id, k=k, filters=filters, exclude=exclude, diversity=diversity, request_id=request_id
-            )
-        response = RecommendationResponse(
-            items=[item_out(s) for s in ranked.items],
-            mode=mode,
-            model=model_out(engine, ranked),
-            request_id=request_id,
-            ignored_history=ranked.ignored_history,
-        )
-        event = ranked_event("/v1/recommendations", data, response)
-        response.audit_id = await audit_call(services, request, event, started, query_vector=ranked.query_vector)
-        return response
+        return await run_recommendation(services, request, data)

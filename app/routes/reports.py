@@ -13,6 +13,7 @@ from app.auditing import audit_unavailable, caller_of
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
 from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
+from app.routes.audit import READ_ROLES
 from app.state import Services
 from governance.audit import AuditUnavailableError
 from governance.drift import check_drift, parse_duration
@@ -32,7 +33,7 @@ def _period_bound(name: str, value: str | None) -> datetime | None:
     "/reports/compliance",
     tags=["governance"],
     summary="Compliance report (EU AI Act articles 9-15 and 50, DSA article 27)",
-    guards=[require_roles("reviewer", "admin")],
+    guards=[require_roles(*READ_ROLES)],
     media_type="application/octet-stream",
     responses=documented_errors(*CALLER_ERRORS, 429, 503),
 )
@@ -55,22 +56,46 @@ async def compliance_report(
         check_period(start, end)
     except ValueError as exc:
         raise invalid("until", str(exc)) from exc
+    facts, body = await compliance_facts_and_body(services, fmt, start, end)
+    return Response(
+        body,
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'inline; filename="{report_filename(facts, fmt)}"'},
+    )
+
+
+async def compliance_facts_and_body(
+    services: Services, fmt: ReportFormat, since: datetime | None = None, until: datetime | None = None
+) -> tuple[ComplianceFacts, bytes]:
+    """Gather the report's facts now and render them (the report route and the console both call this).
+
+    Args:
+        services: The running service's parts.
+        fmt: ``html``, ``json`` or ``pdf``.
+        since: Start of the audit figures' period (``None``: open).
+        until: End of the audit figures' period (``None``: open).
+
+    Returns:
+        The facts and the rendered report.
+
+    Raises:
+        NotReadyError: The engine is not ready yet (503).
+    """
     engine = services.engine
     engine.require_ready()
 
     def build() -> tuple[ComplianceFacts, bytes]:
-        facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=start, until=end)
+        facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=since, until=until)
         return facts, render(facts, fmt)
 
     # Reading the evaluation run, the git state and the audit log, plotting and PDF layout all block: on the reports'
     # own bounded threads, one build shared by identical requests.
-    facts, body = await services.reports.run_blocking(f"compliance:{fmt}:{start}:{end}", build)
-    stamp = facts.generated_at.strftime("%Y%m%dT%H%M%SZ")
-    return Response(
-        body,
-        media_type=MEDIA_TYPES[fmt],
-        headers={"Content-Disposition": f'inline; filename="candor-compliance-{stamp}.{fmt}"'},
-    )
+    return await services.reports.run_blocking(f"compliance:{fmt}:{since}:{until}", build)
+
+
+def report_filename(facts: ComplianceFacts, fmt: ReportFormat) -> str:
+    """The file name a report is offered under, stamped with the time it was generated."""
+    return f"candor-compliance-{facts.generated_at.strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
 
 
 def _duration(name: str, value: str) -> timedelta:
@@ -84,7 +109,7 @@ def _duration(name: str, value: str) -> timedelta:
     "/reports/drift",
     tags=["governance"],
     summary="Live drift check over the audit log (query embeddings, top scores, abstention and feedback rates)",
-    guards=[require_roles("reviewer", "admin")],
+    guards=[require_roles(*READ_ROLES)],
     responses=documented_errors(*CALLER_ERRORS, 429, 503),
 )
 async def drift_report(

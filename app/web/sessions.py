@@ -1,0 +1,209 @@
+"""Sessions and CSRF tokens for the pages (``/console``, ``/demo``).
+
+A person posts an API key once to a sign-in form. The server keeps the session (the key's id and role, a CSRF
+token, the demo's browsing history) in memory and hands the browser only a random session id, in an ``HttpOnly``,
+``SameSite=Strict`` cookie scoped to the page's path (``Secure`` over TLS). The key itself is never stored or sent
+back. Every request re-checks that the key is still active, so revoking it ends its sessions. Sessions end on sign-out,
+after :data:`IDLE_S` without a request, after :data:`MAX_AGE_S` in all, and when the process restarts.
+
+Forms carry the session's CSRF token (a synchronizer token, compared in constant time). The sign-in form, which has
+no session yet, uses a double-submit token: a random value in a short-lived ``HttpOnly`` cookie and in the form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Request, Response
+from litestar.datastructures import Cookie
+
+from app.auth import KeyStore, Principal, Role
+from app.errors import ApiError
+
+IDLE_S = 30 * 60
+MAX_AGE_S = 12 * 3600
+MAX_SESSIONS = 10_000
+HISTORY_LENGTH = 8
+CSRF_FIELD = "csrf_token"
+SIGN_IN_CSRF_MAX_AGE_S = 3600
+
+
+@dataclass(slots=True)
+class Session:
+    """One signed-in browser."""
+
+    key_id: str
+    role: Role
+    portal: str
+    csrf: str
+    created: float
+    seen: float
+    history: list[str] = field(default_factory=list)
+
+    def remember(self, item_id: str) -> None:
+        """Add an item the person opened to the demo's browsing history (most recent last, no repeats)."""
+        if item_id in self.history:
+            self.history.remove(item_id)
+        self.history.append(item_id)
+        del self.history[:-HISTORY_LENGTH]
+
+
+def _digest(session_id: str) -> str:
+    # Stored by digest, so the table in memory holds nothing a cookie could be rebuilt from.
+    return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
+
+
+class SessionStore:
+    """Page sessions in memory, bounded in number (the oldest go first) and in time.
+
+    Args:
+        max_sessions: Most sessions held at once.
+        idle_s: Seconds without a request after which a session ends.
+        max_age_s: Seconds after sign-in after which a session ends.
+    """
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS, idle_s: float = IDLE_S, max_age_s: float = MAX_AGE_S) -> None:
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.max_sessions = max_sessions
+        self.idle_s = idle_s
+        self.max_age_s = max_age_s
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, principal: Principal, portal: str) -> tuple[str, Session]:
+        """Start a session for a verified key.
+
+        Returns:
+            The session id (for the cookie) and the session.
+        """
+        now = time.time()
+        session_id = secrets.token_urlsafe(32)
+        session = Session(principal.key_id, principal.role, portal, secrets.token_urlsafe(32), now, now)
+        self._sessions[_digest(session_id)] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return session_id, session
+
+    def get(self, session_id: str, portal: str) -> Session | None:
+        """The live session behind a cookie value, for one portal; expired ones are dropped."""
+        digest = _digest(session_id)
+        session = self._sessions.get(digest)
+        if session is None or session.portal != portal:
+            return None
+        now = time.time()
+        if now - session.seen > self.idle_s or now - session.created > self.max_age_s:
+            del self._sessions[digest]
+            return None
+        session.seen = now
+        self._sessions.move_to_end(digest)
+        return session
+
+    def end(self, session_id: str) -> None:
+        """End a session (sign-out)."""
+        self._sessions.pop(_digest(session_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Portal:
+    """A set of pages behind one sign-in: its path, its session cookie and the roles it admits."""
+
+    name: str
+    path: str
+    roles: tuple[Role, ...]
+
+    @property
+    def cookie(self) -> str:
+        """The session cookie's name."""
+        return f"candor_{self.name}_session"
+
+    @property
+    def sign_in_cookie(self) -> str:
+        """The sign-in form's double-submit CSRF cookie."""
+        return f"candor_{self.name}_signin"
+
+
+def _secure(request: Request[Any, Any, Any]) -> bool:
+    return request.url.scheme == "https"
+
+
+def session_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int | None) -> Cookie:
+    """The session cookie (an empty value with ``max_age=0`` clears it)."""
+    return Cookie(
+        key=portal.cookie,
+        value=value,
+        path=portal.path,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        max_age=max_age,
+    )
+
+
+def sign_in_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int) -> Cookie:
+    """The sign-in form's CSRF cookie."""
+    return Cookie(
+        key=portal.sign_in_cookie,
+        value=value,
+        path=portal.path,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        max_age=max_age,
+    )
+
+
+def new_token() -> str:
+    """A fresh random token (CSRF)."""
+    return secrets.token_urlsafe(32)
+
+
+def current_session(request: Request[Any, Any, Any], portal: Portal, sessions: SessionStore) -> Session | None:
+    """The request's live session for ``portal`` whose key is still active and admitted, or ``None``.
+
+    On success the caller is set on the request as an API key would set it, so audit records name the key.
+    """
+    session_id = request.cookies.get(portal.cookie)
+    if not session_id:
+        return None
+    session = sessions.get(session_id, portal.name)
+    if session is None:
+        return None
+    keys: KeyStore = request.app.state.services.keys
+    principal = keys.active(session.key_id)
+    if principal is None or principal.role not in portal.roles:
+        sessions.end(session_id)
+        return None
+    request.scope["candor_principal"] = principal  # type: ignore[typeddict-unknown-key]
+    return session
+
+
+def tokens_match(expected: str, given: object) -> bool:
+    """Compare a CSRF token in constant time (missing or non-text tokens never match)."""
+    return isinstance(given, str) and bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def csrf_refused() -> ApiError:
+    """The 403 a form post without a valid CSRF token gets (the project's error shape)."""
+    return ApiError(403, "csrf_failed", "the form's CSRF token is missing or wrong; reload the page and try again")
+
+
+def check_csrf(session: Session, form: dict[str, Any]) -> None:
+    """Refuse a form whose CSRF token is not the session's.
+
+    Raises:
+        ApiError: 403 ``csrf_failed``.
+    """
+    if not tokens_match(session.csrf, form.get(CSRF_FIELD)):
+        raise csrf_refused()
+
+
+def clear_cookies(portal: Portal, request: Request[Any, Any, Any], response: Response[Any]) -> None:
+    """Expire the session cookie on a response (sign-out, a dead session)."""
+    response.set_cookie(session_cookie(portal, request, "", 0))
