@@ -8,6 +8,7 @@ from litestar.datastructures import State
 
 from app.auth import KeyStore
 from app.explanations import ExplanationQueue
+from app.fleet import Follower
 from app.metrics import Metrics
 from app.models import ServingModels
 from app.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     config_digest: str = ""
     models: ServingModels = field(default_factory=ServingModels)
     explanations: ExplanationQueue = field(default_factory=lambda: ExplanationQueue(1, 4))
+    fleet: Follower | None = None
 
 
 def provide_services(state: State) -> Services:
