@@ -31,8 +31,8 @@ def resolve_workers(settings: Settings) -> int:
     """How many HTTP processes to run: ``server.workers``; when 0, one per core beside a CUDA device, 1 on CPUs.
 
     One process per core on a GPU machine: a process's event loop, not the GPU, is the limit there (about 1.2 ms of
-    CPU per search). On the CPU the encoder already takes every core, and a second replica has been measured to
-    gain nothing on 2 cores (docs/performance.md#several-workers).
+    CPU per search). On the CPU the encoder already takes every core, and on 2 cores a search costs the same CPU
+    with one or two workers (docs/performance.md#several-workers).
     """
     if settings.server.workers > 0:
         return settings.server.workers

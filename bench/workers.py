@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("warning", "console")
     settings = load_settings()
     queries, key = prepare_load(args, "bench-workers")
+    load_before = os.getloadavg()  # other jobs on a shared host move these figures: say how busy it was
     single, multi = [], []
     for _ in range(args.rounds):
         single.append(run(1, args, key, queries))
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python -m bench workers", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
+        "host_load_average": {"before": [round(x, 2) for x in load_before], "after": list(os.getloadavg())},
         "workload": {
             "endpoint": "POST /v1/search",
             "k": 10,
