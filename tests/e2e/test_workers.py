@@ -1,8 +1,9 @@
-"""Several processes on one state folder: ``candor serve --workers 2``, and replicas writing one PostgreSQL chain.
+"""Several processes on one state folder: a replica running ``candor serve --workers 2`` beside a one-process one.
 
-Both start from an empty state folder on a small pack, so the first start (the catalog seeded and embedded once,
-the others opening it) is part of what is checked. Clients open a new connection per request, so requests land
-on every process.
+All three processes write one audit chain (PostgreSQL when the test server answers, else the state folder's
+SQLite). They start together on an empty state folder with a small pack, so the first start (the catalog seeded
+and embedded once, the others opening it) is part of what is checked. Clients open a new connection per request,
+so requests land on every process.
 """
 
 from __future__ import annotations
