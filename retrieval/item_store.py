@@ -337,7 +337,12 @@ class ItemStore:
         return created
 
     def _apply_upsert(self, item: Item, vector: np.ndarray) -> bool:
-        new_ids, replaced = self.catalog.upsert([item], vector.reshape(1, -1), self._encoder.info.version)
+        try:
+            new_ids, replaced = self.catalog.upsert([item], vector.reshape(1, -1), self._encoder.info.version)
+        except ValueError as exc:
+            # Another process on this state folder moved the catalog to another encoder; this one follows when its
+            # models reload. Until then its writes are refused with 503 and Retry-After, not mixed in.
+            raise NotReadyError(f"the catalog is moving to another encoder ({exc})", "swapping") from exc
         self.index.add(new_ids, vector.reshape(1, -1))
         self.index.remove(replaced)
         return not replaced
