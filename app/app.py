@@ -34,8 +34,10 @@ from app import models, schemas
 from app.auth import KeyStore
 from app.bounded_work import BoundedWork
 from app.errors import EXCEPTION_HANDLERS
+from app.fleet import FleetSignals, Follower
 from app.hooks import check_api_request, reject_unknown_query
 from app.metrics import Metrics
+from app.models import apply_pins
 from app.observability import RequestContextMiddleware
 from app.routes import ops
 from app.routes.admin import reload_models
@@ -190,6 +192,7 @@ def create_app(
     show_progress: bool = True,
     encoder: Encoder | None = None,
     on_ready: Callable[[], None] | None = None,
+    start_before_serving: bool = False,
 ) -> Litestar:
     """Build the service.
 
@@ -198,6 +201,8 @@ def create_app(
         show_progress: Draw a progress bar when the first start embeds the catalog.
         encoder: An already loaded encoder to serve with (tests); by default the configured one is loaded.
         on_ready: Called on the event loop once the engine (and a local generator loaded at startup) is ready.
+        start_before_serving: Load the engine before accepting connections (a worker of several on one socket: the
+            kernel then hands connections only to workers that are ready, also to one restarted after a crash).
 
     Returns:
         The Litestar app; serve it with any ASGI server.
@@ -213,6 +218,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         keys = KeyStore(state_dir / "candor.sqlite")
+        fleet = Follower(FleetSignals(state_dir / "fleet.sqlite"), settings.server.sync_interval_ms / 1000)
         audit = AuditLog(settings.audit_config()) if settings.audit.enabled else None
         if audit is not None:
             await audit.start()  # a store that cannot be opened is logged; audited routes then answer 503
@@ -238,6 +244,7 @@ def create_app(
                 settings.audit.report_max_pending,
                 nice=settings.audit.background_nice,
             ),
+            fleet=fleet,
         )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
@@ -256,18 +263,23 @@ def create_app(
             local = answers.generators.get("local")
             if local is not None and settings.generator.local.load == "startup":
                 await local.start()
+            # Changes made through other processes on this state folder (workers, replicas) from now on.
+            fleet.start(engine.catch_up, lambda: apply_pins(settings, engine, answers, app.state.services.models))
             if on_ready is not None:
                 on_ready()
 
         startup = asyncio.create_task(start())
         # The task's failure is recorded on the engine (status "failed") and logged there.
         startup.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if start_before_serving:
+            await startup  # a failure stops this process before it serves (uvicorn's supervisor then stops)
         try:
             yield
         finally:
             if not startup.done():
                 startup.cancel()
             await asyncio.gather(startup, return_exceptions=True)
+            await fleet.stop()
             for task in list(app.state.background_tasks):
                 task.cancel()
             await answers.stop()
@@ -278,6 +290,7 @@ def create_app(
             if audit is not None:
                 await audit.stop()
             keys.close()
+            fleet.signals.close()
 
     api = Router(
         path="/v1",

@@ -36,36 +36,89 @@ main.add_command(models_group)
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default from config).")
 @click.option("--port", type=int, default=None, help="Port (default from config).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="HTTP processes on the one port (default: server.workers; 0: one per core beside a GPU, 1 on CPUs).",
+)
 @CONFIG_OPTION
-def serve(host: str | None, port: int | None, config_file: Path | None) -> None:
+def serve(host: str | None, port: int | None, workers: int | None, config_file: Path | None) -> None:
     """Run the HTTP service."""
     import uvicorn
 
-    from app.app import create_app
     from app.observability import configure_logging
-    from app.runtime import tune_gc, tune_interpreter
-    from app.server import protocol_class
+    from app.workers import WORKER_ENV, resolve_workers
 
     server: dict[str, Any] = {}
     if host is not None:
         server["host"] = host
     if port is not None:
         server["port"] = port
+    if workers is not None:
+        server["workers"] = workers
     settings = load_settings_or_fail(config_file, {"server": server} if server else None)
     configure_logging(settings.logging.level, settings.logging.format)
+    count = resolve_workers(settings)
+    options: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        # An idle kept-alive connection is closed after keep_alive_timeout_s; the protocol class adds a deadline
+        # for reading each whole request (request_read_timeout_s: 408 or close).
+        "timeout_keep_alive": settings.server.keep_alive_timeout_s,
+    }
+    if count > 1:
+        _serve_workers(settings, count, config_file, server, options)
+        return
+
+    from app.app import create_app
+    from app.runtime import tune_gc, tune_interpreter
+    from app.server import protocol_class
+
+    os.environ.pop(WORKER_ENV, None)
     tune_interpreter(settings.server)
     app = create_app(settings, on_ready=lambda: tune_gc(settings.server))
+    uvicorn.run(app, http=protocol_class(settings.server.request_read_timeout_s), **options)
+
+
+def _serve_workers(
+    settings: Any, count: int, config_file: Path | None, server: dict[str, Any], options: dict[str, Any]
+) -> None:
+    """Run ``count`` worker processes under uvicorn's supervisor (see :mod:`app.workers`)."""
+    import uvicorn
+
+    from app.app import bootstrap_keys
+    from app.auth import KeyStore
+    from app.workers import WORKER_ENV
+
+    # Workers are spawned and read their settings again: hand them what this command line chose.
+    if config_file is not None:
+        os.environ["CANDOR_CONFIG"] = str(config_file.resolve())
+    for key, value in {**server, "workers": count}.items():
+        os.environ[f"CANDOR_SERVER__{key.upper()}"] = str(value)
+    os.environ[WORKER_ENV] = str(count)
+    # First-run keys are made here, once, not by N workers racing to create them.
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auth.bootstrap_keys:
+        keys = KeyStore(settings.state_dir / "candor.sqlite")
+        try:
+            created = bootstrap_keys(keys, settings.state_dir)
+        finally:
+            keys.close()
+        if created is not None:
+            print(f"candor: created a frontend and an admin API key in {created}", file=sys.stderr, flush=True)
     uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        # Slow clients: a whole request must arrive within request_read_timeout_s (408 or close), and an idle
-        # kept-alive connection is closed after keep_alive_timeout_s.
-        http=protocol_class(settings.server.request_read_timeout_s),
-        timeout_keep_alive=settings.server.keep_alive_timeout_s,
+        "app.workers:worker_app",
+        factory=True,
+        workers=count,
+        http="app.workers:HttpProtocol",
+        # A worker loads its models before it serves; its health pings are answered meanwhile by a thread, which
+        # may wait for the interpreter while weights load.
+        timeout_worker_healthcheck=30,
+        **options,
     )
 
 

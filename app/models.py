@@ -204,3 +204,26 @@ async def apply_reader(settings: Settings, answers: AnswerService, serving: Serv
         await old.stop()
     logger.info("reader_swapped", previous=before, current=after)
     return {"kind": "reader", "changed": True, "from": before, "to": after}
+
+
+RELOAD_LOCK = asyncio.Lock()
+"""Held while a process resolves the pins and swaps models: one reload at a time, from the route or a follower."""
+
+
+async def apply_pins(
+    settings: Settings, engine: RetrievalEngine, answers: AnswerService, serving: ServingModels
+) -> list[dict[str, Any]]:
+    """Resolve the ``[models]`` pins again and swap in each kind that changed: encoder, recommender, reader.
+
+    Returns:
+        One ``{"kind", "changed", "from", "to"}`` per kind.
+
+    Raises:
+        RegistryError: The registry cannot be read.
+        ValueError: A pinned version cannot serve this catalog (the old one keeps serving).
+    """
+    async with RELOAD_LOCK:
+        encoder = await apply_encoder(settings, engine, serving)
+        recommender = await apply_recommender(settings, engine, serving)
+        reader = await apply_reader(settings, answers, serving)
+    return [encoder, recommender, reader]

@@ -50,6 +50,8 @@ class ServerSettings(Section):
     switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     gc_freeze_after_start: bool = True
     gc_thresholds: tuple[int, int, int] | tuple[()] = (10000, 50, 100)
+    workers: int = Field(default=0, ge=0, le=256)
+    sync_interval_ms: float = Field(default=500.0, gt=0)
 
 
 class PathSettings(Section):

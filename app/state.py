@@ -8,6 +8,7 @@ from litestar.datastructures import State
 
 from app.auth import KeyStore
 from app.bounded_work import BoundedWork
+from app.fleet import Follower
 from app.metrics import Metrics
 from app.models import ServingModels
 from app.settings import Settings
@@ -32,6 +33,7 @@ class Services:
     explanations: BoundedWork = field(default_factory=lambda: BoundedWork("explanations", 1, 4))
     reports: BoundedWork = field(default_factory=lambda: BoundedWork("reports", 1, 4))
     sessions: SessionStore = field(default_factory=SessionStore)
+    fleet: Follower | None = None
 
 
 def provide_services(state: State) -> Services:

@@ -6,20 +6,28 @@ concurrent clients (audit on vs off). Prints one JSON document.
 Usage::
 
     python -m bench audit [--duration 10] [--concurrency 32] [--writers 64] [--state-dir var] [--out FILE]
+    python -m bench audit --processes 1,3 --dsn "host=127.0.0.1 dbname=test user=postgres" --skip-serving
 
 Write throughput: ``--writers`` coroutines call ``AuditLog.record`` in a loop for ``--duration`` seconds against a
 fresh SQLite store (or ``--dsn`` for PostgreSQL), with realistic search-sized records and the configured writer
 settings otherwise; sync mode waits for each commit, async mode does not. Serving: ``candor serve`` runs twice
 over the same state (audit off, then on) and is driven as in the serving benchmark.
+
+Several writers (``--processes 1,3``): for each count P, P processes (as P replicas or workers would) each run
+one audit log with ``--writers / P`` callers in sync mode against one fresh store (a new PostgreSQL schema with
+``--dsn``), starting together; the report gives the records/s of all of them together, each process's share, and
+whether the one chain they wrote verifies.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
 import tempfile
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -33,11 +41,8 @@ from governance.audit import AuditEvent, AuditLog, Retrieved
 GOAL_ADDED_P50 = 0.10
 
 
-async def write_rate(
-    mode: Literal["sync", "async"], writers: int, seconds: float, folder: Path, dsn: str
-) -> dict[str, Any]:
-    """Records/s committed by ``writers`` concurrent callers in one mode."""
-    config = replace(
+def _config(mode: Literal["sync", "async"], folder: Path, dsn: str) -> Any:
+    return replace(
         load_settings().audit_config(),
         backend="postgres" if dsn else "sqlite",
         dsn=dsn,
@@ -45,6 +50,13 @@ async def write_rate(
         key_path=folder / "key.pem",
         mode=mode,
     )
+
+
+async def write_rate(
+    mode: Literal["sync", "async"], writers: int, seconds: float, folder: Path, dsn: str
+) -> dict[str, Any]:
+    """Records/s committed by ``writers`` concurrent callers in one mode."""
+    config = _config(mode, folder, dsn)
     log = AuditLog(config)
     await log.start()
     items: list[Retrieved] = [{"id": f"item-{i}", "score": 0.8 - i / 100} for i in range(10)]
@@ -83,6 +95,65 @@ async def write_rate(
     }
 
 
+def _write_from_process(writers: int, seconds: float, folder: Path, dsn: str, start_at: float) -> dict[str, Any]:
+    """One process of :func:`writer_processes`: wait for the common start, then write for ``seconds``."""
+    configure_logging("warning", "console")
+    time.sleep(max(0.0, start_at - time.time()))
+    return asyncio.run(write_rate("sync", writers, seconds, folder, dsn))
+
+
+def _fresh_schema(dsn: str) -> str:
+    """A new empty schema on the server ``dsn`` names, and the DSN that writes into it."""
+    import psycopg
+
+    schema = f"candor_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{dsn} options='-c search_path={schema}'"
+
+
+def _drop_schema(dsn: str, target: str) -> None:
+    import psycopg
+
+    schema = target.rsplit("search_path=", 1)[1].rstrip("'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def writer_processes(processes: int, writers: int, seconds: float, folder: Path, dsn: str) -> dict[str, Any]:
+    """Records/s that ``processes`` processes appending to one store together commit, and whether the chain verifies."""
+    target = _fresh_schema(dsn) if dsn else ""
+    run_folder = folder / f"p{processes}"
+    run_folder.mkdir()
+    each = max(1, writers // processes)
+    start_at = time.time() + 8.0  # spawned processes import the project first
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        runs = pool.starmap(
+            _write_from_process, [(each, seconds, run_folder, target, start_at) for _ in range(processes)]
+        )
+    log = AuditLog(_config("sync", run_folder, target))
+    log.open()
+    try:
+        report = log.verify()
+    finally:
+        log.close()
+        if dsn:
+            _drop_schema(dsn, target)
+    committed = sum(r["records_committed"] for r in runs)
+    return {
+        "processes": processes,
+        "writers_per_process": each,
+        "records_committed": committed,
+        "records_per_s": round(committed / seconds, 1),
+        "per_process_records_per_s": [r["records_per_s"] for r in runs],
+        "mean_group_commit": [r["mean_group_commit"] for r in runs],
+        "failed": sum(r["failed"] for r in runs),
+        "chain_verifies": bool(report.ok),
+        "chain_records": report.count,
+        "checkpoints": report.checkpoints,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print (and optionally write) its JSON report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,21 +165,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating off/on serving runs (medians reported)")
     parser.add_argument("--dsn", default="", help="measure write rates on this PostgreSQL instead of SQLite")
     parser.add_argument("--skip-serving", action="store_true", help="only the write-rate runs")
+    parser.add_argument(
+        "--processes", default="", help="comma-separated process counts writing one store together (e.g. 1,3)"
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="state folder (default: the configured one)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     configure_logging("warning", "console")
-    with tempfile.TemporaryDirectory(prefix="candor-audit-bench-") as tmp:
-        writes = [
-            asyncio.run(write_rate(mode, args.writers, args.duration, Path(tmp), args.dsn))
-            for mode in ("sync", "async")
-        ]
+    store = "postgres" if args.dsn else "sqlite"
     report: dict[str, Any] = {
         "benchmark": "audit",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "write_throughput": {"store": "postgres" if args.dsn else "sqlite", "runs": writes},
     }
+    with tempfile.TemporaryDirectory(prefix="candor-audit-bench-") as tmp:
+        if args.processes:
+            counts = [int(n) for n in args.processes.split(",")]
+            runs = [writer_processes(n, args.writers, args.duration, Path(tmp), args.dsn) for n in counts]
+            report["writer_processes"] = {"store": store, "duration_s": args.duration, "runs": runs}
+        else:
+            writes = [
+                asyncio.run(write_rate(mode, args.writers, args.duration, Path(tmp), args.dsn))
+                for mode in ("sync", "async")
+            ]
+            report["write_throughput"] = {"store": store, "runs": writes}
     if not args.skip_serving:
         queries, key = prepare_load(args, "bench-audit")
         # Alternate off/on runs so that load from elsewhere on a shared machine hits both alike.

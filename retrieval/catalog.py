@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS items (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS removed (faiss_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
+CREATE INDEX IF NOT EXISTS removed_seq ON removed(seq);
 """
 
 
@@ -96,6 +99,27 @@ class CatalogView:
 _EMPTY = CatalogView({}, {}, {})
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogChanges:
+    """What other processes committed to the catalog since this one last caught up (:meth:`ItemCatalog.changes`).
+
+    Attributes:
+        seq: The catalog's change sequence these changes reach.
+        written: ``(item, faiss_id, vector)`` of every item written after the last catch-up.
+        removed: FAISS ids whose vectors were deleted or replaced after it.
+        encoder_version: The encoder that made the stored vectors.
+        index_generation: Grows with every index rebuild (a process then reopens the published snapshot).
+        data_version: SQLite's counter of other connections' commits when read.
+    """
+
+    seq: int
+    written: list[tuple[Item, int, np.ndarray]]
+    removed: list[int]
+    encoder_version: str | None
+    index_generation: int
+    data_version: int
+
+
 class ItemCatalog:
     """Items with their vectors, each under a FAISS id that changes whenever its vector does.
 
@@ -109,15 +133,20 @@ class ItemCatalog:
         self.dim = dim
         self._lock = threading.RLock()
         self._db = connect(self.path)
-        self._db.executescript(_SCHEMA)
+        with transaction(self._db):  # the write lock: another process may be creating the same file
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
         items: dict[str, Item] = {}
         faiss_of: dict[str, int] = {}
         item_of: dict[int, str] = {}
+        # The sequence before the rows: a write committed in between is applied again by the next catch-up.
+        self._data_version = self._data_version_now()
+        self._seq = int(self._meta("seq", "0"))
+        self.index_generation = int(self._meta("index_generation", "0"))
         for faiss_id, data in self._db.execute("SELECT faiss_id, data FROM items"):
             item = _item_from_json(data)
             items[item.id], faiss_of[item.id], item_of[faiss_id] = item, faiss_id, item.id
         self._view = CatalogView(items, faiss_of, item_of) if items else _EMPTY
-        self._seq = int(self._meta("seq", "0"))
 
     def close(self) -> None:
         """Close the database connection."""
@@ -136,9 +165,12 @@ class ItemCatalog:
             (key, value),
         )
 
+    def _data_version_now(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     @property
     def seq(self) -> int:
-        """Change sequence: grows by one with every committed write."""
+        """Change sequence this process's view holds every change up to (it grows by one with every write)."""
         return self._seq
 
     @property
@@ -244,15 +276,18 @@ class ItemCatalog:
         if len(items) != len(vectors):
             raise ValueError("one vector per item is required")
         with self._lock:
-            current = self.encoder_version
-            if current is not None and current != encoder_version and len(self._view):
-                raise ValueError(f"catalog vectors come from encoder {current}, not {encoder_version}")
-            next_id = int(self._meta("next_faiss_id", "0"))
-            seq = self._seq
-            new_ids = list(range(next_id, next_id + len(items)))
-            faiss_of = self._view.faiss_of
-            replaced = [faiss_of[i.id] for i in items if i.id in faiss_of]
+            # Sequence, FAISS ids and the replaced vectors are read inside the write transaction: other processes
+            # write this catalog too.
             with transaction(self._db):
+                current = self._meta("encoder_version", "") or None
+                if current is not None and current != encoder_version and self._count_rows():
+                    raise ValueError(f"catalog vectors come from encoder {current}, not {encoder_version}")
+                next_id = int(self._meta("next_faiss_id", "0"))
+                seq = first = int(self._meta("seq", "0"))
+                new_ids = list(range(next_id, next_id + len(items)))
+                stored = self._stored_faiss_ids([i.id for i in items])
+                faiss_of = self._view.faiss_of
+                replaced = sorted(set(stored.values()) | {faiss_of[i.id] for i in items if i.id in faiss_of})
                 for item, fid, vector in zip(items, new_ids, vectors, strict=True):
                     seq += 1
                     self._db.execute(
@@ -267,26 +302,58 @@ class ItemCatalog:
                             np.asarray(vector, dtype=np.float32).tobytes(),
                         ),
                     )
+                self._removed(stored.values(), seq)
                 self._set_meta("next_faiss_id", str(next_id + len(items)))
                 self._set_meta("seq", str(seq))
                 self._set_meta("encoder_version", encoder_version)
-            self._seq = seq
+            self._advance(first, seq)
             self._changed(upserted=list(zip(items, new_ids, strict=True)))
         return new_ids, replaced
 
     def delete(self, item_id: str) -> int | None:
         """Delete an item; returns the FAISS id its vector had, or ``None`` if it was not there."""
         with self._lock:
-            fid = self._view.faiss_of.get(item_id)
-            if fid is None:
-                return None
-            seq = self._seq + 1
             with transaction(self._db):
-                self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-                self._set_meta("seq", str(seq))
-            self._seq = seq
-            self._changed(deleted=[item_id])
+                fid = self._stored_faiss_ids([item_id]).get(item_id)
+                if fid is None:
+                    seq = None
+                else:
+                    seq = int(self._meta("seq", "0")) + 1
+                    self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                    self._removed([fid], seq)
+                    self._set_meta("seq", str(seq))
+            viewed = self._view.faiss_of.get(item_id)
+            if seq is not None:
+                self._advance(seq - 1, seq)
+            if viewed is not None:  # also when another process deleted it first: this view forgets it now
+                self._changed(deleted=[item_id])
         return fid
+
+    def _count_rows(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def _stored_faiss_ids(self, item_ids: Sequence[str]) -> dict[str, int]:
+        found = {}
+        for item_id in item_ids:
+            row = self._db.execute("SELECT faiss_id FROM items WHERE id = ?", (item_id,)).fetchone()
+            if row is not None:
+                found[item_id] = int(row[0])
+        return found
+
+    def _removed(self, faiss_ids: Iterable[int], seq: int) -> None:
+        """Record vectors that left the catalog, so other processes drop them from their indexes."""
+        self._db.executemany(
+            "INSERT INTO removed(faiss_id, seq) VALUES(?, ?) ON CONFLICT(faiss_id) DO UPDATE SET seq = excluded.seq",
+            [(int(fid), seq) for fid in faiss_ids],
+        )
+
+    def _advance(self, before: int, after: int) -> None:
+        """After this process's own write from sequence ``before`` to ``after``: move :attr:`seq` if no gap opens.
+
+        When another process wrote in between, :attr:`seq` stays until :meth:`changes` brings those writes in.
+        """
+        if before == self._seq:
+            self._seq = after
 
     def replace_vectors(self, vectors: dict[str, np.ndarray], encoder_version: str) -> int:
         """Swap in re-computed vectors (index rebuild) for the given items, keeping their FAISS ids.
@@ -294,8 +361,8 @@ class ItemCatalog:
         Items deleted meanwhile are skipped. Returns the change sequence after the write.
         """
         with self._lock:
-            seq = self._seq + 1
             with transaction(self._db):
+                seq = int(self._meta("seq", "0")) + 1
                 for item_id, vector in vectors.items():
                     if item_id in self._view.by_id:
                         self._db.execute(
@@ -304,5 +371,55 @@ class ItemCatalog:
                         )
                 self._set_meta("encoder_version", encoder_version)
                 self._set_meta("seq", str(seq))
-            self._seq = seq
+            self._advance(seq - 1, seq)
         return seq
+
+    def bump_index_generation(self) -> int:
+        """Say that the index was rebuilt: other processes reopen the published snapshot."""
+        with self._lock, transaction(self._db):
+            generation = int(self._meta("index_generation", "0")) + 1
+            self._set_meta("index_generation", str(generation))
+        self.index_generation = generation
+        return generation
+
+    # -- other processes' writes ---------------------------------------------------------------------------
+
+    def changes(self) -> CatalogChanges | None:
+        """What other processes committed since this one last caught up, or ``None`` when nothing (one cheap query).
+
+        Apply it to the index, then :meth:`catch_up`; until then this view keeps showing the catalog as it was.
+        """
+        with self._lock:
+            data_version = self._data_version_now()
+            if data_version == self._data_version:
+                return None
+            self._db.execute("BEGIN")  # one read snapshot for all of it
+            try:
+                seq = int(self._meta("seq", "0"))
+                generation = int(self._meta("index_generation", "0"))
+                rows = self._db.execute(
+                    "SELECT faiss_id, data, vector FROM items WHERE seq > ?", (self._seq,)
+                ).fetchall()
+                removed = self._db.execute("SELECT faiss_id FROM removed WHERE seq > ?", (self._seq,)).fetchall()
+                encoder_version = self._meta("encoder_version", "") or None
+            finally:
+                self._db.execute("COMMIT")
+        written = [(_item_from_json(data), int(fid), np.frombuffer(blob, dtype=np.float32)) for fid, data, blob in rows]
+        return CatalogChanges(seq, written, [int(r[0]) for r in removed], encoder_version, generation, data_version)
+
+    def catch_up(self, changes: CatalogChanges) -> None:
+        """Make the view hold ``changes`` (after the index does)."""
+        with self._lock:
+            view = self._view
+            written = [(item, fid) for item, fid, _ in changes.written if view.faiss_of.get(item.id) != fid]
+            written_ids = {item.id for item, _, _ in changes.written}
+            gone = [
+                item_id
+                for fid in changes.removed
+                if (item_id := view.item_of.get(fid)) is not None and item_id not in written_ids
+            ]
+            if written or gone:
+                self._changed(upserted=written, deleted=gone)
+            self._seq = max(self._seq, changes.seq)
+            self._data_version = changes.data_version
+            self.index_generation = changes.index_generation

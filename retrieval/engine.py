@@ -32,6 +32,7 @@ from retrieval.gate import SwapGate
 from retrieval.index import IndexSpec
 from retrieval.item_store import ItemStore
 from retrieval.knowledge import ChunkingConfig, DocumentChange
+from retrieval.locks import file_lock
 from retrieval.pack import Document, DomainPack, load_pack
 from retrieval.passages import PassageRetriever
 from retrieval.ranking import Ranked, Ranker
@@ -246,6 +247,21 @@ class RetrievalEngine:
             self._encoder = load_encoder(cfg.encoder)
         encoder = self._encoder
         encoder.warmup()
+        # Processes sharing the state folder open it one at a time: the first seeds the catalog and the knowledge
+        # base from the pack and writes the first snapshot; the others find them made.
+        with file_lock(cfg.state_dir / ".open.lock"):
+            self._open_state(pack, encoder, reset_from_pack=reset_from_pack)
+        self._ranker = Ranker(self.store, self._neighbours, cfg.recommender)
+        self._ranker.load(pack.interactions)
+        if cfg.recommender_model is not None:
+            folder, version = cfg.recommender_model
+            try:
+                self._ranker.load_model(folder, version, cfg.min_recommender_coverage)
+            except ValueError as exc:  # a pin that cannot serve this catalog must not keep the service down
+                logger.error("recommender_not_served", version=version, reason=str(exc))
+
+    def _open_state(self, pack: DomainPack, encoder: Encoder, *, reset_from_pack: bool) -> None:
+        cfg = self.config
         store = ItemStore(
             cfg.state_dir,
             cfg.index,
@@ -269,14 +285,6 @@ class RetrievalEngine:
         )
         passages.open(pack.documents)
         self._passages = passages
-        self._ranker = Ranker(store, self._neighbours, cfg.recommender)
-        self._ranker.load(pack.interactions)
-        if cfg.recommender_model is not None:
-            folder, version = cfg.recommender_model
-            try:
-                self._ranker.load_model(folder, version, cfg.min_recommender_coverage)
-            except ValueError as exc:  # a pin that cannot serve this catalog must not keep the service down
-                logger.error("recommender_not_served", version=version, reason=str(exc))
 
     def _close(self) -> None:
         for part in (self._store, self._passages):
@@ -531,6 +539,18 @@ class RetrievalEngine:
     def get_document(self, doc_id: str) -> Document | None:
         """A stored knowledge-base document."""
         return self.passages.get(doc_id)
+
+    async def catch_up(self) -> bool:
+        """Take the catalog and document changes other processes on this state folder made (cheap when none).
+
+        Returns:
+            Whether anything changed here.
+        """
+        if not self.ready:
+            return False
+        items = await self.store.catch_up()
+        documents = await self.passages.catch_up()
+        return items or documents
 
     # -- catalog writes -------------------------------------------------------------------------------------------
 

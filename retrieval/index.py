@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from retrieval.errors import IndexStoreError
+from retrieval.locks import file_lock
 
 # The stubs shipped with faiss-cpu miss most of the SWIG API (DirectMap, SearchParametersHNSW, id_map, ...).
 faiss: Any = _faiss_module
@@ -355,11 +356,15 @@ class SnapshotStore:
             raise IndexStoreError(f"snapshot {name!r} is unreadable: {exc}") from exc
 
     def load(self, spec: IndexSpec, *, mmap: bool = True) -> tuple[VectorIndex, SnapshotManifest] | None:
-        """Open the published snapshot, or return ``None`` if there is none."""
-        manifest = self.current()
-        if manifest is None:
-            return None
-        index = VectorIndex.read(self._snapshots / manifest.version / INDEX_FILE, spec, mmap=mmap)
+        """Open the published snapshot, or return ``None`` if there is none.
+
+        Under the folder's lock: another process publishing meanwhile could prune the snapshot being opened.
+        """
+        with file_lock(self.root / ".lock"):
+            manifest = self.current()
+            if manifest is None:
+                return None
+            index = VectorIndex.read(self._snapshots / manifest.version / INDEX_FILE, spec, mmap=mmap)
         if index.ntotal != manifest.count or index.dim != manifest.dim:
             raise IndexStoreError(f"snapshot {manifest.version} does not match its manifest")
         return index, manifest
@@ -376,7 +381,8 @@ class SnapshotStore:
             The new snapshot's manifest.
         """
         blob, count = index.to_bytes()
-        with self._write_lock:
+        # Processes sharing the folder (workers, replicas on one host) publish and prune one at a time.
+        with self._write_lock, file_lock(self.root / ".lock"):
             manifest = SnapshotManifest(
                 version=f"{int(time.time() * 1000)}-{seq}",
                 seq=seq,

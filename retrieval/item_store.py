@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
-from retrieval.catalog import ItemCatalog
+from retrieval.catalog import CatalogChanges, ItemCatalog
 from retrieval.encoder import Encoder
 from retrieval.errors import NotReadyError, UnknownItemError
 from retrieval.index import IndexSpec, SnapshotManifest, SnapshotStore, VectorIndex, configure_faiss
@@ -182,9 +182,9 @@ class ItemStore:
         written = self.catalog.faiss_ids_written_since(seq)
         return bool(len(written)) and bool(np.isin(written, index.ids()).any())
 
-    def _reconcile(self) -> bool:
-        """Apply catalog changes made after the snapshot; returns whether anything changed."""
-        index, catalog = self.index, self.catalog
+    def _reconcile(self, index: VectorIndex | None = None) -> bool:
+        """Apply catalog changes made after the snapshot to ``index`` (default: the serving one); whether any."""
+        index, catalog = index or self.index, self.catalog
         stored = set(index.ids().tolist())
         live = set(catalog.live_faiss_ids().tolist())
         missing = sorted(live - stored)
@@ -337,7 +337,12 @@ class ItemStore:
         return created
 
     def _apply_upsert(self, item: Item, vector: np.ndarray) -> bool:
-        new_ids, replaced = self.catalog.upsert([item], vector.reshape(1, -1), self._encoder.info.version)
+        try:
+            new_ids, replaced = self.catalog.upsert([item], vector.reshape(1, -1), self._encoder.info.version)
+        except ValueError as exc:
+            # Another process on this state folder moved the catalog to another encoder; this one follows when its
+            # models reload. Until then its writes are refused with 503 and Retry-After, not mixed in.
+            raise NotReadyError(f"the catalog is moving to another encoder ({exc})", "swapping") from exc
         self.index.add(new_ids, vector.reshape(1, -1))
         self.index.remove(replaced)
         return not replaced
@@ -359,10 +364,68 @@ class ItemStore:
         """Build a fresh index of the configured kind from the catalog and swap it in atomically.
 
         Removed vectors that HNSW or IVF still held are dropped. With ``reembed``, every item is embedded again
-        first.
+        first. Other processes on this state folder open the new snapshot at their next :meth:`catch_up`.
         """
         async with self._write_lock:
+            await asyncio.to_thread(self._apply_changes)  # the fresh index is built from a view that is current
             if reembed:
                 await asyncio.to_thread(self._reembed)
             self._index = await asyncio.to_thread(self._build_index)
             await asyncio.to_thread(self._save_snapshot)
+            await asyncio.to_thread(self.catalog.bump_index_generation)
+
+    # -- other processes' writes ---------------------------------------------------------------------------------
+
+    async def catch_up(self) -> bool:
+        """Apply what other processes (workers, replicas on this state folder) wrote to the catalog since the last call.
+
+        Cheap when nothing changed (one SQLite pragma). Written items join the index, deleted and replaced vectors
+        leave it, and after another process's rebuild the published snapshot replaces this process's index (the
+        old one serves until the swap). Vectors of another encoder are left alone: this process takes them with
+        its own encoder swap, when its models reload.
+
+        Returns:
+            Whether anything changed here.
+        """
+        async with self._write_lock:
+            return await asyncio.to_thread(self._apply_changes)
+
+    def _apply_changes(self) -> bool:
+        catalog = self.catalog
+        changes = catalog.changes()
+        if changes is None:
+            return False
+        if changes.encoder_version not in (None, self._encoder.info.version):
+            return False
+        if changes.index_generation != catalog.index_generation and self._reopen_snapshot(changes):
+            return True
+        view = catalog.view()
+        fresh = [(fid, vector) for item, fid, vector in changes.written if view.faiss_of.get(item.id) != fid]
+        index = self.index
+        if fresh:
+            index.add([fid for fid, _ in fresh], np.stack([vector for _, vector in fresh]))
+        removed = index.remove(changes.removed) if changes.removed else 0
+        catalog.catch_up(changes)
+        if fresh or removed:
+            logger.info("catalog_caught_up", seq=changes.seq, added=len(fresh), removed=removed)
+        return bool(fresh or removed)
+
+    def _reopen_snapshot(self, changes: CatalogChanges) -> bool:
+        """Serve the snapshot another process's rebuild published, brought up to date with the catalog."""
+        try:
+            loaded = self._snapshots.load(self.spec)
+        except Exception as exc:
+            logger.warning("index_snapshot_unusable", error=str(exc))
+            return False
+        if (
+            loaded is None
+            or loaded[1].encoder_version != self._encoder.info.version
+            or loaded[1].kind != self.spec.kind
+        ):
+            return False
+        index, manifest = loaded
+        self.catalog.catch_up(changes)
+        self._reconcile(index)
+        self._index, self._manifest = index, manifest
+        logger.info("index_snapshot_reopened", version=manifest.version, seq=changes.seq)
+        return True

@@ -130,6 +130,7 @@ class KnowledgeBase:
         self._lock = threading.RLock()
         self._db = connect(self.path, foreign_keys=True)
         self._db.executescript(_SCHEMA)
+        self._data_version = self._data_version_now()
         self._chunks: dict[int, Chunk] = {}
         self._index = VectorIndex.build(dim, self._spec, np.zeros(0, dtype=np.int64), np.zeros((0, dim)))
 
@@ -160,6 +161,29 @@ class KnowledgeBase:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def _data_version_now(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def catch_up(self) -> bool:
+        """Reload chunks and index if another process (a worker, a replica) changed the documents; cheap otherwise.
+
+        Vectors of another encoder are left alone: this process takes them with its own encoder swap.
+
+        Returns:
+            Whether the knowledge base was reloaded.
+        """
+        with self._lock:
+            version = self._data_version_now()
+            if version == self._data_version:
+                return False
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'encoder_version'").fetchone()
+            if row is not None and row[0] != self.encoder_version:
+                return False
+            self._data_version = version
+            self._rebuild_index()
+        logger.info("knowledge_caught_up", chunks=len(self._chunks))
+        return True
 
     def _rebuild_index(self) -> None:
         with self._lock:

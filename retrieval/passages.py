@@ -7,6 +7,7 @@ one document collapse to its best) merged with the nearest catalog items, each c
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ class PassageRetriever:
         :meth:`commit_encoder`.
         """
         current = self.knowledge
-        staged = self._path.with_name(self._path.stem + ".next.sqlite")
+        # Per process: workers sharing the state folder each stage their own copy when they follow a swap.
+        staged = self._path.with_name(f"{self._path.stem}.next-{os.getpid()}.sqlite")
         for leftover in staged.parent.glob(staged.name + "*"):  # an earlier swap that stopped half-way
             leftover.unlink()
         fresh = self._open_at(staged, encoder)
@@ -180,6 +182,12 @@ class PassageRetriever:
         kb = self.knowledge
         async with self._write_lock:
             return await asyncio.to_thread(kb.upsert, documents, self._embed)
+
+    async def catch_up(self) -> bool:
+        """Take documents other processes wrote (see :meth:`KnowledgeBase.catch_up`); returns whether any."""
+        kb = self.knowledge
+        async with self._write_lock:
+            return await asyncio.to_thread(kb.catch_up)
 
     async def delete(self, doc_id: str) -> bool:
         """Remove a document; returns whether it existed."""

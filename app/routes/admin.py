@@ -11,12 +11,11 @@ from litestar.di import NamedDependency
 
 from app.auth import require_roles
 from app.errors import CALLER_ERRORS, ApiError, documented_errors
-from app.models import apply_encoder, apply_reader, apply_recommender
+from app.fleet import MODELS
+from app.models import RELOAD_LOCK, apply_pins
 from app.observability import current_request_id
 from app.state import Services
 from retrieval.registry import RegistryError
-
-_reloading = asyncio.Lock()
 
 logger = structlog.get_logger(__name__)
 
@@ -36,30 +35,31 @@ async def reload_models(services: NamedDependency[Services]) -> dict[str, Any]:
     and catalog content), then both swap in one step; a new recommender loads beside the serving one and replaces
     it in one step. Requests in flight finish on the models they started with, and none fails; item and document
     writes wait while an encoder re-embeds. The answer lists each kind with its version before and after. 409 while
-    another reload runs; 422 when a pinned version cannot serve this catalog (the old one keeps serving).
+    another reload runs; 422 when a pinned version cannot serve this catalog (the old one keeps serving). The other
+    processes serving this state folder (workers, replicas) follow within ``server.sync_interval_ms`` and swap
+    in the same versions; ``/v1/info`` on each says what it serves.
     """
     engine = services.engine
     engine.require_ready()
-    if _reloading.locked():
+    if RELOAD_LOCK.locked():
         raise ApiError(409, "reload_running", "a model reload is already running")
-    async with _reloading:
-        try:
-            encoder = await apply_encoder(services.settings, engine, services.models)
-            recommender = await apply_recommender(services.settings, engine, services.models)
-            reader = await apply_reader(services.settings, services.answers, services.models)
-        except RegistryError as exc:
-            logger.error("registry_unavailable", error=str(exc))  # the log, not the caller, gets the store's text
-            raise ApiError(
-                503,
-                "registry_unavailable",
-                "the model registry cannot be read; retry later",
-                None,
-                {"Retry-After": "5"},
-            ) from exc
-        except ValueError as exc:
-            raise ApiError(422, "model_not_servable", str(exc)) from exc
+    try:
+        changes = await apply_pins(services.settings, engine, services.answers, services.models)
+    except RegistryError as exc:
+        logger.error("registry_unavailable", error=str(exc))  # the log, not the caller, gets the store's text
+        raise ApiError(
+            503,
+            "registry_unavailable",
+            "the model registry cannot be read; retry later",
+            None,
+            {"Retry-After": "5"},
+        ) from exc
+    except ValueError as exc:
+        raise ApiError(422, "model_not_servable", str(exc)) from exc
+    if services.fleet is not None:  # the other processes follow
+        services.fleet.models_changed_here(await asyncio.to_thread(services.fleet.signals.bump, MODELS))
     return {
-        "models": [encoder, recommender, reader],
+        "models": changes,
         "serving": services.models.describe(),
         "request_id": current_request_id(),
     }

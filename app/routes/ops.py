@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from litestar import Request, Response, get
@@ -52,8 +53,8 @@ async def metrics(state: State) -> Response[bytes]:
 async def info(state: State, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """What is serving: model versions, index, device, pack and config digest.
 
-    The remote answer model's endpoint and the pack's folder are deployment internals: shown to admin and reviewer
-    keys, left out for frontend keys.
+    The remote answer model's endpoint, the pack's folder and the answering process (its pid and the worker count)
+    are deployment internals: shown to admin and reviewer keys, left out for frontend keys.
     """
     services = provide_services(state)
     engine = services.engine
@@ -62,6 +63,9 @@ async def info(state: State, request: Request[Any, Any, Any]) -> Response[dict[s
     internals = sees_internals(request)
     answers = services.answers
     pack = ({"path": str(services.settings.pack_path)} if internals else {}) | engine.pack_summary()
+    # Which process answered, for admin and reviewer keys: with several workers, what each one serves differs
+    # for up to server.sync_interval_ms after a change.
+    process = {"process": {"pid": os.getpid(), "workers": services.settings.server.workers}} if internals else {}
     return Response(
         {
             "service": {"name": "candor", "version": SERVICE_VERSION},
@@ -76,4 +80,5 @@ async def info(state: State, request: Request[Any, Any, Any]) -> Response[dict[s
             "pack": pack,
             "config_digest": services.config_digest,
         }
+        | process
     )

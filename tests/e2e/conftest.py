@@ -96,46 +96,68 @@ def serving(state: Path, settings: dict[str, str] | None = None) -> Iterator[Ser
     ``settings`` are extra ``CANDOR_...`` environment overrides. The server's output is appended to
     ``server.log`` beside ``state``.
     """
-    port = free_port()
-    env = {
-        **os.environ,
-        "CANDOR_PATHS__STATE_DIR": str(state),
-        "CANDOR_PATHS__PACK": str(DEMO_PACK),
-        "CANDOR_SERVER__PORT": str(port),
-        "CANDOR_ENCODER__DEVICE": SERVER_DEVICE,
-        "HF_HUB_OFFLINE": "1",
-        **(settings or {}),
-    }
+    with serving_together(state, [settings or {}]) as servers:
+        yield servers[0]
+
+
+@contextmanager
+def serving_together(state: Path, settings: list[dict[str, str]]) -> Iterator[list[Server]]:
+    """Start one ``candor serve`` per entry of ``settings`` at once on the one state folder, each on its own port.
+
+    Their output is appended to ``server.log`` beside ``state``; all are stopped when the block ends.
+    """
     log = state.parent / "server.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
-        )
-    base = f"http://127.0.0.1:{port}"
+    started: list[tuple[subprocess.Popen[bytes], str, dict[str, str]]] = []
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
-            try:
-                ready = httpx.get(f"{base}/health/ready", timeout=2)
-                if ready.status_code == 200:
-                    break
-                if ready.json().get("status") == "failed":  # the engine gave up: it will not become ready
-                    raise RuntimeError(f"server failed to start: {ready.json().get('reason')}")
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
+        for extra in settings:
+            port = free_port()
+            env = {
+                **os.environ,
+                "CANDOR_PATHS__STATE_DIR": str(state),
+                "CANDOR_PATHS__PACK": str(DEMO_PACK),
+                "CANDOR_SERVER__PORT": str(port),
+                "CANDOR_ENCODER__DEVICE": SERVER_DEVICE,
+                "HF_HUB_OFFLINE": "1",
+                **extra,
+            }
+            with log.open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "serve"], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
+                )
+            started.append((proc, f"http://127.0.0.1:{port}", env))
+        for proc, base, _ in started:
+            _wait_ready(proc, base, log)
         keys = read_keys(state / "initial-keys.txt")
-        yield Server(base, state, keys["CANDOR_FRONTEND_KEY"], keys["CANDOR_ADMIN_KEY"], env, log, proc)
+        yield [
+            Server(base, state, keys["CANDOR_FRONTEND_KEY"], keys["CANDOR_ADMIN_KEY"], env, log, proc)
+            for proc, base, env in started
+        ]
     finally:
-        proc.terminate()
+        for proc, _, _ in started:
+            proc.terminate()
+        for proc, _, _ in started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            ready = httpx.get(f"{base}/health/ready", timeout=2)
+            if ready.status_code == 200:
+                return
+            if ready.json().get("status") == "failed":  # the engine gave up: it will not become ready
+                raise RuntimeError(f"server failed to start: {ready.json().get('reason')}")
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
