@@ -52,6 +52,7 @@ from app.web import pages
 from app.web.console import ConsoleController
 from app.web.demo import DemoController
 from app.web.headers import SecurityHeadersMiddleware
+from app.web.sessions import SessionStore
 from governance.audit import AuditLog
 from governance.report import MEDIA_TYPES as REPORT_MEDIA_TYPES
 from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
@@ -245,6 +246,8 @@ def create_app(
                 nice=settings.audit.background_nice,
             ),
             fleet=fleet,
+            # Shared by every worker process: a browser's next request may reach another one.
+            sessions=SessionStore(state_dir / "sessions.sqlite"),
         )
         app.state.background_tasks = set()
         if settings.auth.bootstrap_keys:
@@ -285,6 +288,7 @@ def create_app(
             await answers.stop()
             app.state.services.explanations.close()
             app.state.services.reports.close()
+            app.state.services.sessions.close()
             if engine.status == "ready":
                 await engine.stop()
             if audit is not None:

@@ -19,7 +19,16 @@ from app.routes.answers import run_answer
 from app.routes.recommend import FRONTEND_ROLES, run_recommendation, run_search
 from app.schemas import AnswerRequest, RecommendationRequest, RecommendationResponse, SearchRequest
 from app.state import Services
-from app.web.pages import posted_form, render, session_or_none, sign_in, sign_in_page, sign_out, to_sign_in
+from app.web.pages import (
+    posted_form,
+    render,
+    session_or_none,
+    sessions_of,
+    sign_in,
+    sign_in_page,
+    sign_out,
+    to_sign_in,
+)
 from app.web.sessions import Portal, Session
 from retrieval.errors import InvalidQueryError, UnknownItemError
 
@@ -128,6 +137,7 @@ class DemoController(Controller):
             message, status = _message(exc)
             return await _page(services, request, session, status, error=message)
         session.remember(item_id)
+        sessions_of(services).save(session)
         return await _page(services, request, session, results=results, heading=f"More like “{title}”")
 
     @post("/ask")

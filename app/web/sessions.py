@@ -1,10 +1,12 @@
 """Sessions and CSRF tokens for the pages (``/console``, ``/demo``).
 
 A person posts an API key once to a sign-in form. The server keeps the session (the key's id and role, a CSRF
-token, the demo's browsing history) in memory and hands the browser only a random session id, in an ``HttpOnly``,
-``SameSite=Strict`` cookie scoped to the page's path (``Secure`` over TLS). The key itself is never stored or sent
-back. Every request re-checks that the key is still active, so revoking it ends its sessions. Sessions end on sign-out,
-after :data:`IDLE_S` without a request, after :data:`MAX_AGE_S` in all, and when the process restarts.
+token, the demo's browsing history) in a SQLite table of the state folder, shared by every process of
+``candor serve --workers N`` (a browser's next request may reach another process), and hands the browser only a
+random session id, in an ``HttpOnly``, ``SameSite=Strict`` cookie scoped to the page's path (``Secure`` over TLS);
+the table holds the id's SHA-256, never the id. The key itself is never stored or sent back. Every request
+re-checks that the key is still active, so revoking it ends its sessions. Sessions end on sign-out, after
+:data:`IDLE_S` without a request and after :data:`MAX_AGE_S` in all.
 
 Forms carry the session's CSRF token (a synchronizer token, compared in constant time). The sign-in form, which has
 no session yet, uses a double-submit token: a random value in a short-lived ``HttpOnly`` cookie and in the form.
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
+import sqlite3
+import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response
@@ -25,6 +30,7 @@ from litestar.datastructures import Cookie
 
 from app.auth import KeyStore, Principal, Role
 from app.errors import ApiError
+from retrieval.sqlite import connect, transaction
 
 IDLE_S = 30 * 60
 MAX_AGE_S = 12 * 3600
@@ -45,6 +51,7 @@ class Session:
     created: float
     seen: float
     history: list[str] = field(default_factory=list)
+    digest: str = ""
 
     def remember(self, item_id: str) -> None:
         """Add an item the person opened to the demo's browsing history (most recent last, no repeats)."""
@@ -55,27 +62,50 @@ class Session:
 
 
 def _digest(session_id: str) -> str:
-    # Stored by digest, so the table in memory holds nothing a cookie could be rebuilt from.
+    # Stored by digest, so the table holds nothing a cookie could be rebuilt from.
     return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS page_sessions (
+    digest TEXT PRIMARY KEY, key_id TEXT NOT NULL, role TEXT NOT NULL, portal TEXT NOT NULL, csrf TEXT NOT NULL,
+    created REAL NOT NULL, seen REAL NOT NULL, history TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS page_sessions_seen ON page_sessions (seen);
+"""
+
+
 class SessionStore:
-    """Page sessions in memory, bounded in number (the oldest go first) and in time.
+    """Page sessions in SQLite, bounded in number (the least recently seen go first) and in time.
 
     Args:
+        path: The database file (``None``: in memory, for one process and tests).
         max_sessions: Most sessions held at once.
         idle_s: Seconds without a request after which a session ends.
         max_age_s: Seconds after sign-in after which a session ends.
     """
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS, idle_s: float = IDLE_S, max_age_s: float = MAX_AGE_S) -> None:
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+    def __init__(
+        self,
+        path: Path | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        idle_s: float = IDLE_S,
+        max_age_s: float = MAX_AGE_S,
+    ) -> None:
+        if path is None:
+            self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            self._db = connect(path)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
         self.max_sessions = max_sessions
         self.idle_s = idle_s
         self.max_age_s = max_age_s
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM page_sessions").fetchone()
+        return int(count)
 
     def create(self, principal: Principal, portal: str) -> tuple[str, Session]:
         """Start a session for a verified key.
@@ -85,29 +115,56 @@ class SessionStore:
         """
         now = time.time()
         session_id = secrets.token_urlsafe(32)
-        session = Session(principal.key_id, principal.role, portal, secrets.token_urlsafe(32), now, now)
-        self._sessions[_digest(session_id)] = session
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        session = Session(
+            principal.key_id, principal.role, portal, secrets.token_urlsafe(32), now, now, digest=_digest(session_id)
+        )
+        with self._lock, transaction(self._db):
+            self._db.execute(
+                "INSERT INTO page_sessions (digest, key_id, role, portal, csrf, created, seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session.digest, session.key_id, session.role, portal, session.csrf, now, now),
+            )
+            self._db.execute(
+                "DELETE FROM page_sessions WHERE digest IN "
+                "(SELECT digest FROM page_sessions ORDER BY seen DESC LIMIT -1 OFFSET ?)",
+                (self.max_sessions,),
+            )
         return session_id, session
 
     def get(self, session_id: str, portal: str) -> Session | None:
         """The live session behind a cookie value, for one portal; expired ones are dropped."""
         digest = _digest(session_id)
-        session = self._sessions.get(digest)
-        if session is None or session.portal != portal:
-            return None
         now = time.time()
-        if now - session.seen > self.idle_s or now - session.created > self.max_age_s:
-            del self._sessions[digest]
-            return None
-        session.seen = now
-        self._sessions.move_to_end(digest)
-        return session
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, key_id, role, portal, csrf, created, seen, history FROM page_sessions WHERE digest = ?",
+                (digest,),
+            ).fetchone()
+            if row is None or row[3] != portal:
+                return None
+            if now - row[6] > self.idle_s or now - row[5] > self.max_age_s:
+                self._db.execute("DELETE FROM page_sessions WHERE digest = ?", (digest,))
+                return None
+            self._db.execute("UPDATE page_sessions SET seen = ? WHERE digest = ?", (now, digest))
+        history = json.loads(row[7])
+        return Session(row[1], row[2], row[3], row[4], row[5], now, list(history), digest=digest)
+
+    def save(self, session: Session) -> None:
+        """Keep a session's browsing history (after :meth:`Session.remember`)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE page_sessions SET history = ? WHERE digest = ?", (json.dumps(session.history), session.digest)
+            )
 
     def end(self, session_id: str) -> None:
         """End a session (sign-out)."""
-        self._sessions.pop(_digest(session_id), None)
+        with self._lock:
+            self._db.execute("DELETE FROM page_sessions WHERE digest = ?", (_digest(session_id),))
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
 
 
 @dataclass(frozen=True, slots=True)

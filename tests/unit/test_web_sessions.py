@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,10 +22,12 @@ def test_sessions_expire_when_idle_or_old_and_belong_to_one_portal(monkeypatch: 
     store = SessionStore(idle_s=60, max_age_s=300)
     session_id, session = store.create(REVIEWER, "console")
     assert store.get(session_id, "demo") is None
-    assert store.get(session_id, "console") is session
+    assert store.get(session_id, "console") == session
     for _ in range(9):
         now[0] += 30
-        assert store.get(session_id, "console") is session  # each request keeps it alive
+        seen = store.get(session_id, "console")  # each request keeps it alive
+        assert seen is not None
+        assert (seen.key_id, seen.csrf, seen.seen) == (session.key_id, session.csrf, now[0])
     now[0] += 40  # past the absolute age, though the gap is short
     assert store.get(session_id, "console") is None
     other, _ = store.create(REVIEWER, "console")
@@ -43,6 +46,22 @@ def test_sign_out_and_the_cap_end_sessions() -> None:
     assert store.get(second, "console") is None
     assert store.get(third, "console") is not None
     assert store.get("not-a-session", "console") is None
+
+
+def test_sessions_are_shared_through_their_database_file(tmp_path: Path) -> None:
+    first, second = SessionStore(tmp_path / "sessions.sqlite"), SessionStore(tmp_path / "sessions.sqlite")
+    session_id, session = first.create(REVIEWER, "demo")  # as two worker processes would
+    session.remember("item-1")
+    first.save(session)
+    seen = second.get(session_id, "demo")
+    assert seen is not None
+    assert (seen.key_id, seen.role, seen.csrf, seen.history) == ("abcd1234", "reviewer", session.csrf, ["item-1"])
+    raw = (tmp_path / "sessions.sqlite").read_bytes()
+    assert session_id.encode() not in raw  # only its digest is kept
+    second.end(session_id)
+    assert first.get(session_id, "demo") is None
+    first.close()
+    second.close()
 
 
 def test_history_keeps_the_latest_items_once() -> None:
