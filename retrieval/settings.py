@@ -148,7 +148,7 @@ class ReaderSettings(Section):
     name: str = "reader"
     path: str = ""
     device: Device = "auto"
-    precision: Precision = "int8"
+    precision: Precision = "fp32"
     threads: int = Field(default=0, ge=0)
     max_seq_length: int = Field(default=0, ge=0)
     doc_stride: int = Field(default=0, ge=0)

@@ -237,13 +237,14 @@ def test_the_harness_answers_questions_together_as_it_does_one_at_a_time(
 
     settings = Settings()
     factory = service_answer_backends(settings)["extractive"]
-    options = {"reader": str(trained.folder), "reader_min_confidence": 0.0}
+    options = {"reader": str(trained.folder), "reader_min_confidence": 0.0, "reader_precision": "int8"}
     system = factory(AnswerBackendContext(options=options, encoder=lambda: encoder))
     assert isinstance(system, ServiceAnswerSystem)
     assert isinstance(system, ConcurrentAnswerSystem)
     described = system.describe()["reader"]
     assert described["path"] == str(trained.folder)
-    assert described["precision"] == settings.reader.precision == "int8"  # the service's default on a CPU
+    assert described["precision"] == "int8"
+    assert settings.reader.precision == "fp32"  # the service's default; int8 is asked for here
     passages = [
         Passage("kb-1", "Standard delivery takes 3 to 7 business days.", "Delivery"),
         Passage("kb-2", "Most items can be returned within 30 days.", "Returns"),
