@@ -220,7 +220,7 @@ class RayItemEmbedder:
         vectors = texts.map_batches(
             _EmbedBatches,
             fn_constructor_kwargs={"encoder": self.encoder, "threads": max(1, int(cpus))},
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus,
             num_cpus=cpus,
             batch_size=self.cfg.batch_rows,
