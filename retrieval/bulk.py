@@ -53,8 +53,8 @@ class RayConfig:
 
     Attributes:
         address: Cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); empty: start a local one.
-        actors: Encoder actors (0: one per GPU when the cluster has GPUs, else one per ``actor_cpus`` CPUs,
-            less one CPU left for reading).
+        actors: Encoder actors (0: one per GPU when the cluster has GPUs, else one per ``actor_cpus`` CPUs);
+            never so many that no CPU is left for reading (:func:`plan_actors`).
         actor_cpus: CPUs each CPU actor reserves, and the torch threads it runs.
         batch_rows: Rows per ``map_batches`` batch handed to an actor.
         eval_shards: Shards an evaluation's users or queries are split into (0: one per CPU of the cluster).
@@ -116,13 +116,19 @@ def plan_actors(cfg: RayConfig, resources: dict[str, float]) -> tuple[int, float
         resources: The cluster's resources (``ray.cluster_resources()``).
 
     Returns:
-        ``(actors, gpus each, cpus each)``.
+        ``(actors, gpus each, cpus each)``. Actors never hold every CPU: the pool takes its CPUs for as long as it
+        runs, and the reading tasks then wait for one forever (2 actors of 1 CPU on a 2-CPU node hung here).
     """
     gpus = int(resources.get("GPU", 0))
-    if gpus:
-        return (cfg.actors or gpus), 1.0, 1.0
     cpus = int(resources.get("CPU", 1))
-    return (cfg.actors or max(1, (cpus - 1) // cfg.actor_cpus)), 0.0, float(cfg.actor_cpus)
+    if gpus:
+        actors, gpus_each, cpus_each = (cfg.actors or gpus), 1.0, 1.0
+    else:
+        actors, gpus_each, cpus_each = (cfg.actors or cpus), 0.0, float(cfg.actor_cpus)
+    fits = max(1, (cpus - 1) // int(cpus_each))
+    if actors > fits:
+        logger.warning("ray_actors_capped", asked=actors, running=fits, cpus=cpus, reason="one CPU left for reading")
+    return min(actors, fits), gpus_each, cpus_each
 
 
 def _texts(batch: dict[str, np.ndarray], wanted: frozenset[str] | None) -> dict[str, np.ndarray]:

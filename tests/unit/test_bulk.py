@@ -60,6 +60,9 @@ def test_actor_plan_uses_gpus_first_and_leaves_a_cpu_for_reading() -> None:
     assert plan_actors(cfg, {"CPU": 9.0}) == (4, 0.0, 2.0)
     assert plan_actors(cfg, {"CPU": 2.0}) == (1, 0.0, 2.0)
     assert plan_actors(RayConfig("", 3, 1, 512, 0), {"CPU": 16.0}) == (3, 0.0, 1.0)
+    # asked for more than fits: one CPU always stays free for the reading tasks
+    assert plan_actors(RayConfig("", 2, 1, 512, 0), {"CPU": 2.0}) == (1, 0.0, 1.0)
+    assert plan_actors(RayConfig("", 0, 1, 512, 0), {"CPU": 4.0, "GPU": 8.0}) == (3, 1.0, 1.0)
 
 
 def test_bulk_text_is_the_item_text() -> None:
