@@ -126,7 +126,7 @@ def plan_actors(cfg: RayConfig, resources: dict[str, float]) -> tuple[int, float
     else:
         actors, gpus_each, cpus_each = (cfg.actors or cpus), 0.0, float(cfg.actor_cpus)
     fits = max(1, (cpus - 1) // int(cpus_each))
-    if actors > fits:
+    if cfg.actors > fits:
         logger.warning("ray_actors_capped", asked=actors, running=fits, cpus=cpus, reason="one CPU left for reading")
     return min(actors, fits), gpus_each, cpus_each
 
