@@ -162,8 +162,8 @@ class _EmbedBatches:
 def read_items(ray: Any, path: Path) -> Any:
     """A Ray dataset of the items file's text columns (``items.jsonl`` or ``items.parquet``).
 
-    On a cluster of several machines the path must be readable on each of them (shared storage), or be a
-    ``local://`` path, which Ray reads on the driver's machine only.
+    On a cluster of several machines the path must be readable on each of them (shared storage): the reading
+    tasks run on any node.
     """
     import pyarrow as pa
 
