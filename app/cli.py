@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from app.cli_audit import audit_group
-from app.cli_common import CONFIG_OPTION, load_settings_or_fail
+from app.cli_common import ADDRESS_OPTION, CONFIG_OPTION, ENGINE_OPTION, load_settings_or_fail, ray_config_or_fail
 from app.cli_eval import eval_group
 from app.cli_models import models_group
 from app.cli_report import report_group
@@ -128,22 +128,38 @@ def index() -> None:
 
 
 @index.command("build")
+@ENGINE_OPTION
+@ADDRESS_OPTION
 @CONFIG_OPTION
-def index_build(config_file: Path | None) -> None:
+def index_build(engine: str, address: str | None, config_file: Path | None) -> None:
     """Make the catalog match the domain pack and write a fresh index snapshot.
 
-    Only items whose text changed since the last build are embedded again. Run it while the service is stopped
-    (a running service rebuilds with POST /v1/index/rebuild).
+    Only items whose text changed since the last build are embedded again; with --engine ray, Ray Data actors
+    embed them (docs/ray.md). Run it while the service is stopped (a running service rebuilds with
+    POST /v1/index/rebuild).
     """
+    from contextlib import nullcontext
+
     from app.observability import configure_logging
     from retrieval.engine import RetrievalEngine
     from retrieval.errors import RetrievalError
 
     settings = load_settings_or_fail(config_file)
+    ray_cfg = ray_config_or_fail(settings, engine, address)
     configure_logging(settings.logging.level, "console")
-    engine = RetrievalEngine(settings.engine_config(show_progress=True))
+    retrieval_engine = RetrievalEngine(settings.engine_config(show_progress=True))
     try:
-        info = engine.build_offline()
+        if ray_cfg is None:
+            session: Any = nullcontext()
+            embedder = None
+        else:
+            from retrieval.bulk import RayItemEmbedder, ray_session
+            from retrieval.pack import items_file
+
+            session = ray_session(ray_cfg.address)
+            embedder = RayItemEmbedder(ray_cfg, settings.encoder_config(), items_file(settings.pack_path))
+        with session:
+            info = retrieval_engine.build_offline(embedder)
     except RetrievalError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"index ready: {info['size']} items, kind {info['kind']}, snapshot {info['version']}", err=True)

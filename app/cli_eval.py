@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from app.cli_common import CONFIG_OPTION, load_settings_or_fail
+from app.cli_common import ADDRESS_OPTION, CONFIG_OPTION, ENGINE_OPTION, load_settings_or_fail, ray_config_or_fail
 
 # implicit's ALS asks for a single BLAS thread; the variable must be set before numpy loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -102,6 +102,8 @@ def eval_group() -> None:
 @click.option("--baseline", default=None, help="Run to compare gates with (folder, results.json or run id).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Embedding cache.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@ENGINE_OPTION
+@ADDRESS_OPTION
 @CONFIG_OPTION
 def eval_run(
     suite: str,
@@ -112,39 +114,59 @@ def eval_run(
     baseline: str | None,
     cache_dir: Path | None,
     progress: bool,
+    engine: str,
+    address: str | None,
     config_file: Path | None,
 ) -> None:
     """Run SUITE (a TOML file, or a suite name in configs/evals) and write results.json and report.html.
 
     Runs go to var/evals/runs/<run id>/ unless --out is given; corpus embeddings are cached in var/evals/cache.
+    With --engine ray, users (recommendation tasks) and queries (retrieval tasks) are scored on Ray tasks, with
+    the same figures (docs/ray.md).
     """
+    from contextlib import nullcontext
+
     from app.observability import configure_logging
     from evals.answers import available_backends
     from evals.errors import EvalError
     from evals.runner import RunOptions, run_suite
     from evals.suite import load_suite
+    from retrieval.errors import RetrievalError
 
     settings = load_settings_or_fail(config_file)
+    ray_cfg = ray_config_or_fail(settings, engine, address)
     state_dir = Path(settings.state_dir) / "evals"
     configure_logging("warning", "console")
     try:
         loaded = load_suite(suite, overrides)
         for applied in loaded.overrides:
             click.echo(f"set {applied}", err=True)
-        summary = run_suite(
-            loaded,
-            RunOptions(
-                data_root=data_root,
-                state_dir=state_dir,
-                out_dir=out_dir,
-                cache_dir=cache_dir,
-                baseline=baseline,
-                progress=progress,
-                answer_backends=available_backends(service_answer_backends(settings)),
-                models=registered_models(settings),
-            ),
-        )
-    except EvalError as exc:
+        session: Any = nullcontext()
+        if ray_cfg is not None:
+            from retrieval.bulk import ray_session
+
+            session = ray_session(ray_cfg.address)
+        with session:
+            shards = None
+            if ray_cfg is not None:
+                from evals.shards import RayShards
+
+                shards = RayShards(ray_cfg.eval_shards)
+            summary = run_suite(
+                loaded,
+                RunOptions(
+                    data_root=data_root,
+                    state_dir=state_dir,
+                    out_dir=out_dir,
+                    cache_dir=cache_dir,
+                    baseline=baseline,
+                    progress=progress,
+                    answer_backends=available_backends(service_answer_backends(settings)),
+                    models=registered_models(settings),
+                    shards=shards,
+                ),
+            )
+    except (EvalError, RetrievalError) as exc:
         raise click.ClickException(str(exc)) from exc
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)

@@ -31,6 +31,7 @@ from retrieval.settings import (
     BatchingSettings,
     EncoderSettings,
     OpenAISettings,
+    RaySettings,
     ReaderSettings,
     RecommenderSettings,
     Section,
@@ -214,6 +215,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     reader: ReaderSettings = Field(default_factory=ReaderSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from evals.cache import CacheOutcome, EmbeddingCache
 from evals.errors import SuiteError
 from evals.results import MetricRecord
+from evals.shards import LocalShards, Shards
 from evals.stats import rng_for
 from evals.suite import LoadedSuite
 from retrieval.encoder import Encoder, load_encoder
@@ -36,6 +37,7 @@ class RunContext:
         preloaded_encoder: An encoder to use instead of loading ``system.encoder`` (tests, notebooks).
         answer_backends: Answer backend factories by name.
         models: Resolves a registered model (kind, version or alias) to its local folder and name.
+        shards: Where tasks score their chunks of users and queries (this process, or Ray tasks).
         notes: Messages for the person running the suite (skips, warnings).
     """
 
@@ -47,6 +49,7 @@ class RunContext:
     preloaded_encoder: Encoder | None = None
     answer_backends: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     models: ModelResolver | None = None
+    shards: Shards = field(default_factory=LocalShards)
     notes: list[str] = field(default_factory=list)
     _encoder: Encoder | None = None
 

@@ -34,7 +34,7 @@ from evals.datasets import (
     resolve_dataset,
 )
 from evals.errors import SuiteError
-from evals.rec_metrics import coverage, popular_mask, rank_unseen, user_metrics
+from evals.rec_metrics import UserMetrics, coverage, popular_mask, rank_unseen, user_metrics
 from evals.recommenders import (
     ALS,
     EmbeddingRecommender,
@@ -46,6 +46,7 @@ from evals.recommenders import (
     TrainedRecommender,
 )
 from evals.results import MetricRecord, TaskOutput
+from evals.shards import chunk_ranges
 from evals.stats import group_gap
 from evals.suite import RecommendationTask
 from retrieval.collaborative import MODEL_FILE, CollaborativeModel, Holdout, Kind
@@ -88,6 +89,29 @@ def split_official(
         if event.user_id in seen and event.item_id not in seen[event.user_id]:
             held.setdefault(event.user_id, []).append(event)
     return list(train), held
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkInputs:
+    """What scoring a chunk of users needs: a fitted recommender and the per-user data (shared by every chunk)."""
+
+    recommender: Recommender
+    users: Sequence[str]
+    seen_cols: Sequence[np.ndarray]
+    rel_cols: Sequence[np.ndarray]
+    k: int
+    popularity: np.ndarray
+    n_train_users: int
+    popular: np.ndarray
+
+
+def _score_chunk(inputs: _ChunkInputs, bounds: tuple[int, int]) -> UserMetrics:
+    """Rank every unseen item for the users ``[start, stop)`` and score the rankings (one shard's chunk)."""
+    start, stop = bounds
+    order = rank_unseen(inputs.recommender.scores(inputs.users[start:stop]), inputs.seen_cols[start:stop])
+    return user_metrics(
+        order, inputs.rel_cols[start:stop], inputs.k, inputs.popularity, inputs.n_train_users, inputs.popular
+    )
 
 
 @dataclass(frozen=True)
@@ -245,15 +269,8 @@ class RecommendationEvaluator:
                 started = time.perf_counter()
                 rec.fit(train_data)
                 fit_s = time.perf_counter() - started
-                parts = []
-                for start in range(0, len(users), CHUNK_USERS):
-                    chunk = users[start : start + CHUNK_USERS]
-                    order = rank_unseen(rec.scores(chunk), seen_cols[start : start + CHUNK_USERS])
-                    parts.append(
-                        user_metrics(
-                            order, rel_cols[start : start + CHUNK_USERS], k, popularity, n_train_users, popular
-                        )
-                    )
+                shared = _ChunkInputs(rec, users, seen_cols, rel_cols, k, popularity, n_train_users, popular)
+                parts = ctx.shards.map(_score_chunk, shared, chunk_ranges(len(users), CHUNK_USERS))
                 values = {
                     f"hr@{k}": np.concatenate([p.hr for p in parts]),
                     f"ndcg@{k}": np.concatenate([p.ndcg for p in parts]),

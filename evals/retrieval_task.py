@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,8 +23,50 @@ from evals.errors import SuiteError
 from evals.folds import in_fold
 from evals.ir_metrics import evaluate_run, write_trec_run
 from evals.results import TaskOutput
+from evals.shards import chunk_ranges
 from evals.suite import RetrievalTask
 from retrieval.index import VectorIndex, configure_faiss
+
+# Queries searched per FAISS call; the same cuts on every engine, so each chunk's search is the same computation.
+CHUNK_QUERIES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _SearchInputs:
+    """What searching and scoring a chunk of queries needs (shared by every chunk)."""
+
+    index: VectorIndex
+    corpus_ids: Sequence[str]
+    qids: Sequence[str]
+    query_vectors: np.ndarray
+    qrels: Mapping[str, Mapping[str, int]]
+    depth: int
+    ignore_identical_ids: bool
+    metrics: tuple[str, ...]
+
+
+def _search_chunk(
+    inputs: _SearchInputs, bounds: tuple[int, int]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Search the queries ``[start, stop)`` and score them: their run and their per-query metric values."""
+    start, stop = bounds
+    index = inputs.index
+    depth = inputs.depth + (1 if inputs.ignore_identical_ids else 0)
+    scores, ids = index.search(inputs.query_vectors[start:stop], min(depth, len(inputs.corpus_ids)))
+    run: dict[str, dict[str, float]] = {}
+    for row, qid in enumerate(inputs.qids[start:stop]):
+        hits: dict[str, float] = {}
+        for score, idx in zip(scores[row], ids[row], strict=True):
+            if idx < 0:
+                continue
+            doc = inputs.corpus_ids[int(idx)]
+            if inputs.ignore_identical_ids and doc == qid:
+                continue  # BEIR drops a document that is the query itself
+            if len(hits) < inputs.depth:
+                hits[doc] = float(score)
+        run[qid] = hits
+    judged = {qid: dict(inputs.qrels[qid]) for qid in run}
+    return run, evaluate_run(run, judged, inputs.metrics)
 
 
 class RetrievalEvaluator:
@@ -78,23 +122,25 @@ class RetrievalEvaluator:
         index = VectorIndex.build(vectors.shape[1], index_spec, np.arange(len(data.corpus_ids)), vectors)
         build_s = time.perf_counter() - started
         query_vectors, query_s = ctx.embed_texts(f"{self.task} queries", [data.queries[q] for q in qids])
-        depth = spec.depth + (1 if spec.ignore_identical_ids else 0)
+        shared = _SearchInputs(
+            index,
+            data.corpus_ids,
+            qids,
+            query_vectors,
+            qrels,
+            spec.depth,
+            spec.ignore_identical_ids,
+            tuple(spec.metrics),
+        )
         started = time.perf_counter()
-        scores, ids = index.search(query_vectors, min(depth, len(data.corpus_ids)))
+        parts = ctx.shards.map(_search_chunk, shared, chunk_ranges(len(qids), CHUNK_QUERIES))
         search_s = time.perf_counter() - started
         run: dict[str, dict[str, float]] = {}
-        for row, qid in enumerate(qids):
-            hits: dict[str, float] = {}
-            for score, idx in zip(scores[row], ids[row], strict=True):
-                if idx < 0:
-                    continue
-                doc = data.corpus_ids[int(idx)]
-                if spec.ignore_identical_ids and doc == qid:
-                    continue  # BEIR drops a document that is the query itself
-                if len(hits) < spec.depth:
-                    hits[doc] = float(score)
-            run[qid] = hits
-        per_query = evaluate_run(run, qrels, spec.metrics)
+        per_query: dict[str, dict[str, float]] = {name: {} for name in parts[0][1]} if parts else {}
+        for part_run, part_scores in parts:  # chunks hold disjoint queries: merging keeps each query's figures
+            run.update(part_run)
+            for name, values in part_scores.items():
+                per_query[name].update(values)
         encoder = ctx.encoder_info()
         system = f"{encoder['name']}+{index.kind}"
         metrics, per_unit = summarise(

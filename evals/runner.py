@@ -36,6 +36,7 @@ from evals.results import (
     write_json,
 )
 from evals.retrieval_task import RetrievalEvaluator
+from evals.shards import LocalShards, Shards
 from evals.suite import PROJECT_ROOT, LoadedSuite
 from retrieval.encoder import Encoder
 
@@ -68,6 +69,7 @@ class RunOptions:
         encoder: An already loaded encoder to use instead of loading ``system.encoder``.
         answer_backends: Backend factories (default: :func:`evals.answers.available_backends`).
         models: Resolves registered models for tasks that name one (``registered`` recommenders).
+        shards: Where users and queries are scored (default: this process; :class:`evals.shards.RayShards`).
     """
 
     data_root: Path | None = None
@@ -79,6 +81,7 @@ class RunOptions:
     encoder: Encoder | None = None
     answer_backends: Mapping[str, Callable[..., Any]] | None = None
     models: ModelResolver | None = None
+    shards: Shards | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +203,7 @@ def _run(
         preloaded_encoder=options.encoder,
         answer_backends=options.answer_backends if options.answer_backends is not None else available_backends(),
         models=options.models,
+        shards=options.shards or LocalShards(),
     )
     started_at = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
@@ -209,6 +213,12 @@ def _run(
         ("recommendation", tid, RecommendationEvaluator(tid, spec, ctx)) for tid, spec in suite.recommendation.items()
     ]
     evaluators += [("answers", tid, AnswerEvaluator(tid, spec, ctx)) for tid, spec in suite.answers.items()]
+    if ctx.shards.name != "local":
+        for tid, spec in suite.answers.items():
+            if spec.enabled:
+                ctx.note(
+                    f"answers.{tid}: answered in this process (the {ctx.shards.name} engine shards users and queries)"
+                )
     outputs: dict[str, tuple[str, Any, TaskOutput, float]] = {}
     disabled: dict[str, tuple[str, Any]] = {}
     for kind, tid, evaluator in evaluators:
@@ -294,6 +304,8 @@ def _run(
         "datasets": merge_dataset_entries(datasets),
         "library_versions": library_versions(),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        # where users and queries were scored (local or ray); the figures are the same either way
+        "engine": ctx.shards.name,
         "tasks": tasks,
         "metrics": [m.to_json() for m in metrics],
         "baseline": {"run_id": baseline.run_id, "path": str(baseline.folder)} if baseline else None,

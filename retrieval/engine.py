@@ -30,7 +30,7 @@ from retrieval.encoder import Encoder, EncoderConfig, EncoderInfo, load_encoder
 from retrieval.errors import NotReadyError, UnknownUserError
 from retrieval.gate import SwapGate
 from retrieval.index import IndexSpec
-from retrieval.item_store import ItemStore
+from retrieval.item_store import BulkEmbedder, ItemStore
 from retrieval.knowledge import ChunkingConfig, DocumentChange
 from retrieval.locks import file_lock
 from retrieval.pack import Document, DomainPack, load_pack
@@ -172,16 +172,19 @@ class RetrievalEngine:
         self._close()
         self.status = "stopped"
 
-    def build_offline(self) -> dict[str, Any]:
+    def build_offline(self, embedder: BulkEmbedder | None = None) -> dict[str, Any]:
         """Make the catalog match the pack and write a fresh snapshot, without serving (``candor index build``).
 
         Only items whose text changed since the last build are embedded again.
+
+        Args:
+            embedder: Embeds those items instead of the local encoder (Ray Data, :mod:`retrieval.bulk`).
 
         Returns:
             The index info, with the knowledge base's.
         """
         self.status = "loading"
-        self._load(reset_from_pack=True)
+        self._load(reset_from_pack=True, embedder=embedder)
         info = {**self.index_info(), "knowledge": self.knowledge_info()}
         self._close()
         self.status = "stopped"
@@ -240,7 +243,7 @@ class RetrievalEngine:
         logger.info("encoder_swapped", encoder=encoder.info.identity())
         return encoder.info
 
-    def _load(self, *, reset_from_pack: bool = False) -> None:
+    def _load(self, *, reset_from_pack: bool = False, embedder: BulkEmbedder | None = None) -> None:
         cfg = self.config
         self._pack = pack = load_pack(cfg.pack_path)
         if self._encoder is None:
@@ -269,6 +272,7 @@ class RetrievalEngine:
             bulk_batch_size=cfg.encoder.bulk_batch_size,
             snapshot_delay_s=cfg.snapshot_delay_s,
             show_progress=cfg.show_progress,
+            embedder=embedder,
         )
         store.open(pack.items, reset=reset_from_pack)
         self._store = store

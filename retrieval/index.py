@@ -50,6 +50,8 @@ class IndexSpec:
         hnsw_ef_search: HNSW search beam width.
         ivf_nlist: IVF cell count (0: about 4 * sqrt(n), at least 39 training vectors per cell).
         ivf_nprobe: IVF cells visited per query.
+        ivf_train_sample: Most vectors IVF's k-means trains on, drawn at random (0: all of them).
+        ivf_train_seed: Seed of that draw, so a rebuild of the same catalog trains the same cells.
         threads: OpenMP threads FAISS may use.
         blas_threshold: Query count from which flat search switches to BLAS (FAISS's default is 20 at 384-d,
             via ``distance_compute_blas_threshold``; batched search wants it low).
@@ -61,6 +63,8 @@ class IndexSpec:
     hnsw_ef_search: int
     ivf_nlist: int
     ivf_nprobe: int
+    ivf_train_sample: int
+    ivf_train_seed: int
     threads: int
     blas_threshold: int
 
@@ -102,6 +106,17 @@ def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
     return matrix
 
 
+def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` rows of ``vectors`` drawn without replacement by ``seed`` (all rows when ``size`` is 0).
+
+    Rows keep their original order, so the sample depends only on the vectors, the size and the seed.
+    """
+    if size <= 0 or len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
+    return np.ascontiguousarray(vectors[rows])
+
+
 class VectorIndex:
     """A thread-safe FAISS index over inner product (cosine, for unit vectors) with int64 ids."""
 
@@ -130,12 +145,13 @@ class VectorIndex:
             inner.hnsw.efConstruction = spec.hnsw_ef_construction
         elif spec.kind == "ivf":
             n = len(ids_arr)
-            nlist = spec.ivf_nlist or max(1, int(4 * math.sqrt(max(n, 1))))
-            nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
-            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             if n == 0:
                 raise IndexStoreError("an IVF index needs vectors to train on; build it from a non-empty catalog")
-            inner.train(matrix)
+            sample = training_sample(matrix, spec.ivf_train_sample, spec.ivf_train_seed)
+            nlist = spec.ivf_nlist or max(1, int(4 * math.sqrt(n)))
+            nlist = max(1, min(nlist, len(sample) // 39 if len(sample) >= 39 else 1))
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.train(sample)
             inner.make_direct_map(True)
         else:
             raise IndexStoreError(f"unknown index kind {spec.kind!r}")
@@ -148,6 +164,11 @@ class VectorIndex:
     def from_bytes(cls, blob: np.ndarray, spec: IndexSpec) -> VectorIndex:
         """Restore an index serialised with :meth:`to_bytes`."""
         return cls(faiss.deserialize_index(blob), spec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its serialised bytes (the lock and the SWIG object cannot be): sharded evaluation sends the
+        # index to Ray tasks this way.
+        return (VectorIndex.from_bytes, (self.to_bytes()[0], self.spec))
 
     @classmethod
     def read(cls, path: Path, spec: IndexSpec, *, mmap: bool = True) -> VectorIndex:

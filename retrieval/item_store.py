@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,11 @@ from retrieval.index import IndexSpec, SnapshotManifest, SnapshotStore, VectorIn
 from retrieval.types import Filters, Item
 
 logger = structlog.get_logger(__name__)
+
+
+# Embeds many items at once in place of the local encoder loop (Ray Data: retrieval/bulk.py): the items, and
+# whether they are every item of the pack file; returns their unit vectors in order.
+BulkEmbedder = Callable[[Sequence[Item], bool], np.ndarray]
 
 
 def _text_digest(item: Item) -> str:
@@ -52,6 +57,8 @@ class ItemStore:
         bulk_batch_size: Texts per forward pass when embedding many items.
         snapshot_delay_s: A snapshot is written this long after the last write.
         show_progress: Draw a progress bar while embedding many items.
+        embedder: Embeds the items of a reset or re-embed instead of ``encoder`` (Ray Data); the vectors must
+            come from the same weights.
     """
 
     def __init__(
@@ -63,8 +70,10 @@ class ItemStore:
         bulk_batch_size: int,
         snapshot_delay_s: float,
         show_progress: bool,
+        embedder: BulkEmbedder | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self._embedder = embedder
         self.spec = spec
         self._encoder = encoder
         self._bulk_batch_size = bulk_batch_size
@@ -111,7 +120,9 @@ class ItemStore:
         if self._dirty and self._index is not None:
             await asyncio.to_thread(self._save_snapshot)
 
-    def _embed(self, items: Sequence[Item], label: str) -> np.ndarray:
+    def _embed(self, items: Sequence[Item], label: str, *, whole_pack: bool = False) -> np.ndarray:
+        if self._embedder is not None and items:
+            return self._embedder(items, whole_pack)
         with tqdm(total=len(items), desc=label, unit="item", disable=not self._show_progress, leave=False) as bar:
             return self._encoder.encode(
                 [item.embedding_text() for item in items], batch_size=self._bulk_batch_size, progress=bar.update
@@ -136,7 +147,8 @@ class ItemStore:
         stale_text = [
             item for item in changed if (cur := catalog.get(item.id)) is None or _text_digest(cur) != _text_digest(item)
         ]
-        fresh = dict(zip((i.id for i in stale_text), self._embed(stale_text, "embedding items"), strict=True))
+        embedded = self._embed(stale_text, "embedding items", whole_pack=len(stale_text) == len(items))
+        fresh = dict(zip((i.id for i in stale_text), embedded, strict=True))
         if not changed:
             return
         kept = [i for i in changed if i.id not in fresh]

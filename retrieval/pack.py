@@ -103,6 +103,42 @@ def _read_jsonl(path: Path, problems: _Problems) -> Iterator[tuple[str, dict[str
             yield where, obj
 
 
+def _read_parquet(path: Path, problems: _Problems) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, object)`` for each row of a Parquet file (null columns count as absent fields).
+
+    Needs pyarrow (installed with ``candor[ray]``): large packs are the ones written as Parquet.
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        problems.add(path.name, "-", "reading Parquet needs pyarrow (pip install 'candor[ray]')")
+        return
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        problems.add(path.name, "-", f"cannot read file: {exc}")
+        return
+    row = 0
+    for batch in table.to_batches(max_chunksize=65536):
+        for obj in batch.to_pylist():
+            row += 1
+            attributes = obj.get("attributes")
+            if isinstance(attributes, list):  # a Parquet map column reads as (key, value) pairs
+                obj["attributes"] = dict(attributes)
+            yield f"{path.name}:row {row}", {k: v for k, v in obj.items() if v is not None}
+
+
+ITEM_FILES = ("items.jsonl", "items.parquet")
+
+
+def items_file(root: Path) -> Path | None:
+    """The pack's items file: ``items.jsonl``, else ``items.parquet`` (large catalogs), else ``None``."""
+    for name in ITEM_FILES:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
 def _check_fields(where: str, obj: dict[str, Any], required: set[str], optional: set[str], problems: _Problems) -> bool:
     ok = True
     for name in sorted(required - obj.keys()):
@@ -255,7 +291,8 @@ def _load_file(
 ) -> list[_T]:
     records: list[_T] = []
     first_seen: dict[str, str] = {}
-    for where, obj in _read_jsonl(path, problems):
+    rows = _read_parquet(path, problems) if path.suffix == ".parquet" else _read_jsonl(path, problems)
+    for where, obj in rows:
         record = parse(where, obj, problems)
         if record is None:
             continue
@@ -273,8 +310,8 @@ def load_pack(path: str | Path) -> DomainPack:
     """Load and validate a domain pack folder.
 
     Args:
-        path: Folder with ``items.jsonl`` and optionally ``documents.jsonl``, ``interactions.jsonl`` and
-            ``users.jsonl``.
+        path: Folder with ``items.jsonl`` (or ``items.parquet``, same fields) and optionally ``documents.jsonl``,
+            ``interactions.jsonl`` and ``users.jsonl``.
 
     Returns:
         The validated pack.
@@ -284,9 +321,10 @@ def load_pack(path: str | Path) -> DomainPack:
     """
     root = Path(path)
     problems = _Problems()
-    if not (root / "items.jsonl").is_file():
+    source = items_file(root)
+    if source is None:
         raise PackValidationError([f"{root}: items.jsonl: missing (a domain pack needs at least its items)"])
-    items = _load_file(root / "items.jsonl", _parse_item, lambda i: i.id, problems, unique=True)
+    items = _load_file(source, _parse_item, lambda i: i.id, problems, unique=True)
     documents: list[Document] = []
     if (root / "documents.jsonl").is_file():
         documents = _load_file(root / "documents.jsonl", _parse_document, lambda d: d.id, problems, unique=True)
@@ -304,7 +342,7 @@ def load_pack(path: str | Path) -> DomainPack:
             unique=False,
         )
     if not items and not problems.lines:
-        problems.add("items.jsonl", "-", "no items")
+        problems.add(source.name, "-", "no items")
     if problems.lines:
         raise PackValidationError(problems.lines)
     return DomainPack(

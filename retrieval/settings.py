@@ -19,6 +19,7 @@ from retrieval.answers.grounding import ExtractiveConfig, SupportConfig
 from retrieval.answers.local_model import LocalGeneratorConfig
 from retrieval.answers.remote import OpenAIConfig
 from retrieval.batcher import BatcherConfig
+from retrieval.bulk import RayConfig
 from retrieval.encoder import Device, EncoderConfig
 from retrieval.index import IndexKind, IndexSpec
 from retrieval.knowledge import ChunkingConfig
@@ -171,12 +172,29 @@ class IndexSettings(Section):
     hnsw_ef_search: int = Field(default=64, gt=0)
     ivf_nlist: int = Field(default=0, ge=0)
     ivf_nprobe: int = Field(default=8, gt=0)
+    ivf_train_sample: int = Field(default=100000, ge=0)
+    ivf_train_seed: int = 0
     threads: int = Field(default=1, gt=0)
     blas_threshold: int = Field(default=4, gt=0)
 
     def to_config(self) -> IndexSpec:
         """As the index's spec."""
         return IndexSpec(**_values(self, IndexSettings))
+
+
+class RaySettings(Section):
+    """``[ray]``: bulk embedding and sharded evaluation on Ray (``--engine ray``)."""
+
+    address: str = ""
+    actors: int = Field(default=0, ge=0)
+    actor_cpus: int = Field(default=1, gt=0)
+    batch_rows: int = Field(default=512, gt=0)
+    eval_shards: int = Field(default=0, ge=0)
+
+    def to_config(self, address: str | None = None) -> RayConfig:
+        """As the bulk runner's config; ``address`` (``--address``) wins over the configured one."""
+        values = _values(self, RaySettings, exclude=frozenset({"address"}))
+        return RayConfig(address=self.address if address is None else address, **values)
 
 
 class RecommenderSettings(Section):

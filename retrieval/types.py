@@ -28,6 +28,19 @@ def split_category(path: str) -> list[str]:
     return [part.strip() for part in path.split(">") if part.strip()]
 
 
+def item_embedding_text(title: str, category: str, brand: str | None, text: str | None) -> str:
+    """Text the encoder sees for an item: title first, so truncation keeps what matters most.
+
+    A function of the four fields rather than only an :class:`Item` method, so bulk embedding (Ray Data, which
+    reads the pack's rows as columns) builds exactly the text the local path does.
+    """
+    parts = [title, category.replace(CATEGORY_SEPARATOR, ", ")]
+    if brand:
+        parts.append(f"Brand: {brand}")
+    parts.append(text or "")
+    return ". ".join(p for p in parts if p)
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """A catalog item as a domain pack or the admin API describes it.
@@ -53,12 +66,8 @@ class Item:
     provider: str | None = None
 
     def embedding_text(self) -> str:
-        """Text the encoder sees for this item: title first, so truncation keeps what matters most."""
-        parts = [self.title, self.category.replace(CATEGORY_SEPARATOR, ", ")]
-        if self.brand:
-            parts.append(f"Brand: {self.brand}")
-        parts.append(self.text)
-        return ". ".join(p for p in parts if p)
+        """Text the encoder sees for this item (see :func:`item_embedding_text`)."""
+        return item_embedding_text(self.title, self.category, self.brand, self.text)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the item as a JSON-ready dict (the domain-pack line format)."""
