@@ -253,7 +253,7 @@ class RetrievalEngine:
         # Processes sharing the state folder open it one at a time: the first seeds the catalog and the knowledge
         # base from the pack and writes the first snapshot; the others find them made.
         with file_lock(cfg.state_dir / ".open.lock"):
-            self._open_state(pack, encoder, reset_from_pack=reset_from_pack)
+            self._open_state(pack, encoder, reset_from_pack=reset_from_pack, embedder=embedder)
         self._ranker = Ranker(self.store, self._neighbours, cfg.recommender)
         self._ranker.load(pack.interactions)
         if cfg.recommender_model is not None:
@@ -263,7 +263,9 @@ class RetrievalEngine:
             except ValueError as exc:  # a pin that cannot serve this catalog must not keep the service down
                 logger.error("recommender_not_served", version=version, reason=str(exc))
 
-    def _open_state(self, pack: DomainPack, encoder: Encoder, *, reset_from_pack: bool) -> None:
+    def _open_state(
+        self, pack: DomainPack, encoder: Encoder, *, reset_from_pack: bool, embedder: BulkEmbedder | None
+    ) -> None:
         cfg = self.config
         store = ItemStore(
             cfg.state_dir,
