@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
 import sys
 import time
 from collections import deque
@@ -39,8 +38,8 @@ from typing import Any
 from app.observability import configure_logging
 from app.settings import load_settings
 from bench.load import emit_report
-from bench.serving import RawClient, machine, start_server, wait_ready
-from bench.soak import Sample, Workload, make_workload, percentile_ms, soak_state
+from bench.serving import RawClient, machine
+from bench.soak import Sample, Workload, make_workload, percentile_ms, ready_server, run_state
 
 GOAL_SLOWDOWN = 2.0
 REFUSED = (429, 503)
@@ -251,19 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging("warning", "console")  # stdout carries only the JSON summary
     settings = load_settings()
-    state = args.state_dir.resolve() if args.state_dir else soak_state(settings.state_dir)
-    try:
+    with run_state(args.state_dir, settings.state_dir) as state:
         calls = Calls(make_workload(settings.pack_path, state, 200))
-        proc, port = start_server(state, {})
-        try:
-            wait_ready(port, proc)
+        with ready_server(state) as (_, port):
             summary = asyncio.run(measure(port, calls, args))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    finally:
-        if args.state_dir is None:
-            shutil.rmtree(state, ignore_errors=True)
     report = {
         "benchmark": "roles",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

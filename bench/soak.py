@@ -28,11 +28,12 @@ import contextlib
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,29 @@ def soak_state(configured: Path) -> Path:
     return state
 
 
+@contextlib.contextmanager
+def run_state(state_dir: Path | None, configured: Path) -> Iterator[Path]:
+    """``state_dir`` as it is, or a temporary copy of ``configured``'s state (:func:`soak_state`), removed after."""
+    state = state_dir.resolve() if state_dir else soak_state(configured)
+    try:
+        yield state
+    finally:
+        if state_dir is None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ready_server(state: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``candor serve`` on ``state``, ready to answer; terminated after."""
+    proc, port = start_server(state, {})
+    try:
+        wait_ready(port, proc)
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def make_workload(pack_path: Path, state: Path, queries: int) -> Workload:
     """Queries, item and shopper ids and questions from the pack, and a key of each role in ``state``."""
     pack = load_pack(pack_path)
@@ -348,20 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging("warning", "console")  # stdout carries only the JSON summary
     settings = load_settings()
-    state = args.state_dir.resolve() if args.state_dir else soak_state(settings.state_dir)
-    try:
+    with run_state(args.state_dir, settings.state_dir) as state:
         workload = make_workload(settings.pack_path, state, args.queries)
-        proc, port = start_server(state, {})
-        try:
-            wait_ready(port, proc)
+        with ready_server(state) as (proc, port):
             summary = asyncio.run(soak(port, proc.pid, workload, args))
             exited = proc.poll()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    finally:
-        if args.state_dir is None:
-            shutil.rmtree(state, ignore_errors=True)
     report = {
         "benchmark": "soak",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
