@@ -190,10 +190,10 @@ def _secure(request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https"
 
 
-def session_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int | None) -> Cookie:
-    """The session cookie (an empty value with ``max_age=0`` clears it)."""
+def _cookie(key: str, portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int | None) -> Cookie:
+    """A page cookie: HttpOnly, SameSite=Strict, scoped to the portal's path, Secure over https."""
     return Cookie(
-        key=portal.cookie,
+        key=key,
         value=value,
         path=portal.path,
         httponly=True,
@@ -201,19 +201,16 @@ def session_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, 
         secure=_secure(request),
         max_age=max_age,
     )
+
+
+def session_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int | None) -> Cookie:
+    """The session cookie (an empty value with ``max_age=0`` clears it)."""
+    return _cookie(portal.cookie, portal, request, value, max_age)
 
 
 def sign_in_cookie(portal: Portal, request: Request[Any, Any, Any], value: str, max_age: int) -> Cookie:
     """The sign-in form's CSRF cookie."""
-    return Cookie(
-        key=portal.sign_in_cookie,
-        value=value,
-        path=portal.path,
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-        max_age=max_age,
-    )
+    return _cookie(portal.sign_in_cookie, portal, request, value, max_age)
 
 
 def new_token() -> str:
