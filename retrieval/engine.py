@@ -25,18 +25,17 @@ import numpy as np
 import structlog
 
 from retrieval.answers import ContextPassage
-from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
+from retrieval.batcher import BatchObserver, DynamicBatcher
 from retrieval.encoder import Encoder, EncoderConfig, EncoderInfo, load_encoder
+from retrieval.engine_config import EngineConfig
 from retrieval.errors import NotReadyError, UnknownUserError
 from retrieval.gate import SwapGate
-from retrieval.index import IndexSpec
 from retrieval.item_store import BulkEmbedder, ItemStore
-from retrieval.knowledge import ChunkingConfig, DocumentChange
+from retrieval.knowledge import DocumentChange
 from retrieval.locks import file_lock
 from retrieval.pack import Document, DomainPack, load_pack
 from retrieval.passages import PassageRetriever
 from retrieval.ranking import Ranked, Ranker
-from retrieval.recommend import RecommenderConfig
 from retrieval.types import Filters, HistoryEntry, Item
 
 logger = structlog.get_logger(__name__)
@@ -44,45 +43,6 @@ logger = structlog.get_logger(__name__)
 Status = Literal["starting", "loading", "ready", "failed", "stopped"]
 
 __all__ = ["EngineConfig", "Ranked", "RetrievalEngine", "SearchQuery"]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Everything the engine needs to start (built from the settings: ``Settings.engine_config``).
-
-    Attributes:
-        state_dir: Where the catalog database, the knowledge base and index snapshots live.
-        pack_path: The domain pack the catalog is seeded from.
-        encoder: Encoder choice.
-        encoder_batching: Batcher knobs for the encoder.
-        search_batching: Batcher knobs for FAISS searches.
-        index: FAISS structure and search knobs.
-        recommender: Recommender knobs.
-        snapshot_delay_s: Writes are snapshotted this long after the last one (they are durable in the catalog
-            at once).
-        show_progress: Draw a progress bar while embedding a catalog.
-        chunking: How knowledge-base documents are cut into chunks.
-        answer_items: Whether item texts are answerable (searched beside the documents).
-        item_passage_chars: Longest item text given to an answer backend.
-        min_recommender_coverage: Least share of the catalog a trained recommender must know to be served.
-        recommender_model: The trained recommender to serve from the start: its folder and its name
-            (``recommender:<version>``); ``None`` serves content similarity.
-    """
-
-    state_dir: Path
-    pack_path: Path
-    encoder: EncoderConfig
-    encoder_batching: BatcherConfig
-    search_batching: BatcherConfig
-    index: IndexSpec
-    recommender: RecommenderConfig
-    snapshot_delay_s: float
-    show_progress: bool
-    chunking: ChunkingConfig
-    answer_items: bool
-    item_passage_chars: int
-    min_recommender_coverage: float
-    recommender_model: tuple[Path, str] | None
 
 
 @dataclass(frozen=True, slots=True)

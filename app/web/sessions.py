@@ -96,6 +96,9 @@ class SessionStore:
             self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         else:
             self._db = connect(path)
+            # Every page view moves ``seen``, so commits do not wait for the disk here: a crash may at worst sign a
+            # browser out again, unlike the stores that keep records (they stay synchronous=FULL).
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self.max_sessions = max_sessions
