@@ -12,23 +12,19 @@ and one computation per key: concurrent requests for the same record or the same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from retrieval.batcher import lower_thread_priority
 
 T = TypeVar("T")
 
 
 def _background_thread(nice: int, torch_threads: int) -> None:
     """Set up one of a queue's threads: lower CPU priority, and a bounded torch thread team (both per thread)."""
-    if nice > 0 and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):  # not permitted or not supported here: keep the default priority
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    lower_thread_priority(nice)
     if torch_threads > 0:
         import torch  # the serving process has it loaded; OpenMP thread counts are per calling thread
 

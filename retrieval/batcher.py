@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -127,6 +128,17 @@ class _Pending(Generic[In, Out]):
     request_id: str
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Out] = field(repr=False)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: per thread; threads it starts inherit it).
+
+    Where that is not permitted or not supported, the thread keeps its priority.
+    """
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Out], Out | BaseException]]) -> None:

@@ -466,6 +466,7 @@ class EncoderConfig:
     bulk_batch_size: int
     trace: bool
     packed: bool
+    nice: int
 
 
 def load_encoder(cfg: EncoderConfig) -> Encoder:

@@ -25,7 +25,7 @@ import numpy as np
 import structlog
 
 from retrieval.answers import ContextPassage
-from retrieval.batcher import BatchObserver, DynamicBatcher
+from retrieval.batcher import BatchObserver, DynamicBatcher, lower_thread_priority
 from retrieval.encoder import Encoder, EncoderConfig, EncoderInfo, load_encoder
 from retrieval.engine_config import EngineConfig
 from retrieval.errors import NotReadyError, UnknownUserError
@@ -159,7 +159,7 @@ class RetrievalEngine:
             replace(self.config.encoder_batching, workers=workers, packed=encoder.packed),
             cost=len,
             observer=self._observer,
-            thread_init=lambda: encoder.use_threads(threads),
+            thread_init=lambda: (lower_thread_priority(self.config.encoder.nice), encoder.use_threads(threads)),
         )
         logger.info(
             "encoder_workers", workers=workers, threads_each=threads, device=encoder.info.device, packed=encoder.packed

@@ -68,6 +68,7 @@ class EncoderSettings(Section):
     bulk_batch_size: int = Field(default=32, gt=0)
     trace: bool = True
     packed: bool = True
+    nice: int = Field(default=0, ge=0, le=19)
 
     def to_config(self) -> EncoderConfig:
         """As the encoder's config."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.batcher import BatcherConfig, BatchStats, DynamicBatcher
+from retrieval.batcher import BatcherConfig, BatchStats, DynamicBatcher, lower_thread_priority
 from retrieval.errors import BatcherClosedError, QueueFullError, QueueTimeoutError
 
 
@@ -348,3 +349,25 @@ async def test_workers_never_pass_over_the_oldest_item() -> None:
     await asyncio.gather(*busy, *waiting)
     await batcher.stop()
     assert order.index(long_item) <= 3, order
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priorities need Linux")
+def test_lower_thread_priority_lowers_only_the_calling_thread_and_what_it_starts() -> None:
+    seen: dict[str, int] = {}
+
+    def child() -> None:
+        seen["child"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def worker() -> None:
+        lower_thread_priority(3)
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        started = threading.Thread(target=child)
+        started.start()
+        started.join()
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"worker": min(19, before + 3), "child": min(19, before + 3)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
