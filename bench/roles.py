@@ -2,7 +2,7 @@
 
 Prints one JSON summary (and writes it with ``--out FILE``)::
 
-    python -m bench.roles [--seconds 30] [--frontend 4] [--heavy 8] [--state-dir DIR] [--out FILE]
+    python -m bench.roles [--seconds 30] [--frontend 4] [--heavy 8] [--rate 0] [--state-dir DIR] [--out FILE]
 
 One ``candor serve`` (on a temporary copy of the configured state, as ``bench.soak``) goes through phases of
 ``--seconds`` each, back to back, so the ratios compare figures of one machine a minute apart:
@@ -19,6 +19,10 @@ at most 2, "no request of one role slowed more than 2x by another role's load").
 is the service refusing work it has no room for: counted apart (``refused``), and the client waits a moment;
 every other non-2xx answer is an error. On a machine with few cores every role shares the same cores, so the
 ratios include plain CPU sharing, not only queueing behind another role's work.
+
+By default the measured role's clients send back to back, which saturates the server on its own (its event loop is
+then busy all the time, so anything else it serves adds to every call's wait). ``--rate R`` paces them at R calls/s
+together instead, an operating point below saturation, while the other role's clients still send back to back.
 """
 
 from __future__ import annotations
@@ -114,9 +118,16 @@ def _json(body: dict[str, Any]) -> bytes:
 
 
 async def closed_loop(
-    port: int, key: str, pick: Pick, clients: int, duration: float, seed: int, calls: Calls | None = None
+    port: int,
+    key: str,
+    pick: Pick,
+    clients: int,
+    duration: float,
+    seed: int,
+    calls: Calls | None = None,
+    rate: float = 0.0,
 ) -> list[Sample]:
-    """``clients`` closed-loop clients sending ``pick``'s calls with ``key`` for ``duration`` seconds.
+    """``clients`` clients sending ``pick``'s calls with ``key`` for ``duration`` seconds, back to back or paced.
 
     Args:
         port: The server's loopback port.
@@ -126,6 +137,9 @@ async def closed_loop(
         duration: Seconds to send calls.
         seed: Seeds each client's draws.
         calls: Where audit ids of search answers are kept for reviewer reads (``None``: not kept).
+        rate: Calls per second of all the clients together, on a fixed schedule (0: each client sends its next call
+            as soon as the last is answered). A paced call's latency counts from when it was due, so a server that
+            falls behind is not hidden by the clients waiting for it.
     """
     samples: list[Sample] = []
     start = time.perf_counter()
@@ -134,8 +148,16 @@ async def closed_loop(
         rng = random.Random(seed * 1000 + number)
         conn = RawClient("127.0.0.1", port, key)
         await conn.connect()
+        paced, slot = rate > 0, number  # paced: this client's calls are slots number, number + clients, ...
         try:
             while (sent := time.perf_counter()) - start < duration:
+                if paced:
+                    due = slot / rate
+                    if due >= duration:
+                        break
+                    if start + due > sent:
+                        await asyncio.sleep(start + due - sent)
+                    sent, slot = start + due, slot + clients
                 route, method, path, body = pick(rng)
                 try:
                     status, payload = await conn.request(method, path, body)
@@ -145,7 +167,7 @@ async def closed_loop(
                     conn = RawClient("127.0.0.1", port, key)
                     await conn.connect()
                 samples.append(Sample(route, sent - start, time.perf_counter() - sent, status))
-                if status in REFUSED:
+                if status in REFUSED and not paced:
                     await asyncio.sleep(0.25)  # the service asked for room; a real client backs off
                 elif calls is not None and status == 200 and route == "POST /v1/search":
                     audit_id = json.loads(payload).get("audit_id")
@@ -195,7 +217,7 @@ async def measure(port: int, calls: Calls, args: argparse.Namespace) -> dict[str
     async def phase(
         measured: tuple[str, Pick], other: tuple[str, Pick] | None, clients: int
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        runs = [closed_loop(port, keys[measured[0]], measured[1], clients, seconds, seed, calls)]
+        runs = [closed_loop(port, keys[measured[0]], measured[1], clients, seconds, seed, calls, args.rate)]
         if other is not None:
             runs.append(closed_loop(port, keys[other[0]], other[1], args.heavy, seconds, seed + 1, calls))
         done = await asyncio.gather(*runs)
@@ -244,6 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--frontend", type=int, default=4, help="clients of the measured role")
     parser.add_argument("--heavy", type=int, default=8, help="clients of the other role's load")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="calls/s of the measured role's clients together, paced (0: back to back, saturating the server)",
+    )
     parser.add_argument("--seed", type=int, default=29)
     parser.add_argument("--state-dir", type=Path, default=None, help="serve this state folder as it is")
     parser.add_argument("--out", default=None, help="also write the JSON summary to this file")
@@ -259,7 +287,13 @@ def main(argv: list[str] | None = None) -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python -m bench.roles", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
-        "workload": {"seconds": args.seconds, "frontend": args.frontend, "heavy": args.heavy, "seed": args.seed},
+        "workload": {
+            "seconds": args.seconds,
+            "frontend": args.frontend,
+            "heavy": args.heavy,
+            "seed": args.seed,
+            "rate": args.rate,
+        },
         **summary,
     }
     emit_report(report, args.out)

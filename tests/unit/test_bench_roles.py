@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
-from bench.roles import Calls, figures, slowdown
+from bench.roles import Calls, closed_loop, figures, slowdown
 from bench.soak import Sample, Workload
 
 
@@ -41,3 +42,31 @@ def test_each_client_kind_sends_its_own_calls() -> None:
     method, path = calls.admin_writes(rng)[1:3]
     assert method == "PUT"
     assert path.startswith("/v1/items/ROLES-")
+
+
+async def _paced_run(rate: float, clients: int, seconds: float) -> list[float]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except asyncio.IncompleteReadError:  # the client closed its connection
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pick = lambda _rng: ("GET /x", "GET", "/x", None)  # noqa: E731
+        samples = await closed_loop(port, "key", pick, clients, seconds, seed=1, rate=rate)
+    finally:
+        server.close()
+    assert all(s.status == 200 for s in samples)
+    return sorted(s.sent for s in samples)
+
+
+def test_paced_clients_send_on_a_fixed_schedule_whatever_the_answers_take() -> None:
+    sent = asyncio.run(_paced_run(rate=40.0, clients=4, seconds=0.5))
+    # Calls are due every 1/40 s across the clients, and each counts from when it was due.
+    assert [round(t * 40) for t in sent] == list(range(20))
+    assert all(abs(t * 40 - round(t * 40)) < 1e-6 for t in sent)
