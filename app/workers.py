@@ -101,11 +101,14 @@ def shared_inference(settings: Settings) -> Iterator[None]:
     """Start the inference process, wait until it serves, and point the workers to come at it; stop it on exit.
 
     Raises:
+        ValueError: The socket's path would be too long (the state folder's path is).
         InferenceUnavailableError: It exited or did not serve within :data:`INFERENCE_START_TIMEOUT_S`.
     """
     from retrieval.inference import wait_serving
 
-    path = settings.state_dir / "inference.sock"
+    path = settings.state_dir.resolve() / "inference.sock"
+    if len(os.fsencode(path)) > 100:  # Linux refuses Unix socket paths of 108 bytes and more
+        raise ValueError(f"server.inference = 'shared' needs a shorter state folder path for its socket: {path}")
     process = multiprocessing.get_context("spawn").Process(
         target=run_inference, args=(str(path),), name="candor-inference", daemon=True
     )
