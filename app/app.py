@@ -53,6 +53,7 @@ from app.web.console import ConsoleController
 from app.web.demo import DemoController
 from app.web.headers import SecurityHeadersMiddleware
 from app.web.sessions import SessionStore
+from app.workers import inference_client
 from governance.audit import AuditLog
 from governance.report import MEDIA_TYPES as REPORT_MEDIA_TYPES
 from retrieval.answers import AnswerService, Generator, LocalBackend, RemoteBackend
@@ -212,7 +213,7 @@ def create_app(
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     serving, engine_config = models.pinned_engine_config(settings, show_progress=show_progress, encoder=encoder)
-    engine = RetrievalEngine(engine_config, observer=metrics, encoder=encoder)
+    engine = RetrievalEngine(engine_config, observer=metrics, encoder=encoder or inference_client())
     reader = models.reader_backend(settings, serving.reader_config, serving.reader, metrics)
     answers = build_answer_service(settings, engine, metrics, reader)
 

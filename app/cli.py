@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def serve(host: str | None, port: int | None, workers: int | None, config_file: 
     import uvicorn
 
     from app.observability import configure_logging
-    from app.workers import WORKER_ENV, resolve_workers
+    from app.workers import INFERENCE_ENV, WORKER_ENV, resolve_workers
 
     server: dict[str, Any] = {}
     if host is not None:
@@ -79,6 +80,7 @@ def serve(host: str | None, port: int | None, workers: int | None, config_file: 
     from app.server import protocol_class
 
     os.environ.pop(WORKER_ENV, None)
+    os.environ.pop(INFERENCE_ENV, None)
     tune_interpreter(settings.server)
     app = create_app(settings, on_ready=lambda: tune_gc(settings.server))
     uvicorn.run(app, http=protocol_class(settings.server.request_read_timeout_s), **options)
@@ -92,7 +94,7 @@ def _serve_workers(
 
     from app.app import bootstrap_keys
     from app.auth import KeyStore
-    from app.workers import WORKER_ENV
+    from app.workers import WORKER_ENV, shared_inference
 
     # Workers are spawned and read their settings again: hand them what this command line chose.
     if config_file is not None:
@@ -110,16 +112,19 @@ def _serve_workers(
             keys.close()
         if created is not None:
             print(f"candor: created a frontend and an admin API key in {created}", file=sys.stderr, flush=True)
-    uvicorn.run(
-        "app.workers:worker_app",
-        factory=True,
-        workers=count,
-        http="app.workers:HttpProtocol",
-        # A worker loads its models before it serves; its health pings are answered meanwhile by a thread, which
-        # may wait for the interpreter while weights load.
-        timeout_worker_healthcheck=30,
-        **options,
-    )
+    with ExitStack() as stack:
+        if settings.server.inference == "shared":  # started after the environment above, which it reads too
+            stack.enter_context(shared_inference(settings))
+        uvicorn.run(
+            "app.workers:worker_app",
+            factory=True,
+            workers=count,
+            http="app.workers:HttpProtocol",
+            # A worker loads its models before it serves; its health pings are answered meanwhile by a thread,
+            # which may wait for the interpreter while weights load.
+            timeout_worker_healthcheck=30,
+            **options,
+        )
 
 
 @main.group()

@@ -32,6 +32,7 @@ from retrieval.errors import (
     BackendUnavailableError,
     BatcherClosedError,
     GeneratorError,
+    InferenceUnavailableError,
     InvalidQueryError,
     NotReadyError,
     OverloadedError,
@@ -93,8 +94,8 @@ _STATUS_DOCS = {
     "model that cannot serve this catalog)",
     429: "Too many requests queued: overloaded; retry after the Retry-After header's seconds",
     502: "The answer model's backend failed: upstream_error",
-    503: "Starting or stopping, or a part is unavailable (not_ready, queue_timeout, audit_unavailable...); "
-    "retry after the Retry-After header's seconds",
+    503: "Starting or stopping, or a part is unavailable (not_ready, queue_timeout, inference_unavailable, "
+    "audit_unavailable...); retry after the Retry-After header's seconds",
     504: "The answer model's backend timed out: upstream_timeout",
 }
 
@@ -196,6 +197,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             {"model": exc.model},
             _retry_after(exc.retry_after_s),
         )
+    if isinstance(exc, InferenceUnavailableError):
+        logger.error("inference_unavailable", reason=str(exc))
+        message = "the inference process is unavailable; retry later"
+        return error_response(503, "inference_unavailable", message, None, _retry_after(5))
     if isinstance(exc, NotReadyError | BatcherClosedError):
         status = exc.status if isinstance(exc, NotReadyError) else None
         message = f"the service is {status or 'starting or stopping'}; retry later"

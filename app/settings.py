@@ -52,6 +52,7 @@ class ServerSettings(Section):
     gc_freeze_after_start: bool = True
     gc_thresholds: tuple[int, int, int] | tuple[()] = (10000, 50, 100)
     workers: int = Field(default=0, ge=0, le=256)
+    inference: Literal["replica", "shared"] = "replica"
     sync_interval_ms: float = Field(default=500.0, gt=0)
 
 

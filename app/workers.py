@@ -7,6 +7,11 @@ replicas do not oversubscribe the CPU. The processes share the catalog, the know
 the API keys and the audit chain through the state folder (and the PostgreSQL store, when configured), and each
 picks up changes made through another within ``server.sync_interval_ms`` (:mod:`app.fleet`).
 
+With ``server.inference = "shared"`` the supervisor first starts one inference process (:func:`shared_inference`):
+it loads the encoder with every core's torch threads and serves it over a Unix domain socket in the state folder
+(:mod:`retrieval.inference`); each worker's engine then sends it token ids instead of loading the model
+(:func:`inference_client`). The reader, when configured, stays in each worker.
+
 Worker processes are started with ``spawn`` and read their settings again from the environment the parent passes
 down (``CANDOR_CONFIG``, ``CANDOR_SERVER__...``), so everything a worker needs crosses as an import string.
 """
@@ -15,16 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
 
 from app.settings import Settings, load_settings
-from retrieval.encoder import free_cores
+from retrieval.encoder import Encoder, free_cores
 
 WORKER_ENV = "CANDOR_SERVE_WORKER"
 """Set in worker processes of a multi-process ``candor serve``; its value is the worker count."""
+INFERENCE_ENV = "CANDOR_INFERENCE_SOCKET"
+"""Set in worker processes when one inference process serves the encoder; its value is the socket's path."""
+INFERENCE_START_TIMEOUT_S = 600.0  # loading and tracing the encoder on a busy machine
 
 
 def resolve_workers(settings: Settings) -> int:
@@ -60,6 +72,68 @@ def worker_settings(workers: int) -> Settings:
     if settings.reader.threads == 0:
         overrides["reader"] = {"threads": share}
     return load_settings(overrides=overrides) if overrides else settings
+
+
+def run_inference(socket_path: str) -> None:
+    """The inference process: load the pinned encoder with every core's threads and serve it until told to stop."""
+    from app.models import pinned_engine_config
+    from app.observability import configure_logging
+    from retrieval.encoder import load_encoder
+    from retrieval.inference import InferenceServer, serve_inference
+
+    settings = load_settings()
+    configure_logging(settings.logging.level, settings.logging.format)
+    _, config = pinned_engine_config(settings, show_progress=False)
+    encoder = load_encoder(config.encoder)
+    encoder.warmup()
+    server = InferenceServer(
+        encoder,
+        config.encoder_batching,
+        Path(socket_path),
+        workers=config.encoder.workers,
+        threads=config.encoder.threads,
+    )
+    serve_inference(server, parent_pid=os.getppid())
+
+
+@contextmanager
+def shared_inference(settings: Settings) -> Iterator[None]:
+    """Start the inference process, wait until it serves, and point the workers to come at it; stop it on exit.
+
+    Raises:
+        ValueError: The socket's path would be too long (the state folder's path is).
+        InferenceUnavailableError: It exited or did not serve within :data:`INFERENCE_START_TIMEOUT_S`.
+    """
+    from retrieval.inference import wait_serving
+
+    path = settings.state_dir.resolve() / "inference.sock"
+    if len(os.fsencode(path)) > 100:  # Linux refuses Unix socket paths of 108 bytes and more
+        raise ValueError(f"server.inference = 'shared' needs a shorter state folder path for its socket: {path}")
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_inference, args=(str(path),), name="candor-inference", daemon=True
+    )
+    process.start()
+    try:
+        wait_serving(path, process.is_alive, INFERENCE_START_TIMEOUT_S)
+        os.environ[INFERENCE_ENV] = str(path)
+        yield
+    finally:
+        os.environ.pop(INFERENCE_ENV, None)
+        process.terminate()
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def inference_client() -> Encoder | None:
+    """The encoder a worker uses when an inference process serves the model (``None``: load it here)."""
+    path = os.environ.get(INFERENCE_ENV)
+    if not path:
+        return None
+    from retrieval.inference import RemoteEncoder
+
+    return RemoteEncoder(Path(path))
 
 
 @functools.cache

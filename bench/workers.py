@@ -5,13 +5,16 @@ there instead, ``--out -`` only prints it).
 
 Usage::
 
-    python -m bench workers [--workers 2] [--duration 20] [--rounds 2] [--concurrency 32] [--state-dir var]
+    python -m bench workers [--workers 2] [--designs replica,shared] [--duration 20] [--rounds 2]
+        [--concurrency 32] [--state-dir var]
 
-Each round starts ``candor serve`` once with one process and once with ``--workers N`` (alternating, so load from
-elsewhere on a shared machine hits both alike) on the same state folder, and drives it as the serving benchmark
-does (``--concurrency`` keep-alive connections, which the kernel spreads over the workers). The report gives each
-run, the medians, the ratios N/1 of throughput and of p50 and p99 latency, and the CPU the server's processes used
-per request (all of them: the supervisor and its workers).
+Each round starts ``candor serve`` once with one process, then once with ``--workers N`` per design in
+``--designs`` (``server.inference``: ``replica``, each worker loads the encoder; ``shared``, one inference process
+serves them all), alternating, so load from elsewhere on a shared machine hits every design alike, on the same
+state folder, and drives it as the serving benchmark does (``--concurrency`` keep-alive connections, which the
+kernel spreads over the workers). The report gives each run, the medians, each design's ratios to one process of
+throughput, p50 and p99 latency and CPU per request, and the CPU the server's processes used per request (all of
+them: the supervisor, its workers and the inference process).
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def run(workers: int, args: argparse.Namespace, key: str, queries: list[str]) -> dict[str, Any]:
-    """One server with ``workers`` processes: start, load, stop."""
-    env = {"CANDOR_SERVER__WORKERS": str(workers)}
+def run(workers: int, design: str, args: argparse.Namespace, key: str, queries: list[str]) -> dict[str, Any]:
+    """One server with ``workers`` HTTP processes and the ``design`` inference: start, load, stop."""
+    env = {"CANDOR_SERVER__WORKERS": str(workers), "CANDOR_SERVER__INFERENCE": design}
     proc, port = start_server(args.state_dir, env)
     try:
         wait_ready(port, proc)
@@ -73,8 +76,13 @@ def run(workers: int, args: argparse.Namespace, key: str, queries: list[str]) ->
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    deadline = time.monotonic() + 15  # the workers and the inference process stop with the supervisor
+    while (left := [pid for pid in pids if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     result = window.summary()
+    result["processes_left_after_stop"] = len(left)
     result["workers"] = workers
+    result["inference"] = design if workers > 1 else "in-process"
     result["processes"] = len(pids)
     result["server_cpu_ms_per_request"] = round(cpu / window.finished * 1000, 3) if window.finished else None
     return result
@@ -86,18 +94,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes of the multi-process server")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating 1-process / N-process runs")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of alternating runs: one process, then N per design"
+    )
+    parser.add_argument(
+        "--designs",
+        default="replica",
+        help="comma-separated server.inference designs to run with N workers (replica, shared)",
+    )
     parser.add_argument("--settle", type=float, default=20.0, help="seconds for every worker to load (N > 1)")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    if not designs or any(d not in ("replica", "shared") for d in designs):
+        parser.error("--designs takes replica and/or shared")
     configure_logging("warning", "console")
     settings = load_settings()
     queries, key = prepare_load(args, "bench-workers")
     load_before = os.getloadavg()  # other jobs on a shared host move these figures: say how busy it was
-    single, multi = [], []
+    single: list[dict[str, Any]] = []
+    multi: dict[str, list[dict[str, Any]]] = {design: [] for design in designs}
     for _ in range(args.rounds):
-        single.append(run(1, args, key, queries))
-        multi.append(run(args.workers, args, key, queries))
+        single.append(run(1, "replica", args, key, queries))
+        for design in designs:
+            multi[design].append(run(args.workers, design, args, key, queries))
 
     def median(runs: list[dict[str, Any]], *path: str) -> float:
         values = []
@@ -108,11 +128,18 @@ def main(argv: list[str] | None = None) -> None:
             values.append(float(value))
         return statistics.median(values)
 
-    ratios = {
-        "throughput": round(median(multi, "throughput_rps") / median(single, "throughput_rps"), 3),
-        "p50_latency": round(median(multi, "latency_ms", "p50") / median(single, "latency_ms", "p50"), 3),
-        "p99_latency": round(median(multi, "latency_ms", "p99") / median(single, "latency_ms", "p99"), 3),
-    }
+    def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
+        return {
+            name: round(median(runs, *path) / median(single, *path), 3)
+            for name, path in (
+                ("throughput", ("throughput_rps",)),
+                ("p50_latency", ("latency_ms", "p50")),
+                ("p99_latency", ("latency_ms", "p99")),
+                ("cpu_per_request", ("server_cpu_ms_per_request",)),
+            )
+        }
+
+    label = {design: f"workers_{args.workers}_{design}" for design in designs}
     report = {
         "benchmark": "workers",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -134,11 +161,16 @@ def main(argv: list[str] | None = None) -> None:
             "audit_backend": settings.audit.backend,
         },
         "one_process": single,
-        f"workers_{args.workers}": multi,
-        "median_throughput_rps": {
-            "1": median(single, "throughput_rps"),
-            str(args.workers): median(multi, "throughput_rps"),
+        **{label[design]: runs for design, runs in multi.items()},
+        "medians": {
+            name: {
+                "throughput_rps": median(runs, "throughput_rps"),
+                "p50_ms": median(runs, "latency_ms", "p50"),
+                "p99_ms": median(runs, "latency_ms", "p99"),
+                "server_cpu_ms_per_request": median(runs, "server_cpu_ms_per_request"),
+            }
+            for name, runs in {"one_process": single, **{label[d]: r for d, r in multi.items()}}.items()
         },
-        f"workers_{args.workers}_vs_one": ratios,
+        **{f"{label[design]}_vs_one": ratios(runs) for design, runs in multi.items()},
     }
     emit_report(report, report_path(args.out, "workers"))

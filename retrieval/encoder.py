@@ -374,6 +374,15 @@ class Encoder:
             torch.set_num_threads(max(1, threads))
 
     @property
+    def remote(self) -> bool:
+        """Whether the model runs in another process (:class:`~retrieval.inference.RemoteEncoder`)."""
+        return False
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer :meth:`token_ids` uses, as JSON (with its truncation to the token limit)."""
+        return str(self._fast.to_str())
+
+    @property
     def traced(self) -> bool:
         """Whether batches run through the traced graph."""
         return self._traced is not None

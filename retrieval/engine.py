@@ -153,10 +153,13 @@ class RetrievalEngine:
     def _encoder_batcher(self, encoder: Encoder) -> DynamicBatcher[list[int], np.ndarray]:
         """A started batcher running ``encoder`` on as many workers and threads as the machine allows."""
         workers, threads = encoder.plan_workers(self.config.encoder.workers, self.config.encoder.threads)
+        batching = replace(self.config.encoder_batching, workers=workers, packed=encoder.packed)
+        if encoder.remote:  # the inference process batches (and waits for companions); send what is queued now
+            batching = replace(batching, max_wait_ms=0.0)
         batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(
             "encoder",
             lambda batch: list(encoder.embed_token_batch(batch)),
-            replace(self.config.encoder_batching, workers=workers, packed=encoder.packed),
+            batching,
             cost=len,
             observer=self._observer,
             thread_init=lambda: (lower_thread_priority(self.config.encoder.nice), encoder.use_threads(threads)),

@@ -82,6 +82,10 @@ class BatcherClosedError(RetrievalError):
     """Work was submitted to a batcher that is not running."""
 
 
+class InferenceUnavailableError(RetrievalError):
+    """The shared inference process (``server.inference = "shared"``) is gone, failed or did not answer in time."""
+
+
 class NotReadyError(RetrievalError):
     """The engine is still loading models or opening the index (or is stopping, or failed to start).
 
