@@ -156,13 +156,19 @@ class RetrievalEngine:
         batching = replace(self.config.encoder_batching, workers=workers, packed=encoder.packed)
         if encoder.remote:  # the inference process batches (and waits for companions); send what is queued now
             batching = replace(batching, max_wait_ms=0.0)
+        nice = self.config.encoder.nice
+
+        def thread_init() -> None:
+            lower_thread_priority(nice)
+            encoder.use_threads(threads)
+
         batcher: DynamicBatcher[list[int], np.ndarray] = DynamicBatcher(
             "encoder",
             lambda batch: list(encoder.embed_token_batch(batch)),
             batching,
             cost=len,
             observer=self._observer,
-            thread_init=lambda: (lower_thread_priority(self.config.encoder.nice), encoder.use_threads(threads)),
+            thread_init=thread_init,
         )
         logger.info(
             "encoder_workers", workers=workers, threads_each=threads, device=encoder.info.device, packed=encoder.packed
