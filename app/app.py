@@ -245,6 +245,7 @@ def create_app(
                 settings.audit.report_workers,
                 settings.audit.report_max_pending,
                 nice=settings.audit.background_nice,
+                processes=settings.audit.report_processes,
             ),
             fleet=fleet,
             # Shared by every worker process: a browser's next request may reach another one.

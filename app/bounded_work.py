@@ -7,14 +7,22 @@ Python (hashing, plotting, permutations): each one running in its own thread tak
 event loop, so eight at once slowed the frontend's searches almost threefold. Each kind of work gets its own small
 thread pool, at most ``max_pending`` jobs in flight (beyond that a caller gets 429 with ``Retry-After`` at once),
 and one computation per key: concurrent requests for the same record or the same report share it.
+
+Threads lower only the CPU priority, not the lock: at a steady frontend load, chain verification and drift checks
+on a reviewer thread still held the interpreter lock most of the time. Work that reads the whole store and needs
+nothing of the serving process (:mod:`governance.audit.isolated`) runs in a process of the queue's own instead
+(:meth:`BoundedWork.run_in_process`), started on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
+import os
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from retrieval.batcher import lower_thread_priority
@@ -31,6 +39,12 @@ def _background_thread(nice: int, torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
 
 
+def _background_process(nice: int) -> None:
+    """Set up one of a queue's processes: the same lower CPU priority as its threads."""
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)
+
+
 class WorkBusyError(Exception):
     """Too many jobs of one queue in flight; retry after ``retry_after_s``."""
 
@@ -39,6 +53,14 @@ class WorkBusyError(Exception):
         self.queue = queue
         self.pending = pending
         self.retry_after_s = retry_after_s
+
+
+class WorkProcessError(Exception):
+    """A queue's process died before it answered (killed, or out of memory)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the {name} process stopped before it answered")
+        self.name = name
 
 
 class BoundedWork:
@@ -52,6 +74,7 @@ class BoundedWork:
         nice: How much lower than the serving threads' the CPU priority of its threads is (Linux ``nice``
             increment; 0 leaves it): where cores are short, frontend requests go first.
         torch_threads: Torch intra-op threads its threads use (0: torch's default, every core).
+        processes: Processes for :meth:`run_in_process` (0: that work runs on the threads too).
     """
 
     def __init__(
@@ -63,6 +86,7 @@ class BoundedWork:
         *,
         nice: int = 0,
         torch_threads: int = 0,
+        processes: int = 0,
     ) -> None:
         self.name = name
         self._executor = ThreadPoolExecutor(
@@ -71,6 +95,8 @@ class BoundedWork:
             initializer=_background_thread,
             initargs=(nice, torch_threads),
         )
+        self._process_count, self._nice = processes, nice
+        self._processes = self._process_pool() if processes > 0 else None
         self._max_pending = max_pending
         self._retry_after_s = retry_after_s
         self._inflight: dict[str, asyncio.Future[Any]] = {}
@@ -116,6 +142,48 @@ class BoundedWork:
 
         return await self.run(key, job)
 
+    async def in_process(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn`` in one of the queue's processes (on its threads when it has none).
+
+        ``fn`` and ``args`` cross to the process by pickling: a module-level function and plain values.
+
+        Raises:
+            WorkProcessError: The process died before answering (the next call starts another).
+        """
+        pool = self._processes
+        if pool is None:
+            return await self.in_thread(fn, *args)
+        try:
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+        except BrokenProcessPool as exc:
+            self._replace_broken(pool)
+            raise WorkProcessError(self.name) from exc
+
+    async def run_in_process(self, key: str, fn: Callable[..., T], *args: Any) -> T:
+        """Like :meth:`run_blocking`, in one of the queue's processes (:meth:`in_process`).
+
+        Raises:
+            WorkBusyError: ``max_pending`` other jobs are in flight.
+            WorkProcessError: The process died before answering.
+        """
+        return await self.run(key, functools.partial(self.in_process, fn, *args))
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        # Spawned, not forked: a fork of a process running threads may inherit a lock some thread held.
+        return ProcessPoolExecutor(
+            max_workers=self._process_count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_background_process,
+            initargs=(self._nice,),
+        )
+
+    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
+        if self._processes is broken:  # not replaced yet by another job that saw it break
+            self._processes = self._process_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+
     def close(self) -> None:
-        """Stop the threads (work not started is dropped)."""
+        """Stop the threads and processes (work not started is dropped)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)

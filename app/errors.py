@@ -25,7 +25,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap
 
-from app.bounded_work import WorkBusyError
+from app.bounded_work import WorkBusyError, WorkProcessError
 from app.observability import current_request_id
 from app.schemas import ErrorResponse
 from retrieval.errors import (
@@ -189,6 +189,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             {"queue": exc.queue, "pending": exc.pending},
             _retry_after(exc.retry_after_s),
         )
+    if isinstance(exc, WorkProcessError):
+        logger.error("work_process_failed", queue=exc.name)
+        message = f"the process computing {exc.name} stopped before it answered; retry later"
+        return error_response(503, "work_failed", message, {"queue": exc.name}, _retry_after(5))
     if isinstance(exc, OverloadedError):
         return error_response(
             503,

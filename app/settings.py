@@ -117,6 +117,7 @@ class AuditSettings(Section):
     ig_threads: int = Field(default=1, ge=0)
     report_workers: int = Field(default=1, gt=0, le=16)
     report_max_pending: int = Field(default=4, gt=0)
+    report_processes: int = Field(default=1, ge=0, le=16)
     background_nice: int = Field(default=10, ge=0, le=19)
     review_confidence_below: float = Field(default=0.7, ge=0, le=1)
     max_text_chars: int = Field(default=4000, ge=64)

@@ -33,6 +33,7 @@ from governance.audit import (
     RecordQuery,
     record_view,
 )
+from governance.audit.isolated import verify_store
 from governance.audit.store import REVIEW_STATES
 from governance.types import VerifyReport
 
@@ -67,11 +68,12 @@ async def audit_io(fn: Callable[[], T]) -> T:
 async def verify_chain(services: Services) -> VerifyReport:
     """Verify the whole chain now (the verify route and the console both call this).
 
-    Hashing the whole chain is Python work: it runs on the reports' own threads, one run shared by concurrent callers.
+    Hashing the whole chain is Python work: it runs in the reports' own process (``audit.report_processes``; their
+    threads with 0), which opens the store itself, one run shared by concurrent callers.
     """
     log = audit_log_of(services)
     try:
-        return await services.reports.run_blocking("verify", log.verify)
+        return await services.reports.run_in_process("verify", verify_store, log.config)
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc
 

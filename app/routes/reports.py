@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Request, Response, get
@@ -13,10 +13,11 @@ from app.auditing import audit_unavailable, caller_of
 from app.auth import require_roles
 from app.compliance import audit_source, check_period, facts_from_engine, parse_when
 from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
-from app.routes.audit import READ_ROLES
+from app.routes.audit import READ_ROLES, audit_io
 from app.state import Services
 from governance.audit import AuditUnavailableError
-from governance.drift import check_drift, parse_duration
+from governance.audit.isolated import measure_drift_in_store
+from governance.drift import parse_duration
 from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
 
 
@@ -131,11 +132,16 @@ async def drift_report(
     span, before = _duration("window", window or cfg.window), _duration("reference", reference or cfg.reference)
     caller = caller_of(request)
     try:
-        # Reading two windows and a few hundred permutations of a kernel matrix block: the reports' own threads;
-        # identical requests at once share one check (and its chained record).
-        return await services.reports.run_blocking(
-            f"drift:{span}:{before}",
-            lambda: check_drift(log, cfg.to_config(), window=span, reference=before, caller=caller),
-        )
+        # Reading two windows (parsing every record) and a few hundred permutations of a kernel matrix: in the
+        # reports' own process, which opens the store itself; identical requests at once share one check and its
+        # chained record.
+        async def check() -> dict[str, Any]:
+            now = datetime.now(UTC)
+            report = await services.reports.in_process(
+                measure_drift_in_store, log.config, cfg.to_config(), span, before, now
+            )
+            return {**report, "audit_id": await audit_io(lambda: log.record_drift(report, caller))}
+
+        return await services.reports.run(f"drift:{span}:{before}", check)
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc

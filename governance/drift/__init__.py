@@ -10,6 +10,7 @@ from governance.drift.check import (
     check_drift,
     drift_report,
     drift_summary,
+    measure_drift,
     parse_duration,
 )
 from governance.drift.stats import MmdResult, mmd2_unbiased, mmd_test, psi, psi_edges, query_sketch
@@ -25,6 +26,7 @@ __all__ = [
     "check_drift",
     "drift_report",
     "drift_summary",
+    "measure_drift",
     "mmd2_unbiased",
     "mmd_test",
     "parse_duration",

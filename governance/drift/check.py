@@ -317,6 +317,31 @@ def read_window(source: DriftSource, since: datetime, until: datetime, config: D
     return Window(since, until, tuple(observations), truncated)
 
 
+def measure_drift(
+    source: DriftSource,
+    config: DriftConfig,
+    *,
+    window: timedelta,
+    reference: timedelta,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Read both windows from the log and compare them (:func:`drift_report`), without chaining the report.
+
+    The current window is ``[now - window, now)``; the reference window is the ``reference`` before it.
+
+    Raises:
+        governance.audit.AuditUnavailableError: The log cannot be read.
+    """
+    end = now or datetime.now(UTC)
+    start = end - window
+    current = read_window(source, start, end, config)
+    ref = read_window(source, start - reference, start, config)
+    report = drift_report(ref, current, config, generated_at=end)
+    report["window"]["duration_s"] = window.total_seconds()
+    report["reference"]["duration_s"] = reference.total_seconds()
+    return report
+
+
 def check_drift(
     source: DriftSource,
     config: DriftConfig,
@@ -326,9 +351,7 @@ def check_drift(
     caller: Mapping[str, str],
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Run a drift check over the log and chain its report (queued for review when it holds alerts).
-
-    The current window is ``[now - window, now)``; the reference window is the ``reference`` before it.
+    """Run a drift check over the log (:func:`measure_drift`) and chain its report (queued for review on alerts).
 
     Returns:
         The report (:func:`drift_report`) with ``audit_id``, the id of the chained record.
@@ -336,13 +359,7 @@ def check_drift(
     Raises:
         governance.audit.AuditUnavailableError: The log cannot be read or written.
     """
-    end = now or datetime.now(UTC)
-    start = end - window
-    current = read_window(source, start, end, config)
-    ref = read_window(source, start - reference, start, config)
-    report = drift_report(ref, current, config, generated_at=end)
-    report["window"]["duration_s"] = window.total_seconds()
-    report["reference"]["duration_s"] = reference.total_seconds()
+    report = measure_drift(source, config, window=window, reference=reference, now=now)
     return {**report, "audit_id": source.record_drift(report, caller)}
 
 

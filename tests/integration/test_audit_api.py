@@ -264,6 +264,21 @@ def test_locked_store_gives_503_and_the_service_keeps_serving(api: Client) -> No
     assert verify["count"] == before + 1  # the refused call left no record and no gap
 
 
+def test_verification_reads_the_store_itself_and_finds_an_edited_record(api: Client) -> None:
+    audit_id = api.call("POST", "/v1/search", api.frontend, json={"query": "towel"}).json()["audit_id"]
+    assert api.call("GET", "/v1/audit/verify", api.reviewer).json()["ok"] is True
+    store = sqlite3.connect(api.state / "audit.sqlite", isolation_level=None)
+    (body,) = store.execute("SELECT body FROM audit_records WHERE id = ?", (audit_id,)).fetchone()
+    try:
+        store.execute("UPDATE audit_records SET body = ? WHERE id = ?", (body.replace("towel", "tower"), audit_id))
+        # Verification runs in the reports' own process, which opens the store afresh: it sees the edit.
+        assert api.call("GET", "/v1/audit/verify", api.reviewer).json()["ok"] is False
+    finally:
+        store.execute("UPDATE audit_records SET body = ? WHERE id = ?", (body, audit_id))
+        store.close()
+    assert api.call("GET", "/v1/audit/verify", api.reviewer).json()["ok"] is True
+
+
 def test_corrupted_store_gives_503_and_the_service_keeps_serving(state_copy: Path, encoder: Encoder) -> None:
     (state_copy / "audit.sqlite").write_bytes(b"garbage" * 1000)
     with serving(make_settings(state_copy), encoder) as base:

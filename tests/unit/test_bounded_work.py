@@ -1,13 +1,15 @@
-"""Bounded work queues (explanations, reports): bounded, single-flight per key, on their own threads."""
+"""Bounded work queues (explanations, reports): bounded, single-flight per key, on their own threads or processes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 
 import pytest
 
-from app.bounded_work import BoundedWork, WorkBusyError
+from app.bounded_work import BoundedWork, WorkBusyError, WorkProcessError
 
 
 async def test_concurrent_requests_for_one_record_share_one_computation() -> None:
@@ -97,3 +99,43 @@ async def test_blocking_work_for_one_key_runs_once_for_all_callers() -> None:
     assert len(threads) == 1
     assert threads[0].startswith("candor-reports")
     queue.close()
+
+
+def _where(tag: str) -> tuple[int, int, str]:
+    return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0), tag
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def test_process_work_runs_in_a_process_of_its_own_at_the_queues_priority() -> None:
+    queue = BoundedWork("reports", workers=1, max_pending=2, nice=3, processes=1)
+    try:
+        pid, priority, tag = await queue.run_in_process("verify", _where, "chain")
+        assert pid != os.getpid()
+        assert priority == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+        assert tag == "chain"  # arguments cross by pickling
+        assert (await queue.run_in_process("verify", _where, "again"))[0] == pid  # started once, kept
+    finally:
+        queue.close()
+
+
+async def test_without_processes_the_same_work_runs_on_the_queues_threads() -> None:
+    queue = BoundedWork("reports", workers=1, max_pending=2)
+    try:
+        pid, _, _ = await queue.run_in_process("verify", _where, "chain")
+        assert pid == os.getpid()
+    finally:
+        queue.close()
+
+
+async def test_a_process_that_dies_fails_its_call_and_the_next_call_gets_a_new_one() -> None:
+    queue = BoundedWork("reports", workers=1, max_pending=2, processes=1)
+    try:
+        with pytest.raises(WorkProcessError, match="reports"):
+            await queue.run_in_process("drift", _die)
+        pid, _, _ = await queue.run_in_process("verify", _where, "chain")
+        assert pid != os.getpid()
+    finally:
+        queue.close()
