@@ -46,6 +46,34 @@ class AuditSource(Protocol):
         ...
 
 
+class VerifiedElsewhere:
+    """An audit log whose chain was checked elsewhere (the reports' own process): :meth:`verify` returns that outcome.
+
+    Everything else a report reads (summary, latest records) goes to the log itself.
+
+    Args:
+        log: The running service's audit log.
+        outcome: The verification report, or the error verifying raised (raised again by :meth:`verify`).
+    """
+
+    def __init__(self, log: AuditSource, outcome: VerifyReport | Exception) -> None:
+        self._log = log
+        self._outcome = outcome
+
+    def verify(self) -> VerifyReport:
+        """The outcome of the verification done elsewhere."""
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        return self._outcome
+
+    def summary(self, since: datetime | None, until: datetime | None) -> AuditSummary:
+        """The log's own summary."""
+        return self._log.summary(since, until)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 def parse_when(text: str) -> datetime:
     """A period bound from ``YYYY-MM-DD`` or an ISO 8601 time; times without a zone are UTC.
 

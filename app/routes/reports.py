@@ -11,14 +11,15 @@ from litestar.params import FromQuery
 
 from app.auditing import audit_unavailable, caller_of
 from app.auth import require_roles
-from app.compliance import audit_source, check_period, facts_from_engine, parse_when
+from app.compliance import VerifiedElsewhere, audit_source, check_period, facts_from_engine, parse_when
 from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.routes.audit import READ_ROLES, audit_io
 from app.state import Services
 from governance.audit import AuditUnavailableError
-from governance.audit.isolated import measure_drift_in_store
+from governance.audit.isolated import measure_drift_in_store, verify_store
 from governance.drift import parse_duration
 from governance.report import MEDIA_TYPES, REPORT_FORMATS, ComplianceFacts, ReportFormat, render
+from governance.types import VerifyReport
 
 
 def _period_bound(name: str, value: str | None) -> datetime | None:
@@ -84,14 +85,28 @@ async def compliance_facts_and_body(
     """
     engine = services.engine
     engine.require_ready()
+    log = audit_source(services)
 
-    def build() -> tuple[ComplianceFacts, bytes]:
-        facts = facts_from_engine(services.settings, engine, audit=audit_source(services), since=since, until=until)
-        return facts, render(facts, fmt)
+    async def build() -> tuple[ComplianceFacts, bytes]:
+        audit = log
+        if log is not None and services.audit is not None:  # the chain is checked in the reports' process
+            try:
+                outcome: VerifyReport | Exception = await services.reports.in_process(
+                    verify_store, services.audit.config
+                )
+            except AuditUnavailableError as exc:  # the report states the log's failure
+                outcome = exc
+            audit = VerifiedElsewhere(log, outcome)
+
+        def facts_and_body() -> tuple[ComplianceFacts, bytes]:
+            facts = facts_from_engine(services.settings, engine, audit=audit, since=since, until=until)
+            return facts, render(facts, fmt)
+
+        return await services.reports.in_thread(facts_and_body)
 
     # Reading the evaluation run, the git state and the audit log, plotting and PDF layout all block: on the reports'
-    # own bounded threads, one build shared by identical requests.
-    return await services.reports.run_blocking(f"compliance:{fmt}:{since}:{until}", build)
+    # own bounded threads (the chain's verification in their process), one build shared by identical requests.
+    return await services.reports.run(f"compliance:{fmt}:{since}:{until}", build)
 
 
 def report_filename(facts: ComplianceFacts, fmt: ReportFormat) -> str:

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 import pypdf
 import pytest
 
-from app.compliance import AUDIT_NOT_CONFIGURED, AuditSource, facts_from_engine, model_card, parse_when
+from app.compliance import (
+    AUDIT_NOT_CONFIGURED,
+    AuditSource,
+    VerifiedElsewhere,
+    facts_from_engine,
+    model_card,
+    parse_when,
+)
 from app.settings import Settings, load_settings
 from governance.model_card import model_card_to_json, render_model_card_markdown
 from governance.report import (
@@ -263,6 +271,23 @@ def test_an_unreadable_audit_log_is_stated_not_raised(report_state: Path, encode
     assert facts.audit_note is not None
     assert "database disk image is malformed" in facts.audit_note
     assert "database disk image is malformed" in html.unescape(render_html(facts))
+
+
+def test_a_chain_verified_elsewhere_is_reported_with_the_logs_own_figures(
+    report_state: Path, encoder: Encoder, eval_runs: Path
+) -> None:
+    audit = FixedAudit()
+    elsewhere = replace(audit.verify(), ok=True, first_bad_id=None, reason=None, count=9999)
+    facts = engine_facts(report_state, encoder, eval_runs, VerifiedElsewhere(audit, elsewhere))
+    assert facts.verification is not None
+    assert facts.audit is not None
+    assert facts.verification.count == 9999  # the outcome of the process that checked the chain
+    assert facts.audit.records == 4321
+    assert audit.periods
+    failed = engine_facts(report_state, encoder, eval_runs, VerifiedElsewhere(audit, OSError("store is locked")))
+    assert failed.verification is None
+    assert failed.audit_note is not None
+    assert "store is locked" in failed.audit_note
 
 
 def pdf_text(data: bytes) -> tuple[int, str]:
