@@ -11,6 +11,7 @@ from litestar.params import FromQuery
 
 from app.auditing import audit_unavailable, caller_of
 from app.auth import require_roles
+from app.bounded_work import WorkProcessError
 from app.compliance import VerifiedElsewhere, audit_source, check_period, facts_from_engine, parse_when
 from app.errors import CALLER_ERRORS, ApiError, documented_errors, invalid
 from app.routes.audit import READ_ROLES, audit_io
@@ -94,7 +95,9 @@ async def compliance_facts_and_body(
                 outcome: VerifyReport | Exception = await services.reports.in_process(
                     verify_store, services.audit.config
                 )
-            except AuditUnavailableError as exc:  # the report states the log's failure
+            except WorkProcessError:
+                raise
+            except Exception as exc:  # the report states the log's failure rather than failing itself
                 outcome = exc
             audit = VerifiedElsewhere(log, outcome)
 
