@@ -5,8 +5,8 @@ Prints one JSON summary (and writes it with ``--out FILE``)::
     python -m bench.roles [--seconds 30] [--frontend 4] [--heavy 8] [--rate 0] [--state-dir DIR] [--out FILE]
 
 One ``candor serve`` (on a temporary copy of the configured state, as ``bench.soak``) goes through phases of
-``--seconds`` each, one after the other, so the ratios compare figures of one machine a minute apart. Each phase
-starts once the server is idle again (:func:`settle`): explanations and reports a phase queued finish first.
+``--seconds`` each, one after the other, so the ratios compare figures of one machine a minute apart (a phase
+ends when its clients' last calls are answered, so no work it asked for runs into the next):
 
 1. ``frontend``: ``--frontend`` shoppers' clients alone (searches and recommendations), then the same clients
    while ``--heavy`` reviewer clients ask for the most expensive reviewer work (integrated-gradients explanations,
@@ -45,7 +45,6 @@ from app.settings import load_settings
 from bench.load import emit_report
 from bench.serving import RawClient, machine
 from bench.soak import Sample, Workload, make_workload, percentile_ms, ready_server, run_state
-from bench.workers import cpu_seconds, process_tree
 
 GOAL_SLOWDOWN = 2.0
 REFUSED = (429, 503)
@@ -212,30 +211,13 @@ def slowdown(alone: dict[str, Any], loaded: dict[str, Any]) -> dict[str, float |
     return out
 
 
-async def settle(pid: int, idle_share: float = 0.1, window_s: float = 1.0, limit_s: float = 180.0) -> float:
-    """Wait until server ``pid`` and its child processes are idle; returns the seconds waited.
-
-    Work a phase queued (explanations, reports) goes on after its clients stop: without waiting for it, it would run
-    into the next phase and slow whichever role that measures. Idle is under ``idle_share`` of a core over a window.
-    """
-    start = time.perf_counter()
-    while time.perf_counter() - start < limit_s:
-        before = cpu_seconds(process_tree(pid))
-        await asyncio.sleep(window_s)
-        if cpu_seconds(process_tree(pid)) - before < idle_share * window_s:
-            break
-    return round(time.perf_counter() - start, 1)
-
-
-async def measure(port: int, calls: Calls, args: argparse.Namespace, pid: int) -> dict[str, Any]:
-    """Every phase, one after the other, each after the server has settled (see the module docstring)."""
+async def measure(port: int, calls: Calls, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase, one after the other (see the module docstring)."""
     keys, seconds, seed = calls.workload.keys, args.seconds, args.seed
-    settled: list[float] = []
 
     async def phase(
         measured: tuple[str, Pick], other: tuple[str, Pick] | None, clients: int
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        settled.append(await settle(pid))
         runs = [closed_loop(port, keys[measured[0]], measured[1], clients, seconds, seed, calls, args.rate)]
         if other is not None:
             runs.append(closed_loop(port, keys[other[0]], other[1], args.heavy, seconds, seed + 1, calls))
@@ -271,7 +253,6 @@ async def measure(port: int, calls: Calls, args: argparse.Namespace, pid: int) -
             "reviewer_reads_with_frontend_load": {"reviewer": reviewer_loaded, "frontend": shoppers},
         },
         "slowdown": ratios,
-        "settled_s": settled,
         "errors": errors,
         "goals": {
             f"p50_slowdown<={GOAL_SLOWDOWN:g}": worst is not None and worst <= GOAL_SLOWDOWN,
@@ -300,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
     with run_state(args.state_dir, settings.state_dir) as state:
         calls = Calls(make_workload(settings.pack_path, state, 200))
-        with ready_server(state) as (server, port):
-            summary = asyncio.run(measure(port, calls, args, server.pid))
+        with ready_server(state) as (_, port):
+            summary = asyncio.run(measure(port, calls, args))
     report = {
         "benchmark": "roles",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -34,7 +34,7 @@ from bench.load import emit_report
 from bench.serving import add_load_arguments, drive, machine, prepare_load, report_path, start_server, wait_ready
 
 
-def process_tree(pid: int) -> list[int]:
+def _process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (Linux ``/proc``)."""
     out, todo = [], [pid]
     while todo:
@@ -48,7 +48,7 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes (threads included)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -69,10 +69,10 @@ def run(workers: int, design: str, args: argparse.Namespace, key: str, queries: 
         wait_ready(port, proc)
         if workers > 1:  # the supervisor answers ready once one worker is: wait for the others' models
             time.sleep(args.settle)
-        pids = process_tree(proc.pid)
-        cpu_before = cpu_seconds(pids)
+        pids = _process_tree(proc.pid)
+        cpu_before = _cpu_seconds(pids)
         window = asyncio.run(drive(port, key, queries, args.concurrency, args.duration, args.warmup))
-        cpu = cpu_seconds(pids) - cpu_before
+        cpu = _cpu_seconds(pids) - cpu_before
     finally:
         proc.terminate()
         proc.wait(timeout=60)
