@@ -239,6 +239,7 @@ def create_app(
                 settings.audit.ig_max_pending,
                 nice=settings.audit.background_nice,
                 torch_threads=settings.audit.ig_threads,
+                processes=settings.audit.ig_processes,
             ),
             reports=BoundedWork(
                 "reports",

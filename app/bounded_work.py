@@ -9,9 +9,10 @@ thread pool, at most ``max_pending`` jobs in flight (beyond that a caller gets 4
 and one computation per key: concurrent requests for the same record or the same report share it.
 
 Threads lower only the CPU priority, not the lock: at a steady frontend load, chain verification and drift checks
-on a reviewer thread still held the interpreter lock most of the time. Work that reads the whole store and needs
-nothing of the serving process (:mod:`governance.audit.isolated`) runs in a process of the queue's own instead
-(:meth:`BoundedWork.run_in_process`), started on first use.
+on a reviewer thread still held the interpreter lock most of the time. Work that needs nothing of the serving
+process but plain values (reading the whole store, :mod:`governance.audit.isolated`; attributions with a copy of
+the encoder, :mod:`app.explaining`) runs in a process of the queue's own instead (:meth:`BoundedWork.in_process`),
+started on first use.
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ class AuditSettings(Section):
     ig_workers: int = Field(default=1, gt=0, le=16)
     ig_max_pending: int = Field(default=4, gt=0)
     ig_threads: int = Field(default=1, ge=0)
+    ig_processes: int = Field(default=1, ge=0, le=16)
     report_workers: int = Field(default=1, gt=0, le=16)
     report_max_pending: int = Field(default=4, gt=0)
     report_processes: int = Field(default=1, ge=0, le=16)

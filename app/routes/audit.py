@@ -22,6 +22,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from app.auditing import audit_call, audit_unavailable, caller_of
 from app.auth import Role, require_roles
 from app.errors import BODY_ERRORS, CALLER_ERRORS, ApiError, documented_errors, invalid
+from app.explaining import attribute_with_encoder
 from app.observability import current_request_id
 from app.schemas import FeedbackRequest, FeedbackResponse, ReviewRequest
 from app.state import Services
@@ -316,8 +317,6 @@ async def cached_attributions(
 
 async def attributions(services: Services, body: dict[str, Any]) -> dict[str, Any]:
     """Integrated-gradients token attributions of a record's query for its top results."""
-    from governance.explain import token_attributions
-
     request = body.get("request") or {}
     query = request.get("query") if isinstance(request, dict) else None
     if not isinstance(query, str) or not query.strip():
@@ -336,11 +335,21 @@ async def attributions(services: Services, body: dict[str, Any]) -> dict[str, An
             docs.append((item.id, item.embedding_text()))
     if not docs:
         raise ApiError(422, "no_results", "the record has no retrieved items still in the catalog to attribute")
-    model, tokenizer = engine.encoder.torch_parts()
-    steps = services.settings.audit.ig_steps
+    cfg = services.settings.audit
+    steps = cfg.ig_steps
     started = time.perf_counter()
-    # Never the default thread pool: the audit writer and the catalog's writes run there.
-    results = await services.explanations.in_thread(token_attributions, model, tokenizer, query, docs, n_steps=steps)
+    if cfg.ig_processes > 0:  # in the explanations' own process (app.explaining: why)
+        info = engine.encoder.info
+        results = await services.explanations.in_process(
+            attribute_with_encoder, info.path, info.name, info.version, cfg.ig_threads, query, docs, steps
+        )
+    else:  # on the explanations' own threads, never the default pool (the audit writer and catalog writes use it)
+        from governance.explain import token_attributions
+
+        model, tokenizer = engine.encoder.torch_parts()
+        results = await services.explanations.in_thread(
+            token_attributions, model, tokenizer, query, docs, n_steps=steps
+        )
     return {
         "query": query,
         "n_steps": steps,
