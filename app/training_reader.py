@@ -53,7 +53,7 @@ SourceFormat = Literal["squad", "pack"]
 HELD_OUT_TASK = "heldout"
 HELD_OUT_CONCURRENCY = 16
 """Held-out questions answered at once (through the reader's batcher): the same answers, several times faster."""
-REPORTED = ("em", "f1", "abstention_recall", "abstention_precision", "citation_precision")
+REPORTED = ("em", "f1", "holds_answer", "abstention_recall", "abstention_precision", "citation_precision")
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from app.models import reader_backend
 from app.observability import configure_logging
 from app.settings import Settings, load_settings
 from bench.load import emit_report
+from evals.answer_metrics import holds_answer
 from retrieval.answers import AnswerService, GroundedAnswer, LocalBackend
 from retrieval.engine import RetrievalEngine
 
@@ -95,15 +96,17 @@ def summary(answers: Sequence[GroundedAnswer], latencies: Sequence[float], wall:
 
 
 def judge(rows: Sequence[dict[str, Any]], answers: Sequence[GroundedAnswer]) -> dict[str, Any]:
-    """Abstention accuracy and answers from the right article on the pack's questions."""
+    """Abstention accuracy, answers from the right article and answers that hold a gold answer (pack questions)."""
     answerable = [(r, a) for r, a in zip(rows, answers, strict=True) if r["answerable"]]
     unanswerable = [(r, a) for r, a in zip(rows, answers, strict=True) if not r["answerable"]]
     right = sum(
         1 for r, a in answerable if not a.abstained and a.citations and a.citations[0].doc_id in r["supporting_ids"]
     )
+    holding = sum(1 for r, a in answerable if not a.abstained and holds_answer(a.answer, r.get("answers") or ()))
     return {
         "answerable": len(answerable),
         "answered_from_right_article": right,
+        "answers_holding_a_gold_answer": holding,
         "false_abstentions": sum(a.abstained for _, a in answerable),
         "unanswerable": len(unanswerable),
         "abstention_accuracy": round(sum(a.abstained for _, a in unanswerable) / max(1, len(unanswerable)), 3),

@@ -54,6 +54,16 @@ def f1(prediction: str, golds: Sequence[str]) -> float:
     return max((_f1(prediction, g) for g in golds), default=0.0)
 
 
+def holds_answer(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 if the normalised prediction holds a normalised gold answer as whole words (a span inside a sentence).
+
+    Exact match and F1 count a sentence around the right span as mostly wrong; this counts whether the reader of
+    the answer finds what was asked in it.
+    """
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(g and f" {g} " in pred for g in (normalize_answer(x) for x in golds)))
+
+
 def citation_correct(passage_id: str, passage_text: str, golds: Sequence[str], supporting: Collection[str]) -> bool:
     """Whether citing this passage is right: it supports the answer by the dataset's word, or contains one."""
     if passage_id in supporting:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from evals.answer_cases import Case, CaseBuilder
-from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness
+from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness, holds_answer
 from evals.answers import (
     OUTCOMES,
     AnswerBackendContext,
@@ -299,12 +299,13 @@ class AnswerEvaluator:
             return {
                 "em": [exact_match(prediction(i), g) for i, g in zip(units, golds, strict=True)],
                 "f1": [f1(prediction(i), g) for i, g in zip(units, golds, strict=True)],
+                "holds_answer": [holds_answer(prediction(i), g) for i, g in zip(units, golds, strict=True)],
             }
 
         add(
             answerable,
             {**quality(answerable), "false_abstention": [float(answers[i].abstained) for i in answerable]},
-            {"em": True, "f1": True, "false_abstention": False},
+            {"em": True, "f1": True, "holds_answer": True, "false_abstention": False},
             "answerable",
         )
         cited: list[int] = []
@@ -354,7 +355,13 @@ class AnswerEvaluator:
             )
             units = [i for i in answerable if outcome[i] == name]
             if name != "abstained":
-                add(units, quality(units), {"em": True, "f1": True}, f"outcome-{name}", group=f"outcome:{name}")
+                add(
+                    units,
+                    quality(units),
+                    {"em": True, "f1": True, "holds_answer": True},
+                    f"outcome-{name}",
+                    group=f"outcome:{name}",
+                )
         add(list(range(len(cases))), {"latency_ms": list(latencies)}, {"latency_ms": False}, "all")
         for q in (50, 95):
             out.metrics.append(

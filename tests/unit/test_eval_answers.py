@@ -205,6 +205,7 @@ def test_the_oracle_scores_high_in_both_settings(tmp_path: Path, backends: None,
         values = _values(run.results, setting)
         assert values["em"] == 1.0, setting  # the encoder ranks each question's paragraph in its top 3
         assert values["f1"] == 1.0
+        assert values["holds_answer"] == 1.0
         assert values["false_abstention"] == 0.0
         assert values["citation_precision"] == 1.0
         assert values["faithfulness"] == 1.0
@@ -232,6 +233,7 @@ def test_the_inverted_backend_scores_low(tmp_path: Path, backends: None, encoder
         values = _values(run.results, setting)
         assert values["em"] == 0.0
         assert values["f1"] == 0.0
+        assert values["holds_answer"] == 0.0
         assert values["false_abstention"] == 1.0
         assert values["abstention_recall"] == 0.0
         assert values["abstention_precision"] == 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness, normalize_answer
+from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness, holds_answer, normalize_answer
 from evals.ir_metrics import (
     average_precision,
     evaluate_run,
@@ -143,6 +143,16 @@ def test_squad_normalisation_and_scores() -> None:
     assert f1("cat sat on mat", ["the cat sat"]) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
     assert f1("dog", ["cat", "a dog"]) == 1.0
     assert f1("", ["cat"]) == 0.0
+
+
+def test_an_answer_holds_a_gold_span_as_whole_words() -> None:
+    sentence = "Orders arrive in 3 to 7 business days, once shipped."
+    assert holds_answer(sentence, ["3 to 7 business days"]) == 1.0
+    assert exact_match(sentence, ["3 to 7 business days"]) == 0.0  # what exact match misses
+    assert holds_answer("The Denver Broncos won.", ["denver broncos!"]) == 1.0  # normalised on both sides
+    assert holds_answer("Orders arrive in 13 to 7 days", ["3 to 7 days"]) == 0.0  # whole words only
+    assert holds_answer("anything", ["", "the"]) == 0.0  # an answer that normalises to nothing holds nothing
+    assert holds_answer("", ["cat"]) == 0.0
 
 
 def test_citations_and_faithfulness() -> None:
