@@ -2,9 +2,9 @@
 
 With a reader configured, the extractive backend asks it for the best span of every retrieved passage and answers
 with the span whose *calibrated confidence* is highest: a logistic function of the passage's retrieval score and the
-reader's margin (the span's score over "no answer"). Questions that want an explanation ("why", "how do I") get the
-sentence around the span; the others get the span ("3 to 7 business days"). Below ``min_confidence`` the backend
-abstains.
+reader's margin (the span's score over "no answer"). Questions that want an explanation ("why", "how do I") or a
+yes or no ("can I", "is there") get the sentence around the span; the others get the span ("3 to 7 business
+days"). Below ``min_confidence`` the backend abstains.
 
 The calibration (weights, bias and threshold) is fitted on questions the reader did not train on, by
 :func:`fit_calibration`, and kept in the reader's card, so one reader carries the confidence that was fitted for it.
@@ -30,10 +30,13 @@ from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader
 
 logger = structlog.get_logger(__name__)
 
-# "How many", "how long", "how much"... want a quantity; a bare "how" or "why" wants the reasoning around it.
+# "How many", "how long", "how much"... want a quantity; a bare "how" or "why" wants the reasoning around it. A
+# yes/no question (it opens with an auxiliary verb: "can I", "is there", "does it") has no span that answers it:
+# the sentence that says yes or no is the answer.
 _SENTENCE_QUESTION = re.compile(
     r"^\s*(why\b|how\s+(?!many|much|long|old|far|big|large|often|soon|deep|tall|high|heavy|hot|cold|fast)\w|"
-    r"explain\b|describe\b|what happens\b|what should\b|what do i do\b|can i\b|do you\b|is it possible\b)",
+    r"explain\b|describe\b|what happens\b|what should\b|what do i do\b|"
+    r"(is|are|am|was|were|do|does|did|can|could|should|would|will|shall|may|might|must|has|have|had)\b)",
     re.IGNORECASE,
 )
 
@@ -157,6 +160,11 @@ def sentence_around(context: str, start: int, end: int) -> str:
     return " ".join(out) or context[start:end]
 
 
+def answer_text(question: str, context: str, span: Span) -> str:
+    """What an answer says: the span, or its sentence when the question wants one (:func:`wants_sentence`)."""
+    return sentence_around(context, span.start, span.end) if wants_sentence(question) else span.text
+
+
 def choose_span(
     question: str,
     contexts: Sequence[str],
@@ -171,8 +179,7 @@ def choose_span(
             continue
         confidence = calibration.confidence(score, span.margin)
         if best is None or confidence > best.confidence:
-            text = sentence_around(context, span.start, span.end) if wants_sentence(question) else span.text
-            best = ReadAnswer(i, span, text, confidence)
+            best = ReadAnswer(i, span, answer_text(question, context, span), confidence)
     return best
 
 

@@ -98,6 +98,9 @@ def test_questions_that_want_a_sentence() -> None:
     assert not wants_sentence("How long does delivery take?")
     assert not wants_sentence("How many gift cards can I use?")
     assert not wants_sentence("Who founded the company?")
+    for polar in ("Is there a charge for return pickup?", "Does the mug keep tea hot?", "Should I iron it?"):
+        assert wants_sentence(polar)  # a yes or no is said by a sentence, not a span
+    assert not wants_sentence("Which island is the largest?")  # "is" inside a question does not make it yes/no
 
 
 def test_the_most_confident_span_wins_and_explanations_get_their_sentence() -> None:
