@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -449,3 +450,104 @@ def train_reader(
                 )
     if result.version is not None:
         click.echo(f"registered {result.version.ref}; serve it: candor models promote reader {result.version.version}")
+
+
+@train_group.command("reader-calibration")
+@click.option("--reader", "reader_ref", required=True, help="The reader: a version (number or alias) or a folder.")
+@click.option(
+    "--pack",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The pack whose eval/qa.jsonl questions to fit on (default: the configured [paths] pack).",
+)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-fitting folds.")
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Threshold of the new calibration (answers below it abstain).",
+)
+@click.option(
+    "--abstention-target",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Instead of --min-confidence: the lowest threshold that declines this share of the questions no document "
+    "answers (chosen on the fitting folds, reported on the others).",
+)
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also keep the reader folder here."
+)
+@click.option("--register/--no-register", default=True, show_default=True, help="Add the reader to the registry.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@CONFIG_OPTION
+def train_reader_calibration(
+    reader_ref: str,
+    pack: Path | None,
+    folds: int,
+    min_confidence: float,
+    abstention_target: float,
+    seed: int,
+    out: Path | None,
+    register: bool,
+    progress: bool,
+    config_file: Path | None,
+) -> None:
+    """Re-fit a reader's answer confidence on a pack's own questions, reported on questions it was not fitted on.
+
+    Every question is retrieved and read as the service does; the figures are cross-fitted by supporting document
+    (each fold answered with a fit on the others), beside the reader's previous calibration on the same questions.
+    The new version is the same weights with the calibration fitted on every question (docs/answers.md).
+    """
+    import asyncio
+
+    from app.models import open_registry
+    from app.reader_calibration import pack_questions, read_pack, recalibrate, register_recalibrated
+    from app.training_reader import base_reader_folder
+    from retrieval.answers.reading import ReaderCalibration
+    from retrieval.reader import READER_FILE
+    from retrieval.registry import RegistryError
+
+    overrides = {"paths": {"pack": str(pack.resolve())}} if pack is not None else None
+    settings = load_settings_or_fail(config_file, overrides)
+    registry = open_registry(settings, create=True)
+    try:
+        folder, _ = base_reader_folder(registry, reader_ref)
+        parent = None if Path(reader_ref).is_dir() else registry.get("reader", reader_ref)  # type: ignore[union-attr]
+        card = json.loads((folder / READER_FILE).read_text(encoding="utf-8"))
+        previous = ReaderCalibration.from_card(card)
+        examples = pack_questions(settings.pack_path)
+        reads = asyncio.run(read_pack(settings, settings.reader.to_config(str(folder)), examples, progress=progress))
+        report = recalibrate(
+            reads,
+            previous,
+            folds=folds,
+            seed=seed,
+            min_confidence=min_confidence,
+            abstention_target=abstention_target,
+            min_retrieval_score=settings.answers.to_config().min_retrieval_score,
+            fitted_on=f"pack:{settings.pack_path}: {len(reads)} questions, cross-fitted by document in {folds} folds",
+        )
+        written, version = register_recalibrated(
+            registry if register else None, folder, parent, settings.pack_path, report, out=out
+        )
+    except (ValueError, OSError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    weights = report.calibration.weights
+    click.echo(
+        f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), "
+        f"bias {report.calibration.bias:.3f}, threshold {report.calibration.min_confidence:.3f}; "
+        f"{report.examples} spans of {report.questions} questions "
+        f"({report.right} right)"
+    )
+    for label, figures in report.figures.items():
+        for name, figure in figures.items():
+            ci = f" [{figure['ci'][0]:.3f}, {figure['ci'][1]:.3f}]" if figure["ci"] else ""
+            click.echo(f"{label:12s} {name:20s} {figure['value']:.3f}{ci}  n={figure['n']}")
+    if report.skipped_folds:
+        click.echo(f"{report.skipped_folds} fold(s) kept the previous calibration (the others held one class only)")
+    click.echo(f"model: {written}")
+    if version is not None:
+        click.echo(f"registered {version.ref}; serve it: candor models promote reader {version.version}")

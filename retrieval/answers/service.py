@@ -144,6 +144,20 @@ class GroundedAnswer:
     tokens: int = 0
 
 
+def context_passages(
+    passages: Sequence[ContextPassage], k: int | None = None
+) -> tuple[list[ContextPassage], tuple[str, ...]]:
+    """The passages an answer is read from: the first ``k`` (all when ``None``) that do not look like instructions.
+
+    Returns:
+        The kept passages (best first) and the chunk ids excluded as instructions. Callers over-fetch so that
+        exclusions do not shrink the context.
+    """
+    clean = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
+    excluded = tuple(p.chunk_id for p in passages if p not in clean)
+    return (clean[:k] if k else clean), excluded
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
 
@@ -254,9 +268,7 @@ class AnswerService:
         k: int | None = None,
         sentences_needed: bool = True,
     ) -> _Context:
-        clean = [p for p in passages if not looks_like_injection(p.text) and not looks_like_injection(p.title)]
-        excluded = tuple(p.chunk_id for p in passages if p not in clean)
-        kept = clean[:k] if k else clean  # the caller may over-fetch so exclusions do not shrink the context
+        kept, excluded = context_passages(passages, k)
         if excluded:
             logger.warning("passages_excluded_as_instructions", chunk_ids=list(excluded), request_id=request_id)
         # With a reader, an extractive answer needs no sentence vectors: skip the encoder pass.

@@ -258,3 +258,44 @@ def test_the_harness_answers_questions_together_as_it_does_one_at_a_time(
     # Every window is read alone on the CPU, so an int8 answer does not depend on what it was batched with.
     assert [a for a, _ in together] == one_by_one
     assert all(ms > 0 for _, ms in together)
+
+
+def test_candor_train_reader_calibration_refits_on_the_pack_and_registers_a_child(
+    trained: ReaderTrainReport, built_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import reader_calibration
+
+    state = tmp_path / "state"
+    shutil.copytree(built_state, state / "calibration")  # the command's own engine folder: no re-embedding
+    monkeypatch.setenv("CANDOR_PATHS__STATE_DIR", str(state))
+    monkeypatch.setenv("CANDOR_ENCODER__DEVICE", "cpu")
+    monkeypatch.setenv("CANDOR_READER__DEVICE", "cpu")
+    # One training step finds few right spans: count any span of a supporting document as right, so the fit has
+    # both classes and the command's whole path runs.
+    monkeypatch.setattr(reader_calibration, "RIGHT_F1", 0.0)
+    before = (trained.folder / READER_FILE).read_text(encoding="utf-8")
+    args = ["train", "reader-calibration", "--reader", str(trained.folder), "--pack", str(PACK), "--folds", "3"]
+    result = CliRunner().invoke(main, [*args, "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "registered reader:1" in result.output
+    for line in ("cross_fitted holds_answer", "previous     holds_answer", "cross_fitted abstention_accuracy"):
+        assert line in result.output
+    assert (trained.folder / READER_FILE).read_text(encoding="utf-8") == before  # the source is left as it was
+    registry = ModelRegistry(default_uri(state), state / "models")
+    version = registry.get("reader", "latest")
+    assert version.tags["parent"] == str(trained.folder)
+    assert version.tags["calibrated_on"] == f"pack:{PACK.resolve()}"
+    card = json.loads((registry.local_path(version) / READER_FILE).read_text(encoding="utf-8"))
+    assert card["calibration"]["fitted_on"].startswith(f"pack:{PACK.resolve()}: 50 questions")
+    assert card["recalibration"]["questions"] == 50
+    assert set(card["recalibration"]["figures"]) == {"cross_fitted", "previous"}
+    assert registry.card(version)["recalibration"] == card["recalibration"]
+
+    async def served(config: ReaderConfig) -> ReaderCalibration:
+        backend = ReaderBackend(config, ReaderBatcherSettings().to_config())
+        await backend.start()
+        await backend.stop()
+        return backend.calibration
+
+    calibration = asyncio.run(served(ReaderConfig(path=str(registry.local_path(version)), device="cpu")))
+    assert calibration == ReaderCalibration.from_card(card)  # the service serves the re-fitted confidence

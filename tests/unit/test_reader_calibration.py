@@ -1,0 +1,134 @@
+"""Re-fitting a reader's confidence on a pack's questions: labels, cross-fitting by document, the service's decision."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from app import reader_calibration
+from app.reader_calibration import QuestionRead, fold_of, outcome, recalibrate
+from evals.qa_data import QAExample
+from retrieval.answers.reading import ReaderCalibration, choose_span
+from retrieval.reader import Span
+
+NEVER = ReaderCalibration((0.0, 0.0), -50.0, 0.5, "declines everything")
+
+
+def _span(context: str, text: str, margin: float) -> Span:
+    start = context.index(text)
+    return Span(text, start, start + len(text), margin, 0.0)
+
+
+def _reads(seed: int = 3) -> list[QuestionRead]:
+    """Answerable questions whose own document gives the right span with a high margin (other documents a wrong
+    one with a low margin), and unanswerable ones whose every span has a low margin."""
+    rng = random.Random(seed)
+    reads = []
+    for i in range(30):
+        doc, other = f"kb-{i % 12}", f"kb-other-{i}"
+        own = f"Article {i}: returns are accepted within {i + 2} days of delivery."
+        wrong = f"Unrelated article {i}: the shop opens at nine."
+        answer = f"{i + 2} days"
+        example = QAExample(f"q{i}", f"How long do I have to return item {i}?", (answer,), (doc,))
+        spans: list[Span | None] = [_span(own, answer, 6 + rng.random()), _span(wrong, "nine", -1 - rng.random())]
+        reads.append(QuestionRead(example, doc, [doc, other], [own, wrong], [0.6, 0.4], spans, 0.6))
+    for i in range(10):
+        text = f"Article {i}: delivery takes a week."
+        example = QAExample(f"u{i}", f"Do you sell boats {i}?", (), (), answerable=False)
+        reads.append(
+            QuestionRead(example, f"u{i}", ["kb-x"], [text], [0.3], [_span(text, "a week", -2.0 - 0.3 * i)], 0.3)
+        )
+    return reads
+
+
+def test_labels_need_a_right_span_from_a_supporting_document() -> None:
+    right, wrong = _reads()[0].labels()
+    assert right[2] == 1.0
+    assert wrong[2] == 0.0
+    assert [row[2] for row in _reads()[-1].labels()] == [0.0]  # no span of an unanswerable question is right
+
+
+def test_folds_are_stable_and_use_every_fold() -> None:
+    assert fold_of("kb-returns", 5, 13) == fold_of("kb-returns", 5, 13)
+    assert {fold_of(f"kb-{i}", 5, 13) for i in range(100)} == set(range(5))
+
+
+def test_no_question_is_judged_by_a_fit_that_saw_its_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    fitted_groups: list[set[str]] = []
+    real_fit = reader_calibration.fit
+
+    def spy(reads: list[QuestionRead], min_confidence: float, fitted_on: str, target: float) -> ReaderCalibration:
+        fitted_groups.append({r.group for r in reads})
+        return real_fit(reads, min_confidence, fitted_on, target)
+
+    judged: list[tuple[str, ReaderCalibration]] = []
+    real_outcome = reader_calibration.outcome
+
+    def record(read: QuestionRead, calibration: ReaderCalibration, floor: float) -> reader_calibration.Outcome:
+        judged.append((read.group, calibration))
+        return real_outcome(read, calibration, floor)
+
+    monkeypatch.setattr(reader_calibration, "fit", spy)
+    monkeypatch.setattr(reader_calibration, "outcome", record)
+    reads = _reads()
+    report = recalibrate(reads, NEVER, folds=4, seed=13)
+    assert fitted_groups[0] == {r.group for r in reads}  # the served calibration: every question
+    fold_fits = fitted_groups[1:]
+    assert len(fold_fits) == 4
+    for groups in fold_fits:
+        held_out = {r.group for r in reads} - groups
+        assert held_out
+        assert all(fold_of(g, 4, 13) == fold_of(next(iter(held_out)), 4, 13) for g in held_out)
+    assert report.skipped_folds == 0
+    assert len(judged) == 2 * len(reads)  # each question once cross-fitted, once with the previous calibration
+
+
+def test_the_refit_answers_what_the_previous_calibration_declined() -> None:
+    report = recalibrate(_reads(), NEVER, folds=4, seed=13)
+    crossed, previous = report.figures["cross_fitted"], report.figures["previous"]
+    assert previous["holds_answer"]["value"] == 0.0
+    assert previous["false_abstention"]["value"] == 1.0
+    assert crossed["holds_answer"]["value"] == 1.0
+    assert crossed["right_document"]["value"] == 1.0
+    assert crossed["abstention_accuracy"]["value"] == 1.0
+    assert crossed["holds_answer"]["n"] == 30
+    assert crossed["abstention_accuracy"]["n"] == 10
+    assert report.calibration.weights[1] > 0  # a higher margin means a likelier right answer
+    assert (report.questions, report.examples, report.right) == (40, 70, 30)
+
+
+def test_an_abstention_target_sets_the_threshold_on_the_questions_no_document_answers() -> None:
+    reads = _reads()
+    free = [r for r in reads if not r.example.answerable]
+    loose = reader_calibration.fit(reads, 0.5, "")
+    confidences = sorted(
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose).confidence  # type: ignore[union-attr]
+        for r in free
+    )
+    for target, declined in ((1.0, 10), (0.8, 8), (0.05, 1)):
+        calibration = reader_calibration.fit(reads, 0.5, "", target)
+        assert calibration.weights == loose.weights  # only the threshold moves
+        assert calibration.min_confidence == pytest.approx(confidences[declined - 1], abs=1e-5)
+        assert sum(c < calibration.min_confidence for c in confidences) == declined
+    report = recalibrate(reads, NEVER, folds=4, abstention_target=1.0)
+    assert sum(c < report.calibration.min_confidence for c in confidences) == 10  # the served fit: all of them
+    # Cross-fitted, a held-out question that looks more answerable than any the fit saw is answered: reported.
+    assert 0.5 <= report.figures["cross_fitted"]["abstention_accuracy"]["value"] <= 1.0
+    with pytest.raises(ValueError, match="no document answers"):
+        reader_calibration.fit([r for r in reads if r.example.answerable], 0.5, "", 0.9)
+
+
+def test_one_class_only_is_refused() -> None:
+    unanswerable = [r for r in _reads() if not r.example.answerable]
+    with pytest.raises(ValueError, match="right and wrong"):
+        recalibrate(unanswerable, NEVER)
+    with pytest.raises(ValueError, match="2 folds"):
+        recalibrate(_reads(), NEVER, folds=1)
+
+
+def test_the_service_decision_abstains_below_the_retrieval_floor() -> None:
+    read = _reads()[0]
+    always = ReaderCalibration((0.0, 0.0), 50.0, 0.5)
+    assert outcome(read, always, 0.0).holds_answer
+    assert not outcome(read, always, 0.9).answered  # the service abstains before reading
