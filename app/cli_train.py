@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -505,19 +504,21 @@ def train_reader_calibration(
 
     from app.models import open_registry
     from app.reader_calibration import pack_questions, read_pack, recalibrate, register_recalibrated
-    from app.training_reader import base_reader_folder
     from retrieval.answers.reading import ReaderCalibration
-    from retrieval.reader import READER_FILE
+    from retrieval.reader import read_card
     from retrieval.registry import RegistryError
 
     overrides = {"paths": {"pack": str(pack.resolve())}} if pack is not None else None
     settings = load_settings_or_fail(config_file, overrides)
     registry = open_registry(settings, create=True)
     try:
-        folder, _ = base_reader_folder(registry, reader_ref)
-        parent = None if Path(reader_ref).is_dir() else registry.get("reader", reader_ref)  # type: ignore[union-attr]
-        card = json.loads((folder / READER_FILE).read_text(encoding="utf-8"))
-        previous = ReaderCalibration.from_card(card)
+        if Path(reader_ref).is_dir():
+            folder, parent = Path(reader_ref).resolve(), None
+        else:
+            assert registry is not None  # opened with create=True
+            parent = registry.get("reader", reader_ref)
+            folder = registry.local_path(parent)
+        previous = ReaderCalibration.from_card(read_card(folder))
         examples = pack_questions(settings.pack_path)
         reads = asyncio.run(read_pack(settings, settings.reader.to_config(str(folder)), examples, progress=progress))
         report = recalibrate(

@@ -32,7 +32,7 @@ def attribute_with_encoder(
         encoder_path: The served encoder's folder.
         encoder_name: Its name.
         weights_digest: Its weights digest: a different one (a swapped model) loads the new weights.
-        threads: Torch threads of the attribution (0: torch's default).
+        threads: Torch threads of the attribution (0: the free cores; the encoder sets them as it loads).
         query: The recorded query text.
         docs: ``(id, text)`` of the results to explain.
         n_steps: Integration steps.
@@ -40,15 +40,11 @@ def attribute_with_encoder(
     Returns:
         What :func:`governance.explain.token_attributions` returns.
     """
-    import torch
-
     from governance.explain import token_attributions
     from retrieval.encoder import Encoder
 
     parts = _loaded.get(weights_digest)
     if parts is None:
-        if threads > 0:
-            torch.set_num_threads(threads)
         encoder = Encoder(encoder_path or None, name=encoder_name, device="cpu", threads=threads, trace=False)
         _loaded.clear()  # one model at a time: the previous weights are no longer served
         parts = _loaded[weights_digest] = encoder.torch_parts()
