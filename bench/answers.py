@@ -7,11 +7,12 @@ Prints one JSON document (and writes it with ``--out``). Usage::
     python -m bench.answers [--state-dir var/bench-answers] [--local-questions 16] [--max-tokens 48]
     python -m bench.answers calibrate      # re-fit [answers] confidence_weights/bias on data/demo/eval/qa.jsonl
     python -m bench.answers --reader FOLDER --local-questions 0   # extractive with a trained span reader too
-    python -m bench.answers --reader FOLDER --reader-precision fp32,int8 --local-questions 0
+    python -m bench.answers --reader FOLDER --reader-precision fp32,fp32-eager,int8 --local-questions 0
 
 With ``--reader`` (a folder written by ``candor train reader``) the extractive backend is measured without and with
 the reader in the same run, so the reader's cost is a ratio on one machine; ``--reader-precision`` measures the
-reader in each listed precision (default: ``[reader] precision``), one after the other, keyed by precision.
+reader in each listed precision (default: ``[reader] precision``), one after the other, keyed by precision;
+``fp32-eager`` is fp32 with each window in its own forward pass (``[reader] packed = false``).
 
 Everything runs in-process through the same engine and :class:`~retrieval.answers.AnswerService` the service
 uses (the encoder's batcher for questions and sentences, the generator's batcher for the local LM). Exact match
@@ -176,7 +177,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.reader:
             precisions = args.reader_precision.split(",") if args.reader_precision else [settings.reader.precision]
             out["readers"] = {
-                p: await measure_reader(settings, engine, rows, args.reader, k, precision=p) for p in precisions
+                p: await measure_reader(settings, engine, rows, args.reader, k, variant=p) for p in precisions
             }
         local = service.generators.get("local")
         if args.local_questions and isinstance(local, LocalBackend):
@@ -215,10 +216,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure_reader(
-    settings: Settings, engine: RetrievalEngine, rows: Sequence[dict[str, Any]], folder: str, k: int, precision: str
+    settings: Settings, engine: RetrievalEngine, rows: Sequence[dict[str, Any]], folder: str, k: int, variant: str
 ) -> dict[str, Any]:
-    """The extractive backend reading spans with the reader in ``folder`` in ``precision``: pack judgement, latency."""
-    config = replace(settings.reader.to_config(folder), precision=precision)  # type: ignore[arg-type]
+    """The extractive backend with the reader in ``folder`` as ``variant`` says: pack judgement, latency.
+
+    ``variant`` is a precision (``fp32``, ``int8``), or ``fp32-eager``: fp32 with every window in its own pass.
+    """
+    precision, _, form = variant.partition("-")
+    if precision not in ("fp32", "int8") or form not in ("", "eager"):
+        raise SystemExit(f"unknown reader variant {variant!r}: fp32, fp32-eager or int8")
+    config = replace(settings.reader.to_config(folder), precision=precision, packed=form != "eager")  # type: ignore[arg-type]
     reader = reader_backend(settings, config, None, None)
     assert reader is not None
     await reader.start()
@@ -251,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--local-questions", type=int, default=16, help="0 skips the local LM")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--reader", default="", help="a trained reader's folder: measure extractive with it too")
-    parser.add_argument("--reader-precision", default="", help="comma-separated: fp32,int8 (default: configured)")
+    parser.add_argument(
+        "--reader-precision", default="", help="comma-separated: fp32,fp32-eager,int8 (default: configured)"
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     args.state_dir = str(Path(args.state_dir).resolve())

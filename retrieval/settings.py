@@ -157,6 +157,7 @@ class ReaderSettings(Section):
     max_answer_tokens: int = Field(default=30, gt=0)
     max_question_tokens: int = Field(default=0, ge=0)
     min_confidence: float = Field(default=-1.0, le=1)
+    packed: bool = True
 
     def to_config(self, path: str, name: str = "") -> ReaderConfig:
         """As the reader's config, reading the folder ``path`` (reported as ``name``, or ``[reader] name``)."""

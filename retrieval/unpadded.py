@@ -89,13 +89,16 @@ class _Layer(torch.nn.Module):
 class PackedBert(torch.nn.Module):
     """A ``BertModel`` forward pass over packed tokens; shares the model's weights (the fused QKV is a copy).
 
-    ``forward(ids, positions, scatter, mask)`` takes the inputs :func:`pack` builds and returns the last hidden
-    state of every real token, ``(tokens, hidden)``, texts one after another.
+    ``forward(ids, positions, scatter, mask[, types])`` takes the inputs :func:`pack` builds and returns the last
+    hidden state of every real token, ``(tokens, hidden)``, texts one after another. Without ``types`` every
+    token has token type 0 (one sentence per text, as the encoder reads); with them (a pair model such as the span
+    reader: question 0, passage 1), each token's type, packed like ``ids``.
     """
 
     word: torch.Tensor
     position: torch.Tensor
     token_type: torch.Tensor
+    token_types: torch.Tensor
     ln_w: torch.Tensor
     ln_b: torch.Tensor
 
@@ -112,20 +115,27 @@ class PackedBert(torch.nn.Module):
         self.act = _ACTIVATIONS[config.hidden_act]
         self.register_buffer("word", embeddings.word_embeddings.weight.detach())
         self.register_buffer("position", embeddings.position_embeddings.weight.detach())
-        # The encoder sends token type 0 for every token, so its embedding is one constant row.
+        # The encoder sends token type 0 for every token, so its embedding is one constant row; pairs index the table.
         self.register_buffer("token_type", embeddings.token_type_embeddings.weight[0].detach())
+        self.register_buffer("token_types", embeddings.token_type_embeddings.weight.detach())
         self.register_buffer("ln_w", embeddings.LayerNorm.weight.detach())
         self.register_buffer("ln_b", embeddings.LayerNorm.bias.detach())
         self.layers = torch.nn.ModuleList(_Layer(layer) for layer in model.encoder.layer)
 
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, scatter: torch.Tensor, mask: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        scatter: torch.Tensor,
+        mask: torch.Tensor,
+        types: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states of the packed tokens (see the class docstring)."""
         batch, longest = mask.shape[0], mask.shape[3]
         width = self.word.shape[1]
         head_dim = width // self.heads
-        hidden = self.word[ids] + self.position[positions] + self.token_type
+        token_type = self.token_type if types is None else self.token_types[types]
+        hidden = self.word[ids] + self.position[positions] + token_type
         hidden = functional.layer_norm(hidden, (width,), self.ln_w, self.ln_b, self.eps)
         for module in self.layers:
             layer = cast(_Layer, module)

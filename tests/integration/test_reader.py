@@ -227,6 +227,38 @@ def test_an_int8_reader_reads_the_same_spans_at_about_the_same_scores(trained: R
         assert abs(a.score - b.score) < 0.25 * max(1.0, abs(a.score))  # int8 rounding moves scores a little
 
 
+def test_a_packed_reader_reads_a_batch_in_one_pass_with_the_eager_spans_and_scores(trained: ReaderTrainReport) -> None:
+    packed = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu"))
+    eager = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu", packed=False))
+    int8 = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu", precision="int8"))
+    assert (packed.info.packed, eager.info.packed, int8.info.packed) == (True, False, False)
+    long = " ".join(f"Parcel {i} ships on day {i} from the warehouse in Lyon." for i in range(30))  # several windows
+    requests = [
+        ReadRequest("How long does delivery take?", "Standard delivery takes 3 to 7 business days in the EU."),
+        ReadRequest("When does parcel 17 ship?", long),
+        ReadRequest("What is the mug made of?", "The travel mug is made of stainless steel and holds 350 ml."),
+    ]
+    calls = 0
+    forward = packed._packed[0].forward
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        out: torch.Tensor = forward(*args)
+        return out
+
+    packed._packed[0].forward = counted
+    spans = packed.read(requests)
+    assert calls == 1  # every window of every request in one forward pass
+    for a, b, request in zip(spans, eager.read(requests), requests, strict=True):
+        assert a is not None
+        assert b is not None
+        assert (a.text, a.start, a.end) == (b.text, b.start, b.end)
+        assert request.context[a.start : a.end].strip() == a.text
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+        assert a.null_score == pytest.approx(b.null_score, abs=1e-3)
+
+
 def test_the_harness_answers_questions_together_as_it_does_one_at_a_time(
     trained: ReaderTrainReport, encoder: Encoder
 ) -> None:

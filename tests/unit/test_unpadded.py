@@ -73,6 +73,26 @@ def test_packed_forward_matches_the_padded_model(act: str) -> None:
     assert np.abs(hidden - expected).max() < 1e-5
 
 
+def test_packed_forward_takes_each_tokens_type_for_pairs() -> None:
+    model = tiny_bert()
+    batch = token_batch(LENGTHS)
+    types = [[int(i >= len(ids) // 2) for i in range(len(ids))] for ids in batch]  # a question half, a passage half
+    longest = max(LENGTHS)
+    ids, mask, type_ids = (torch.zeros(len(batch), longest, dtype=torch.long) for _ in range(3))
+    for row, tokens in enumerate(batch):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+        type_ids[row, : len(tokens)] = torch.tensor(types[row])
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, token_type_ids=type_ids).last_hidden_state
+        flat = torch.tensor([t for row in types for t in row])
+        hidden = PackedBert(model).eval()(*pack(batch).tensors(), flat).numpy()
+        untyped = PackedBert(model).eval()(*pack(batch).tensors()).numpy()
+    expected = np.concatenate([out[row, : len(tokens)].numpy() for row, tokens in enumerate(batch)])
+    assert np.abs(hidden - expected).max() < 1e-5
+    assert np.abs(untyped - expected).max() > 1e-3  # the types matter: without them every token is type 0
+
+
 def test_traced_packed_forward_handles_other_batch_shapes() -> None:
     model = tiny_bert()
     jit: Any = torch.jit  # trace() is untyped
