@@ -13,22 +13,25 @@ from collections.abc import Callable
 # A sentence ends at . ! ? (optionally followed by a closing quote or bracket) before white space, or at a line
 # break or a semicolon-separated specification list ("Machine Washable: Yes; Material: Cotton").
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+|\n+|(?<=;)\s+")
+_FULL_STOP = re.compile(r"(?<=[.!?])[\"')\]]?\s+|\n+")
 # Abbreviations after which a full stop does not end a sentence ("Rs. 499", "e.g. towels").
 _ABBREVIATIONS = frozenset(
     {"rs", "mr", "mrs", "ms", "dr", "no", "vs", "etc", "e.g", "i.e", "approx", "inc", "ltd", "st"}
 )
 
 
-def split_sentences(text: str) -> list[str]:
+def split_sentences(text: str, *, clauses: bool = True) -> list[str]:
     """Split text into sentences, keeping abbreviations such as ``Rs.`` inside their sentence.
 
     Args:
         text: Plain text.
+        clauses: Also split at semicolons (clauses score and chunk on their own; ``False``: whole sentences).
 
     Returns:
         Stripped, non-empty sentences in order.
     """
-    pieces = [p.strip() for p in _BOUNDARY.split(text) if p and p.strip()]
+    boundary = _BOUNDARY if clauses else _FULL_STOP
+    pieces = [p.strip() for p in boundary.split(text) if p and p.strip()]
     sentences: list[str] = []
     for piece in pieces:
         if sentences:

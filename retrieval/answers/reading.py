@@ -41,9 +41,20 @@ _SENTENCE_QUESTION = re.compile(
 )
 
 
+# A whole sentence longer than this is cut back to the clause (between semicolons) that holds the span: a product's
+# specification list is one "sentence" of many "Name: value;" clauses.
+MAX_SENTENCE_WORDS = 40
+
+
 def wants_sentence(question: str) -> bool:
-    """Whether a question wants an explanation (the span's sentence) rather than the bare span."""
-    return bool(_SENTENCE_QUESTION.search(question))
+    """Whether a question wants an explanation (the span's sentence) rather than the bare span.
+
+    What is asked is the sentences that end in a question mark ("My payment failed. What happens?"), or the
+    whole text when none does.
+    """
+    sentences = split_sentences(question, clauses=False)
+    asked = [s for s in sentences if s.endswith("?")] or sentences
+    return any(_SENTENCE_QUESTION.search(s) for s in asked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +158,22 @@ class ReadAnswer:
 
 
 def sentence_around(context: str, start: int, end: int) -> str:
-    """The sentence(s) of ``context`` that hold the characters ``start:end``."""
+    """The sentence(s) of ``context`` that hold the characters ``start:end``.
+
+    Whole sentences, semicolons included ("Once shipped, an order can no longer be cancelled; you can refuse the
+    delivery instead" says no and what to do); longer than :data:`MAX_SENTENCE_WORDS`, only the clauses that hold
+    the span.
+    """
+    whole = _covering(context, start, end, clauses=False)
+    if len(whole.split()) <= MAX_SENTENCE_WORDS:
+        return whole
+    return _covering(context, start, end, clauses=True)
+
+
+def _covering(context: str, start: int, end: int, *, clauses: bool) -> str:
     out: list[str] = []
     at = 0
-    for sentence in split_sentences(context):
+    for sentence in split_sentences(context, clauses=clauses):
         found = context.find(sentence, at)
         if found < 0:
             continue
@@ -249,10 +272,11 @@ class ReaderBackend:
             self._batcher = None
 
     def describe(self) -> dict[str, Any]:
-        """The reader's name, weights digest, device, precision and registry version (``loaded: false`` unstarted)."""
+        """The reader's identity, whether it reads packed, and its registry version (``loaded: false`` unstarted)."""
         if self._reader is None:
             return {"name": self.config.name, "loaded": False}
-        return {**self._reader.info.identity(), "registry_version": self.version, "loaded": True}
+        info = self._reader.info
+        return {**info.identity(), "packed": info.packed, "registry_version": self.version, "loaded": True}
 
     async def read(self, requests: Sequence[ReadRequest], request_id: str) -> list[Span | None]:
         """The best span of each pair, read through the batcher (pairs of one request go in together)."""

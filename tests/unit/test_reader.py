@@ -101,6 +101,26 @@ def test_questions_that_want_a_sentence() -> None:
     for polar in ("Is there a charge for return pickup?", "Does the mug keep tea hot?", "Should I iron it?"):
         assert wants_sentence(polar)  # a yes or no is said by a sentence, not a span
     assert not wants_sentence("Which island is the largest?")  # "is" inside a question does not make it yes/no
+    # What is asked is the sentence with the question mark, after whatever the shopper says first.
+    assert wants_sentence("Money was taken but my payment failed. What happens?")
+    assert wants_sentence("My order says delivered but I never got it. What should I do?")
+    assert not wants_sentence("I ordered towels. How long does delivery take?")
+    assert wants_sentence("Is it late? How long does delivery take?")  # either asked sentence counts
+    assert wants_sentence("Can I return a gift card")  # no question mark: the whole text is what is asked
+
+
+def test_an_answer_sentence_keeps_its_clauses_unless_it_is_a_long_list() -> None:
+    context = (
+        "You can cancel free of charge. Once an order is shipped it can no longer be cancelled; you can refuse "
+        "the delivery instead."
+    )
+    span = context.index("refuse")
+    assert sentence_around(context, span, span + 6) == (
+        "Once an order is shipped it can no longer be cancelled; you can refuse the delivery instead."
+    )
+    specification = "Specifications: " + " ".join(f"Feature {i}: Yes;" for i in range(20)) + " Colour: Blue."
+    span = specification.index("Feature 7")
+    assert sentence_around(specification, span, span + 9) == "Feature 7: Yes;"  # the clause, not 60 words
 
 
 def test_the_most_confident_span_wins_and_explanations_get_their_sentence() -> None:
