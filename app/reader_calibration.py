@@ -186,8 +186,10 @@ def fit(
         reads: The questions to fit on.
         min_confidence: The threshold (unless ``abstention_target`` chooses it).
         fitted_on: What the calibration says it was fitted on.
-        abstention_target: When above 0, the threshold is instead the lowest at which at least this share of
-            ``reads``' unanswerable questions would be declined (an operating point on data, not a guess).
+        abstention_target: When above 0, the threshold is instead chosen to decline at least this share of
+            ``reads``' unanswerable questions (an operating point on data, not a guess): midway between the last
+            of them it must decline and the next more confident question of ``reads``, so that rounding (int8,
+            packed reading) does not carry a question across it.
 
     Raises:
         ValueError: No spans, only right (or only wrong) ones, or a target with no unanswerable question.
@@ -203,12 +205,17 @@ def fit(
     free = [read for read in reads if not read.example.answerable]
     if not free:
         raise ValueError("an abstention target needs questions that no document answers")
-    confidences = []
-    for read in free:
+
+    def confidence(read: QuestionRead) -> float:
         best = choose_span(read.example.question, read.contexts, read.scores, read.spans, calibration)
-        confidences.append(best.confidence if best is not None else 0.0)
+        return best.confidence if best is not None else 0.0
+
     needed = math.ceil(abstention_target * len(free) - 1e-9)  # questions that must fall below the threshold
-    threshold = math.nextafter(sorted(confidences)[needed - 1], 1.0) if needed else 0.0  # just above: declined
+    if not needed:
+        return replace(calibration, min_confidence=0.0)
+    edge = sorted(confidence(read) for read in free)[needed - 1]
+    above = [c for c in (confidence(read) for read in reads) if c > edge]
+    threshold = (edge + min(above)) / 2 if above else math.nextafter(edge, 1.0)
     return replace(calibration, min_confidence=min(1.0, threshold))
 
 

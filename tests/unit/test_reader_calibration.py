@@ -106,11 +106,18 @@ def test_an_abstention_target_sets_the_threshold_on_the_questions_no_document_an
         choose_span(r.example.question, r.contexts, r.scores, r.spans, loose).confidence  # type: ignore[union-attr]
         for r in free
     )
+    everyone = sorted(
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose).confidence  # type: ignore[union-attr]
+        for r in reads
+    )
     for target, declined in ((1.0, 10), (0.8, 8), (0.05, 1)):
         calibration = reader_calibration.fit(reads, 0.5, "", target)
         assert calibration.weights == loose.weights  # only the threshold moves
-        assert calibration.min_confidence == pytest.approx(confidences[declined - 1], abs=1e-5)
+        edge = confidences[declined - 1]
+        following = min((c for c in everyone if c > edge), default=edge)
+        assert calibration.min_confidence == pytest.approx((edge + following) / 2, abs=1e-9)  # midway: a margin
         assert sum(c < calibration.min_confidence for c in confidences) == declined
+        assert not any(c == pytest.approx(calibration.min_confidence, abs=1e-9) for c in everyone)
     report = recalibrate(reads, NEVER, folds=4, abstention_target=1.0)
     assert sum(c < report.calibration.min_confidence for c in confidences) == 10  # the served fit: all of them
     # Cross-fitted, a held-out question that looks more answerable than any the fit saw is answered: reported.
