@@ -14,17 +14,23 @@ unanswerable question is its own group), the groups are dealt into folds, and ea
 with a calibration fitted on the other folds only, so no figure comes from a fit that saw its question or its
 article. The calibration the new version serves is then fitted on every question. The reader's previous
 calibration is reported beside it on the same questions.
+
+With ``--fine-tune`` the weights are adapted to the shop too: for each fold a copy of the reader is trained further
+on the other folds' questions (each over its supporting passage, some also over an answer-free passage) and reads
+its own fold, so every question is read by a reader that never trained on its document; the confidence is then
+cross-fitted on those reads as above. The version registered is the reader trained on every question, with the
+confidence fitted on the out-of-fold reads (a reader's margins on its own training questions run high).
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import hashlib
 import math
+import random
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,14 +42,14 @@ from app.models import pinned_engine_config
 from app.settings import Settings
 from evals.answer_metrics import f1, holds_answer
 from evals.datasets import load_domain_pack
-from evals.qa_data import QAExample, load_pack_qa
+from evals.qa_data import Passage, QAExample, load_pack_qa, pack_passages
 from evals.stats import bootstrap_mean_ci, rng_for
 from retrieval.answers.reading import ReaderCalibration, answer_text, choose_span, fit_calibration
 from retrieval.answers.service import context_passages
 from retrieval.digest import tree_sha256
 from retrieval.engine import RetrievalEngine
-from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader
-from retrieval.reader_training import update_card
+from retrieval.reader import ReadRequest, Span, SpanReader, read_card
+from retrieval.reader_training import ReaderTrainConfig, SpanExample, train_reader, update_card
 from retrieval.registry import ModelRegistry, ModelVersion
 
 RIGHT_F1 = 0.5
@@ -131,6 +137,11 @@ class CalibrationReport:
             "skipped_folds": self.skipped_folds,
             "figures": self.figures,
         }
+
+
+def group_of(example: QAExample) -> str:
+    """The fold group of a question: its first supporting document, or its own id when no document answers it."""
+    return next(iter(sorted(example.supporting_ids)), "") or example.id
 
 
 def fold_of(group: str, folds: int, seed: int) -> int:
@@ -229,6 +240,7 @@ def recalibrate(
     abstention_target: float = 0.0,
     min_retrieval_score: float = 0.0,
     fitted_on: str = "",
+    previous_reads: Sequence[QuestionRead] | None = None,
 ) -> CalibrationReport:
     """Fit a calibration on the questions, with figures cross-fitted by document beside the previous calibration.
 
@@ -242,6 +254,8 @@ def recalibrate(
             unanswerable questions it was fitted on (0: use ``min_confidence``).
         min_retrieval_score: The service's own retrieval threshold (below it, it abstains before reading).
         fitted_on: What the new calibration says it was fitted on.
+        previous_reads: The questions as the previous reader read them, when ``reads`` come from other weights
+            (the previous figures are that reader's; default: ``reads``).
 
     Raises:
         ValueError: Fewer than two folds, or the questions give only right (or only wrong) spans.
@@ -268,7 +282,9 @@ def recalibrate(
         calibration,
         {
             "cross_fitted": summarise(held_out, seed, "cross_fitted"),
-            "previous": summarise([outcome(r, previous, min_retrieval_score) for r in reads], seed, "previous"),
+            "previous": summarise(
+                [outcome(r, previous, min_retrieval_score) for r in previous_reads or reads], seed, "previous"
+            ),
         },
         questions=len(reads),
         examples=len(rows),
@@ -290,41 +306,184 @@ def pack_questions(pack: Path) -> list[QAExample]:
     return load_pack_qa(qa_path, load_domain_pack(pack))
 
 
-async def read_pack(
-    settings: Settings, reader: ReaderConfig, examples: Sequence[QAExample], *, progress: bool = False
+async def retrieve_pack(
+    settings: Settings, examples: Sequence[QAExample], *, progress: bool = False
 ) -> list[QuestionRead]:
-    """Retrieve and read every question as the service does (served encoder, ``[answers] k_context`` passages).
+    """Retrieve every question's passages as the service does (served encoder, ``[answers] k_context`` passages).
 
     The engine runs on the settings' pack in a state folder of its own under the state folder, so a running
-    service's state is not touched.
+    service's state is not touched. The questions come back unread (no spans): see :func:`read_questions`.
     """
     _, config = pinned_engine_config(settings, show_progress=progress)
     engine = RetrievalEngine(replace(config, state_dir=settings.state_dir / "calibration"))
-    spans_reader = SpanReader(reader)
     k = settings.answers.k_context
-    reads: list[QuestionRead] = []
+    out: list[QuestionRead] = []
     await engine.start()
     try:
         for example in examples:
             _, retrieved = await engine.retrieve_passages(example.question, 2 * k)
             kept, _ = context_passages(retrieved, k)
-            requests = [ReadRequest(example.question, p.text) for p in kept]
-            spans = await asyncio.to_thread(spans_reader.read, requests) if requests else []
-            group = next(iter(sorted(example.supporting_ids)), "") or example.id
-            reads.append(
-                QuestionRead(
-                    example,
-                    group,
-                    [p.doc_id for p in kept],
-                    [p.text for p in kept],
-                    [p.score for p in kept],
-                    list(spans),
-                    kept[0].score if kept else 0.0,
-                )
-            )
+            top = kept[0].score if kept else 0.0
+            doc_ids, texts, scores = [p.doc_id for p in kept], [p.text for p in kept], [p.score for p in kept]
+            out.append(QuestionRead(example, group_of(example), doc_ids, texts, scores, [], top))
     finally:
         await engine.stop()
+    return out
+
+
+def read_questions(reader: SpanReader, retrieved: Sequence[QuestionRead]) -> list[QuestionRead]:
+    """The retrieved questions, each of its passages read by ``reader`` (the same passages whatever the reader)."""
+    reads = []
+    for question in retrieved:
+        requests = [ReadRequest(question.example.question, context) for context in question.contexts]
+        reads.append(replace(question, spans=list(reader.read(requests)) if requests else []))
     return reads
+
+
+def fold_training_examples(
+    examples: Sequence[QAExample],
+    passages: Mapping[str, Passage],
+    keep: Sequence[bool],
+    *,
+    negatives: float = 0.2,
+    seed: int = 13,
+) -> list[SpanExample]:
+    """Span examples of the kept answerable questions, each over its supporting passage.
+
+    Args:
+        examples: The pack's questions.
+        passages: The pack's passages by id.
+        keep: Which questions to train on (the other folds').
+        negatives: Share of them also shown over an answer-free passage, as "no answer".
+        seed: Seed of the negatives' draw.
+    """
+    from app.training_reader import answer_at, free_passage
+
+    rng = random.Random(seed)  # noqa: S311 - sampling, not secrets
+    pool = list(passages.values())
+    out: list[SpanExample] = []
+    for example, kept in zip(examples, keep, strict=True):
+        if not kept or not example.answerable:
+            continue
+        own = example.context_id or group_of(example)
+        passage = passages.get(own)
+        located = answer_at(passage.text, example.answers, example.answer_starts) if passage else None
+        if passage is None or located is None:
+            continue
+        out.append(SpanExample(example.id, example.question, passage.text, located[0], located[1], own))
+        if rng.random() < negatives:
+            free = free_passage(example, pool, rng, own)
+            if free is not None:
+                out.append(SpanExample(f"{example.id}~no-answer", example.question, free.text, -1, "", own))
+    return out
+
+
+@dataclass(slots=True)
+class FineTuned:
+    """A reader trained further on a pack's questions.
+
+    Attributes:
+        reads: Every question, read by a copy trained on the other folds only.
+        folder: The reader trained on every question (a new temporary folder).
+        examples: Span examples it was trained on.
+        gold: The reader alone, each answerable question read over its own supporting passage: ``{"previous" |
+            "fine_tuned": {metric: {"value", "ci", "n"}}}`` (``holds_answer``, ``f1``), the fine-tuned figures
+            out of fold.
+    """
+
+    reads: list[QuestionRead]
+    folder: Path
+    examples: int
+    gold: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def _gold_reads(
+    reader: SpanReader, examples: Sequence[QAExample], passages: Mapping[str, Passage]
+) -> dict[str, tuple[float, float]]:
+    """``(holds_answer, f1)`` of the reader's answer over each answerable question's own passage, by question id."""
+    pairs = [
+        (e, passages[e.context_id or group_of(e)].text)
+        for e in examples
+        if e.answerable and (e.context_id or group_of(e)) in passages
+    ]
+    spans = reader.read([ReadRequest(e.question, context) for e, context in pairs]) if pairs else []
+    out = {}
+    for (example, context), span in zip(pairs, spans, strict=True):
+        text = answer_text(example.question, context, span) if span is not None else ""
+        out[example.id] = (float(holds_answer(text, example.answers)), f1(text, example.answers))
+    return out
+
+
+def _gold_figures(scores: Mapping[str, tuple[float, float]], seed: int, label: str) -> dict[str, dict[str, Any]]:
+    ids = sorted(scores)
+    out: dict[str, dict[str, Any]] = {}
+    for column, name in enumerate(("holds_answer", "f1")):
+        values = np.asarray([scores[i][column] for i in ids])
+        ci = bootstrap_mean_ci(values, rng_for(seed, "gold", label, name), RESAMPLES) if len(values) else None
+        out[name] = {
+            "value": round(float(values.mean()), 4) if len(values) else 0.0,
+            "ci": [round(c, 4) for c in ci] if ci else None,
+            "n": len(values),
+        }
+    return out
+
+
+def fine_tune(
+    settings: Settings,
+    base: Path,
+    retrieved: Sequence[QuestionRead],
+    config: ReaderTrainConfig,
+    *,
+    folds: int = 5,
+    seed: int = 13,
+    negatives: float = 0.2,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> FineTuned:
+    """Train ``base`` further on the pack's questions, cross-fitted by document (see the module docstring).
+
+    Args:
+        settings: Where the pack is, and how readers read (``[reader]``).
+        base: The reader to train further.
+        retrieved: The pack's questions with their passages (:func:`retrieve_pack`).
+        config: How to train.
+        folds: Folds of the cross-fitting (the same deal as the confidence's, for the same seed).
+        seed: Seed of the deal, of training and of the "no answer" draws.
+        negatives: Share of training questions also shown over an answer-free passage.
+        progress: Draw progress bars.
+        say: Where one-line status messages go.
+
+    Raises:
+        ValueError: A fold leaves nothing to train on.
+    """
+    examples = [question.example for question in retrieved]
+    passages = pack_passages(load_domain_pack(settings.pack_path))
+    fold = [fold_of(group_of(e), folds, seed) for e in examples]
+    reads: dict[int, QuestionRead] = {}
+    previous = _gold_reads(SpanReader(settings.reader.to_config(str(base))), examples, passages)
+    tuned: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="candor-reader-folds-") as work:
+        for k in range(folds):
+            inside = [i for i, f in enumerate(fold) if f == k]
+            if not inside:
+                continue
+            train = fold_training_examples(
+                examples, passages, [f != k for f in fold], negatives=negatives, seed=seed + k
+            )
+            say(f"fold {k + 1}/{folds}: training on {len(train)} examples, reading {len(inside)} questions")
+            folder = Path(work) / f"fold-{k}"
+            train_reader(train, base, folder, config, progress=progress, say=lambda line: None)
+            reader = SpanReader(settings.reader.to_config(str(folder)))
+            reads.update(zip(inside, read_questions(reader, [retrieved[i] for i in inside]), strict=True))
+            tuned.update(_gold_reads(reader, [examples[i] for i in inside], passages))
+            shutil.rmtree(folder)
+    train = fold_training_examples(examples, passages, [True] * len(examples), negatives=negatives, seed=seed)
+    say(f"training on every question: {len(train)} examples")
+    folder = Path(tempfile.mkdtemp(prefix="candor-reader-")) / "model"
+    trained_on = {"source": f"pack:{settings.pack_path}", "base": str(base), "questions": len(examples)}
+    train_reader(train, base, folder, config, trained_on=trained_on, progress=progress, say=lambda line: None)
+    gold = {"previous": _gold_figures(previous, seed, "previous"), "fine_tuned": _gold_figures(tuned, seed, "tuned")}
+    return FineTuned([reads[i] for i in range(len(examples))], folder, len(train), gold)
 
 
 def register_recalibrated(
@@ -335,6 +494,8 @@ def register_recalibrated(
     report: CalibrationReport,
     *,
     out: Path | None = None,
+    fine_tuned: Path | None = None,
+    fine_tuning: dict[str, Any] | None = None,
 ) -> tuple[Path, ModelVersion | None]:
     """A copy of the reader with the new calibration in its card, registered as a new version (its parent's child).
 
@@ -345,20 +506,32 @@ def register_recalibrated(
         pack: The pack it was calibrated on.
         report: The fitted calibration and its cross-fitted figures.
         out: Where to write the copy (default: a new temporary folder).
+        fine_tuned: The weights to register instead of ``source``'s: ``source`` trained further on the pack.
+        fine_tuning: How they were trained (kept in the card), with ``fine_tuned``.
     """
     folder = out or Path(tempfile.mkdtemp(prefix="candor-reader-")) / "model"
-    shutil.copytree(source, folder, dirs_exist_ok=True)
-    update_card(folder, calibration=report.calibration.to_dict(), recalibration=report.to_dict())
+    shutil.copytree(fine_tuned or source, folder, dirs_exist_ok=True)
+    sections: dict[str, Any] = {"calibration": report.calibration.to_dict(), "recalibration": report.to_dict()}
+    if fine_tuned is not None:
+        sections["fine_tuning"] = {**(fine_tuning or {}), "base": parent.ref if parent else str(source)}
+    update_card(folder, **sections)
     if registry is None:
         return folder, None
-    card: dict[str, Any] = dict(registry.card(parent)) if parent is not None else {}
-    card["calibration"] = report.calibration.to_dict()
-    card["recalibration"] = report.to_dict()
+    # Fine-tuned weights carry their own card (the parent's held-out figures are not theirs).
+    base_card = read_card(folder) if fine_tuned is not None else (registry.card(parent) if parent else {})
+    card: dict[str, Any] = {**dict(base_card), **sections}
     files = [pack / "eval" / "qa.jsonl"]
+    params: dict[str, Any] = {**dict(parent.params if parent else {}), "recalibrated_on": f"pack:{pack}"}
+    params["folds"] = report.folds
+    if fine_tuned is not None:
+        params["fine_tuned_on"] = f"pack:{pack}"
+    # trained_on stays the parent's: gated promotion evaluates a reader on that source's held-out articles, which
+    # the pack's questions never touched.
+    tags = {"fine_tuned_on": f"pack:{pack}"} if fine_tuned is not None else {}
     version = registry.register(
         "reader",
         folder,
-        params={**dict(parent.params if parent else {}), "recalibrated_on": f"pack:{pack}", "folds": report.folds},
+        params=params,
         metrics={
             f"pack_{label}_{name}": figure["value"]
             for label, figures in report.figures.items()
@@ -366,11 +539,16 @@ def register_recalibrated(
         },
         tags={
             "data_hash": tree_sha256(pack, files, length=16),
-            "trained_on": (parent.tags.get("trained_on", "") if parent else str(source)),
+            "trained_on": parent.tags.get("trained_on", "") if parent else str(source),
+            **tags,
             "calibrated_on": f"pack:{pack}",
             "code_version": code_version()[0],
             "parent": parent.ref if parent else str(source),
-            "description": "the parent's weights with its confidence re-fitted on the pack's questions",
+            "description": (
+                "the parent's weights trained further on the pack's questions, its confidence re-fitted there"
+                if fine_tuned is not None
+                else "the parent's weights with its confidence re-fitted on the pack's questions"
+            ),
             "trained_by": getpass.getuser(),
         },
         card=card,

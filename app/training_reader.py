@@ -93,7 +93,7 @@ class ReaderSource:
         return tree_sha256(root, self.files, length=16)
 
 
-def _answer_at(context: str, answers: Sequence[str], starts: Sequence[int]) -> tuple[int, str] | None:
+def answer_at(context: str, answers: Sequence[str], starts: Sequence[int]) -> tuple[int, str] | None:
     """Where the first locatable gold answer is in the passage (the file's offset, else a case-blind search)."""
     for i, answer in enumerate(answers):
         at = starts[i] if i < len(starts) else -1
@@ -105,7 +105,7 @@ def _answer_at(context: str, answers: Sequence[str], starts: Sequence[int]) -> t
     return None
 
 
-def _free_passage(
+def free_passage(
     example: QAExample, same_group: Sequence[Passage], rng: random.Random, exclude: str | None
 ) -> Passage | None:
     """A passage of the question's own article that holds none of its answers (a hard "no answer" case)."""
@@ -168,7 +168,7 @@ def load_reader_source(
             continue
         passage = passages.get(own)
         source.golds[example.id] = example.answers
-        located = _answer_at(passage.text, example.answers, example.answer_starts) if passage else None
+        located = answer_at(passage.text, example.answers, example.answer_starts) if passage else None
         if passage is not None and located is not None and example.answerable:
             at, answer = located
             target = source.train if fold == "train" else source.calibration
@@ -176,7 +176,7 @@ def load_reader_source(
             source.titles[example.id] = passage.title
         if fold == "train" and rng.random() >= negatives:
             continue
-        free = _free_passage(example, by_group.get(group) or list(passages.values()), rng, own)
+        free = free_passage(example, by_group.get(group) or list(passages.values()), rng, own)
         if free is not None:
             target = source.train if fold == "train" else source.calibration
             target.append(SpanExample(f"{example.id}~no-answer", example.question, free.text, -1, "", group))

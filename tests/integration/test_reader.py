@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -331,3 +332,54 @@ def test_candor_train_reader_calibration_refits_on_the_pack_and_registers_a_chil
 
     calibration = asyncio.run(served(ReaderConfig(path=str(registry.local_path(version)), device="cpu")))
     assert calibration == ReaderCalibration.from_card(card)  # the service serves the re-fitted confidence
+
+
+def test_candor_train_reader_calibration_fine_tunes_out_of_fold_and_registers_the_new_weights(
+    trained: ReaderTrainReport, built_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import reader_calibration
+    from retrieval.encoder import weights_digest
+
+    state = tmp_path / "state"
+    shutil.copytree(built_state, state / "calibration")
+    monkeypatch.setenv("CANDOR_PATHS__STATE_DIR", str(state))
+    monkeypatch.setenv("CANDOR_ENCODER__DEVICE", "cpu")
+    monkeypatch.setenv("CANDOR_READER__DEVICE", "cpu")
+    monkeypatch.setattr(reader_calibration, "RIGHT_F1", 0.0)  # as above: both classes from a one-step reader
+    trained_on: list[list[str]] = []
+    train = reader_calibration.train_reader
+
+    def recorded(examples: list[Any], *args: Any, **kwargs: Any) -> Any:
+        trained_on.append([e.id for e in examples])
+        return train(examples, *args, **kwargs)
+
+    monkeypatch.setattr(reader_calibration, "train_reader", recorded)
+    before = weights_digest(trained.folder)
+    args = ["train", "reader-calibration", "--reader", str(trained.folder), "--pack", str(PACK), "--folds", "2"]
+    tuning = ["--fine-tune", "--epochs", "1", "--batch-size", "32", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, *tuning], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for line in ("cross_fitted holds_answer", "gold passage previous", "gold passage fine_tuned", "registered"):
+        assert line in result.output
+    # Two fold readers, then one on every question; no fold reader trained on a question of the fold it reads.
+    assert len(trained_on) == 3
+    questions = reader_calibration.pack_questions(PACK)
+    folds = {e.id: reader_calibration.fold_of(reader_calibration.group_of(e), 2, 13) for e in questions}
+    for k, ids in enumerate(trained_on[:2]):
+        others = {i for i, f in folds.items() if f != k}  # fold k's reader may train on the other folds only
+        assert {i.removesuffix("~no-answer") for i in ids} <= others
+    assert len(trained_on[2]) > max(len(ids) for ids in trained_on[:2])
+    assert weights_digest(trained.folder) == before  # the source is left as it was
+    registry = ModelRegistry(default_uri(state), state / "models")
+    version = registry.get("reader", "latest")
+    assert version.params["fine_tuned_on"] == f"pack:{PACK.resolve()}"
+    assert version.tags["fine_tuned_on"] == f"pack:{PACK.resolve()}"
+    assert version.tags["trained_on"] == str(trained.folder)  # gated promotion reads the source it trained on
+    assert version.tags["parent"] == str(trained.folder)
+    folder = registry.local_path(version)
+    assert weights_digest(folder) != before  # new weights
+    card = json.loads((folder / READER_FILE).read_text(encoding="utf-8"))
+    assert card["fine_tuning"]["epochs"] == 1
+    assert set(card["fine_tuning"]["gold_passage"]) == {"previous", "fine_tuned"}
+    assert card["calibration"]["fitted_on"].endswith("(read by readers fine-tuned on the other folds)")
+    assert SpanReader(ReaderConfig(path=str(folder), device="cpu")).read([ReadRequest("When?", "On Monday.")])[0]

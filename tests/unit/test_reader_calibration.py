@@ -8,7 +8,7 @@ import pytest
 
 from app import reader_calibration
 from app.reader_calibration import QuestionRead, fold_of, outcome, recalibrate
-from evals.qa_data import QAExample
+from evals.qa_data import Passage, QAExample
 from retrieval.answers.reading import ReaderCalibration, choose_span
 from retrieval.reader import Span
 
@@ -139,3 +139,26 @@ def test_the_service_decision_abstains_below_the_retrieval_floor() -> None:
     always = ReaderCalibration((0.0, 0.0), 50.0, 0.5)
     assert outcome(read, always, 0.0).holds_answer
     assert not outcome(read, always, 0.9).answered  # the service abstains before reading
+
+
+def test_fine_tuning_examples_come_from_the_kept_questions_over_their_own_passages() -> None:
+    passages = {
+        "kb-gift": Passage("kb-gift", "A gift card is valid for 1 year from the date of issue."),
+        "kb-ship": Passage("kb-ship", "Standard delivery takes 3 to 7 business days."),
+        "kb-care": Passage("kb-care", "Wash towels before first use."),
+    }
+    examples = [
+        QAExample("q1", "How long is a gift card valid?", ("1 year",), ("kb-gift",)),
+        QAExample("q2", "How long does delivery take?", ("3 to 7 business days",), ("kb-ship",)),
+        QAExample("q3", "Where is the answer?", ("not in the passage",), ("kb-care",)),
+        QAExample("q4", "Do you sell boats?", (), (), answerable=False),
+    ]
+    made = reader_calibration.fold_training_examples(examples, passages, [True, False, True, True], negatives=1.0)
+    spans = [e for e in made if e.answer_start >= 0]
+    assert [(e.id, e.answer) for e in spans] == [("q1", "1 year")]  # q2 held out, q3 unlocatable, q4 no answer
+    assert passages["kb-gift"].text[spans[0].answer_start :].startswith("1 year")
+    free = [e for e in made if e.answer_start < 0]
+    assert [e.id for e in free] == ["q1~no-answer"]  # shown over a passage without its answer, as "no answer"
+    assert "1 year" not in free[0].context
+    assert reader_calibration.fold_training_examples(examples, passages, [True] * 4, negatives=0.0)[0].id == "q1"
+    assert all(not e.id.startswith("q2") for e in made)
