@@ -176,7 +176,9 @@ def load_reader_source(
             source.titles[example.id] = passage.title
         if fold == "train" and rng.random() >= negatives:
             continue
-        free = free_passage(example, by_group.get(group) or list(passages.values()), rng, own)
+        # A pack's document is a group of one passage: its "no answer" passage then comes from the other documents.
+        others = [p for p in by_group.get(group, []) if p.id != own] or list(passages.values())
+        free = free_passage(example, others, rng, own)
         if free is not None:
             target = source.train if fold == "train" else source.calibration
             target.append(SpanExample(f"{example.id}~no-answer", example.question, free.text, -1, "", group))

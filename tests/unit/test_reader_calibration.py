@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from app import reader_calibration
 from app.reader_calibration import QuestionRead, fold_of, outcome, recalibrate
+from app.training_reader import load_reader_source
 from evals.qa_data import Passage, QAExample
 from retrieval.answers.reading import ReaderCalibration, choose_span
 from retrieval.reader import Span
@@ -162,3 +164,13 @@ def test_fine_tuning_examples_come_from_the_kept_questions_over_their_own_passag
     assert "1 year" not in free[0].context
     assert reader_calibration.fold_training_examples(examples, passages, [True] * 4, negatives=0.0)[0].id == "q1"
     assert all(not e.id.startswith("q2") for e in made)
+
+
+def test_a_pack_source_shows_questions_over_answer_free_passages_of_other_documents() -> None:
+    source = load_reader_source(None, Path(__file__).resolve().parents[2] / "data" / "demo", negatives=1.0)
+    examples = [*source.train, *source.calibration]
+    golds = {e.id: e.answer for e in examples if e.answer_start >= 0}
+    free = [e for e in examples if e.answer_start < 0 and e.id.removesuffix("~no-answer") in golds]
+    assert free  # each document is a group of one passage: the free passage comes from another document
+    for example in free:
+        assert golds[example.id.removesuffix("~no-answer")].lower() not in example.context.lower()
