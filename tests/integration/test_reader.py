@@ -39,7 +39,7 @@ CONFIG = ReaderTrainConfig(epochs=1, batch_size=8, max_seq_length=128, doc_strid
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> ReaderTrainReport:
-    source = load_reader_source(None, PACK, max_train=8)
+    source = load_reader_source(None, PACK, max_train=8, negatives=0.0)  # eight answer spans: one step
     folder = tmp_path_factory.mktemp("reader") / "model"
     return train_reader(source.train, bundled_model_path(), folder, CONFIG, progress=False)
 
