@@ -350,7 +350,7 @@ def test_candor_train_reader_calibration_fine_tunes_out_of_fold_and_registers_th
     some = [e for e in questions if e.answerable][:14] + [e for e in questions if not e.answerable][:4]
     monkeypatch.setattr(reader_calibration, "pack_questions", lambda pack: some)  # a third of them: a quicker run
     trained_on: list[list[str]] = []
-    train = reader_calibration.train_reader
+    train = train_reader  # the function the module calls, recorded below
 
     def recorded(examples: list[Any], *args: Any, **kwargs: Any) -> Any:
         trained_on.append([e.id for e in examples])
