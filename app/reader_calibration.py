@@ -430,7 +430,7 @@ def _gold_figures(scores: Mapping[str, tuple[float, float]], seed: int, label: s
 
 def fine_tune(
     settings: Settings,
-    base: Path,
+    base: SpanReader,
     retrieved: Sequence[QuestionRead],
     config: ReaderTrainConfig,
     *,
@@ -444,7 +444,7 @@ def fine_tune(
 
     Args:
         settings: Where the pack is, and how readers read (``[reader]``).
-        base: The reader to train further.
+        base: The reader to train further, loaded (it also reads the supporting passages before training).
         retrieved: The pack's questions with their passages (:func:`retrieve_pack`).
         config: How to train.
         folds: Folds of the cross-fitting (the same deal as the confidence's, for the same seed).
@@ -460,7 +460,8 @@ def fine_tune(
     passages = pack_passages(load_domain_pack(settings.pack_path))
     fold = [fold_of(group_of(e), folds, seed) for e in examples]
     reads: dict[int, QuestionRead] = {}
-    previous = _gold_reads(SpanReader(settings.reader.to_config(str(base))), examples, passages)
+    previous = _gold_reads(base, examples, passages)
+    folder = Path(base.info.path)
     tuned: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="candor-reader-folds-") as work:
         for k in range(folds):
@@ -471,19 +472,19 @@ def fine_tune(
                 examples, passages, [f != k for f in fold], negatives=negatives, seed=seed + k
             )
             say(f"fold {k + 1}/{folds}: training on {len(train)} examples, reading {len(inside)} questions")
-            folder = Path(work) / f"fold-{k}"
-            train_reader(train, base, folder, config, progress=progress, say=lambda line: None)
-            reader = SpanReader(settings.reader.to_config(str(folder)))
+            copy = Path(work) / f"fold-{k}"
+            train_reader(train, folder, copy, config, progress=progress, say=lambda line: None)
+            reader = SpanReader(settings.reader.to_config(str(copy)))
             reads.update(zip(inside, read_questions(reader, [retrieved[i] for i in inside]), strict=True))
             tuned.update(_gold_reads(reader, [examples[i] for i in inside], passages))
-            shutil.rmtree(folder)
+            shutil.rmtree(copy)
     train = fold_training_examples(examples, passages, [True] * len(examples), negatives=negatives, seed=seed)
     say(f"training on every question: {len(train)} examples")
-    folder = Path(tempfile.mkdtemp(prefix="candor-reader-")) / "model"
-    trained_on = {"source": f"pack:{settings.pack_path}", "base": str(base), "questions": len(examples)}
-    train_reader(train, base, folder, config, trained_on=trained_on, progress=progress, say=lambda line: None)
+    out = Path(tempfile.mkdtemp(prefix="candor-reader-")) / "model"
+    trained_on = {"source": f"pack:{settings.pack_path}", "base": str(folder), "questions": len(examples)}
+    train_reader(train, folder, out, config, trained_on=trained_on, progress=progress, say=lambda line: None)
     gold = {"previous": _gold_figures(previous, seed, "previous"), "fine_tuned": _gold_figures(tuned, seed, "tuned")}
-    return FineTuned([reads[i] for i in range(len(examples))], folder, len(train), gold)
+    return FineTuned([reads[i] for i in range(len(examples))], out, len(train), gold)
 
 
 def register_recalibrated(
