@@ -11,6 +11,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,14 +33,17 @@ from governance.audit import (
     AuditNotFoundError,
     AuditUnavailableError,
     RecordQuery,
+    WouldBlock,
     record_view,
 )
 from governance.audit.isolated import verify_store
-from governance.audit.store import REVIEW_STATES
+from governance.audit.store import REVIEW_STATES, Stored
 from governance.types import VerifyReport
 
 T = TypeVar("T")
 MAX_LIMIT = 500
+# Pages up to the default size are read on the event loop (a few milliseconds at most); larger ones in a thread.
+QUICK_ROWS = 50
 KINDS = ("inference", "feedback", "review", "purge", "erase", "model", "drift", "bias")
 EXPLANATION_METHODS = ("stored", "integrated-gradients")
 # Who may read the audit log and reports, and who may record decisions (the API and the console alike).
@@ -58,12 +62,28 @@ def audit_log_of(services: Services) -> AuditLog:
     return services.audit
 
 
-async def audit_io(fn: Callable[[], T]) -> T:
-    """Run a blocking audit-store call in a thread, mapping store failures to 503."""
+async def audit_io(fn: Callable[[], T], *, small_read_of: AuditLog | None = None) -> T:
+    """Run a blocking audit-store call in a thread, mapping store failures to 503.
+
+    Args:
+        fn: The call.
+        small_read_of: The log, when ``fn`` only reads a few records (one record, a page of at most
+            :data:`QUICK_ROWS`): it then runs at once on the event loop where the store allows it
+            (:meth:`AuditLog.read_now`), since under a busy loop the hand-off to a thread and back costs a
+            reviewer several times the read.
+    """
     try:
+        if small_read_of is not None:
+            with suppress(WouldBlock):
+                return small_read_of.read_now(fn)
         return await asyncio.to_thread(fn)
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc
+
+
+def small(log: AuditLog, limit: int) -> AuditLog | None:
+    """``log`` when a page of ``limit`` records is small enough to read on the event loop (see :func:`audit_io`)."""
+    return log if limit <= QUICK_ROWS else None
 
 
 async def verify_chain(services: Services) -> VerifyReport:
@@ -121,6 +141,12 @@ def _page(rows: list[Any], limit: int) -> dict[str, Any]:
     }
 
 
+def record_and_reviews(log: AuditLog, record_id: str) -> tuple[Stored | None, list[dict[str, Any]]]:
+    """A record and the review decisions about it (none when there is no record), in one store call."""
+    stored = log.get(record_id)
+    return stored, (log.reviews_of(record_id) if stored is not None else [])
+
+
 def _not_found(record_id: str) -> ApiError:
     return ApiError(404, "audit_record_not_found", f"no audit record with id {record_id}", {"id": record_id})
 
@@ -170,7 +196,7 @@ class AuditController(Controller):
             before_seq=parse_cursor(cursor),
             limit=check_limit(limit),
         )
-        rows = await audit_io(lambda: log.find(query))
+        rows = await audit_io(lambda: log.find(query), small_read_of=small(log, query.limit))
         return _page(rows, query.limit)
 
     @get(
@@ -181,10 +207,9 @@ class AuditController(Controller):
     async def read_record(self, record_id: FromPath[str], services: NamedDependency[Services]) -> dict[str, Any]:
         """The chained record, its derived review state and the review records about it."""
         log = audit_log_of(services)
-        stored = await audit_io(lambda: log.get(record_id))
+        stored, reviews = await audit_io(lambda: record_and_reviews(log, record_id), small_read_of=log)
         if stored is None:
             raise _not_found(record_id)
-        reviews = await audit_io(lambda: log.reviews_of(record_id))
         return {**record_view(stored), "reviews": reviews, "request_id": current_request_id()}
 
     @get(
@@ -203,7 +228,7 @@ class AuditController(Controller):
         log = audit_log_of(services)
         if method not in EXPLANATION_METHODS:
             raise invalid("method", f"must be one of {', '.join(EXPLANATION_METHODS)}")
-        stored = await audit_io(lambda: log.get(record_id))
+        stored = await audit_io(lambda: log.get(record_id), small_read_of=log)
         if stored is None:
             raise _not_found(record_id)
         if stored.body is None:
@@ -236,7 +261,7 @@ class AuditController(Controller):
         log = audit_log_of(services)
         check_limit(limit)
         before = parse_cursor(cursor)
-        rows = await audit_io(lambda: log.review_queue(limit=limit, before_seq=before))
+        rows = await audit_io(lambda: log.review_queue(limit=limit, before_seq=before), small_read_of=small(log, limit))
         return _page(rows, limit)
 
     @post(
@@ -281,7 +306,7 @@ async def record_review(
         raise _not_found(record_id) from exc
     except AuditUnavailableError as exc:
         raise audit_unavailable(exc) from exc
-    stored = await audit_io(lambda: log.get(record_id))
+    stored = await audit_io(lambda: log.get(record_id), small_read_of=log)
     return {
         "review_id": review_id,
         "record_id": record_id,
@@ -372,7 +397,7 @@ async def feedback(
     """What a shopper did with an audited response; ``report`` puts that response in the review queue."""
     started = time.perf_counter()
     log = audit_log_of(services)
-    target = await audit_io(lambda: log.get(data.audit_id))
+    target = await audit_io(lambda: log.get(data.audit_id), small_read_of=log)
     if target is None or target.kind != "inference":
         raise ApiError(
             404, "audit_record_not_found", f"no audited response with id {data.audit_id}", {"audit_id": data.audit_id}

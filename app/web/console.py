@@ -31,7 +31,9 @@ from app.routes.audit import (
     check_limit,
     parse_cursor,
     parse_time,
+    record_and_reviews,
     record_review,
+    small,
     verify_chain,
 )
 from app.routes.reports import compliance_facts_and_body, report_filename
@@ -168,7 +170,8 @@ class ConsoleController(Controller):
                 before_seq=parse_cursor(params.get("cursor")),
                 limit=check_limit(PAGE_SIZE),
             )
-            rows = [record_view(r) for r in await audit_io(lambda: log.find(query))]
+            found = await audit_io(lambda: log.find(query), small_read_of=small(log, PAGE_SIZE))
+            rows = [record_view(r) for r in found]
         except ApiError as exc:
             if exc.status != 400:
                 raise
@@ -199,10 +202,9 @@ class ConsoleController(Controller):
         if session is None:
             return to_sign_in(CONSOLE)
         log = audit_log_of(services)
-        stored = await audit_io(lambda: log.get(record_id))
+        stored, reviews = await audit_io(lambda: record_and_reviews(log, record_id), small_read_of=log)
         if stored is None:
             return _page("console_missing.html", session, "/console/records", 404, record_id=record_id)
-        reviews = await audit_io(lambda: log.reviews_of(record_id))
         body = stored.body or {}
         attributions, attribution_error = None, None
         if request.query_params.get("attributions") and stored.body is not None:
@@ -268,7 +270,10 @@ class ConsoleController(Controller):
             return to_sign_in(CONSOLE)
         log = audit_log_of(services)
         before = parse_cursor(request.query_params.get("cursor"))
-        rows = [record_view(r) for r in await audit_io(lambda: log.review_queue(limit=PAGE_SIZE, before_seq=before))]
+        page = await audit_io(
+            lambda: log.review_queue(limit=PAGE_SIZE, before_seq=before), small_read_of=small(log, PAGE_SIZE)
+        )
+        rows = [record_view(r) for r in page]
         more = f"?cursor={rows[-1]['seq']}" if len(rows) == PAGE_SIZE and rows[-1]["seq"] > 1 else None
         return _page(
             "console_queue.html",

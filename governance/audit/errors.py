@@ -11,6 +11,10 @@ class AuditUnavailableError(Exception):
     """The audit log could not commit (or cannot reach) its store; audited requests must fail with 503."""
 
 
+class WouldBlock(Exception):  # noqa: N818 - a signal to take the thread path, not a failure
+    """A read asked to run at once could not (no quick connection, in use, or the store is busy)."""
+
+
 class AuditNotFoundError(KeyError):
     """No audit record has this id."""
 

@@ -17,10 +17,11 @@ retention purge, which leaves a chained purge record behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,17 +30,25 @@ from governance.audit.backends import open_backend
 from governance.audit.config import AuditConfig
 from governance.audit.connections import AuditConnections
 from governance.audit.errors import AuditNotFoundError, AuditUnavailableError
-from governance.audit.records import AuditEvent, bias_record, drift_record, event_record, model_change_record
+from governance.audit.records import (
+    AuditEvent,
+    bias_record,
+    drift_record,
+    envelope,
+    event_record,
+    model_change_record,
+)
 from governance.audit.redact import names_found
 from governance.audit.reviews import Decision, review_record
 from governance.audit.signing import CheckpointSigner
-from governance.audit.store import AuditBackend, Pending, RecordQuery, Stored
-from governance.audit.writer import GroupCommitWriter, WriterStats
+from governance.audit.store import AuditBackend, RecordQuery, Stored
+from governance.audit.writer import Build, GroupCommitWriter, WriterStats
 from governance.types import AuditSummary, VerifyReport
 
 __all__ = ["AuditConfig", "AuditLog"]
 
 logger = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class AuditLog:
@@ -106,11 +115,11 @@ class AuditLog:
 
     # -- writing -----------------------------------------------------------------------------------------------
 
-    async def _submit(self, pending: Pending, wait: bool) -> str:
+    async def _submit(self, pending: Build, record_id: str, wait: bool) -> str:
         if not self._conns.is_open:
             raise self._conns.unavailable()
         await self._writer.submit(pending, wait)
-        return str(pending.body["id"])
+        return record_id
 
     async def record(self, event: AuditEvent) -> str:
         """Record one audited call (an inference, or feedback when the event has a ``target_id``).
@@ -124,7 +133,10 @@ class AuditLog:
         Raises:
             AuditUnavailableError: The record could not be committed (``sync``) or queued.
         """
-        return await self._submit(event_record(event, self.config.max_text_chars), wait=self.config.mode == "sync")
+        # The id and time now; the body (redaction, bounding) is built in the writer's thread, off the event loop.
+        head = envelope("feedback" if event.target_id else "inference", event.endpoint)
+        build = functools.partial(event_record, event, self.config.max_text_chars, head)
+        return await self._submit(build, str(head["id"]), wait=self.config.mode == "sync")
 
     async def review(self, record_id: str, decision: Decision, note: str, caller: Mapping[str, str]) -> str:
         """Record a reviewer's decision on a record as a chained record, and move the record's review state.
@@ -141,9 +153,20 @@ class AuditLog:
             raise AuditNotFoundError(record_id)
         kept = await asyncio.to_thread(self.personal, record_id)
         names = names_found(kept.get("found") or []) if kept else ()
-        return await self._submit(review_record(target, decision, note, caller, names), wait=True)
+        pending = review_record(target, decision, note, caller, names)
+        return await self._submit(pending, str(pending.body["id"]), wait=True)
 
     # -- reading -----------------------------------------------------------------------------------------------
+
+    def read_now(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, a small read made of this log's read methods, at once on this thread (SQLite stores only).
+
+        See :meth:`AuditConnections.read_now <governance.audit.connections.AuditConnections.read_now>`.
+
+        Raises:
+            WouldBlock: It cannot run without waiting; run ``fn`` in a worker thread instead.
+        """
+        return self._conns.read_now(fn)
 
     def get(self, record_id: str) -> Stored | None:
         """One record by id."""

@@ -113,8 +113,11 @@ def bound_text(value: Any, max_chars: int, path: str = "", cut: list[dict[str, A
     return value
 
 
-def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
+def event_record(event: AuditEvent, max_text_chars: int = 4000, head: Mapping[str, Any] | None = None) -> Pending:
     """The chained record of an audited call, with what redaction took out kept apart (erasable).
+
+    ``head`` is the record's :func:`envelope` when it was taken earlier (the log takes the id and the time as the
+    call is recorded, and builds the rest in the writer's thread); a fresh one by default.
 
     The request is chained redacted, beside a salted hash of the original; the salt and the redacted spans go to
     the personal data, so erasing them leaves the hash unlinkable to the request. Strings longer than
@@ -129,7 +132,7 @@ def event_record(event: AuditEvent, max_text_chars: int = 4000) -> Pending:
     found = redactor.found
     salt = secrets.token_hex(16)
     body: dict[str, Any] = {
-        **envelope("feedback" if event.target_id else "inference", event.endpoint),
+        **(head or envelope("feedback" if event.target_id else "inference", event.endpoint)),
         "caller": dict(event.caller),
         "request_hash": "sha256:" + sha256_hex(salt.encode() + canonical_json(event.request)),
         "request": redacted,

@@ -5,6 +5,10 @@ to the writer and answers at once; what a crash can lose is bounded: once the ol
 than ``async_max_loss_ms``, callers wait for the commit as in ``sync`` mode, so at most that window of records
 (and never more than ``max_queue``) is ever at risk. A full queue makes callers wait for room (backpressure). A
 failed write fails every caller waiting on it; in ``async`` mode it is logged and counted.
+
+A record may be queued as a function that builds it (:data:`Build`): the writer builds it in its worker thread, just
+before the commit, so the redaction and bounding of a record never run on the event loop that serves requests. A
+build that fails fails its own caller only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import structlog
 
@@ -22,6 +27,9 @@ from governance.audit.errors import AuditUnavailableError
 from governance.audit.store import Pending, Stored
 
 logger = structlog.get_logger(__name__)
+
+# A record, or a function that builds it from values that no longer change (run in the writer's worker thread).
+Build: TypeAlias = Pending | Callable[[], Pending]
 
 
 @dataclass(slots=True)
@@ -43,7 +51,7 @@ class WriterStats:
 
 @dataclass(slots=True)
 class _Queued:
-    pending: Pending
+    pending: Build
     future: asyncio.Future[Stored]
     enqueued: float
 
@@ -77,7 +85,7 @@ class GroupCommitWriter:
                 await self._task
             self._task = None
 
-    async def submit(self, pending: Pending, wait: bool) -> Stored | None:
+    async def submit(self, pending: Build, wait: bool) -> Stored | None:
         """Queue one record; with ``wait`` (or past the async loss bound) return once it is committed.
 
         Returns:
@@ -136,7 +144,7 @@ class GroupCommitWriter:
     async def _commit(self, batch: list[_Queued]) -> None:
         self._inflight = batch
         try:
-            stored = await asyncio.to_thread(self._append, [q.pending for q in batch])
+            failed, stored = await asyncio.to_thread(self._build_and_append, [q.pending for q in batch])
         except Exception as exc:
             self.stats.failed += len(batch)
             self.stats.last_error = str(exc)
@@ -150,8 +158,30 @@ class GroupCommitWriter:
         else:
             self.stats.committed += len(stored)
             self.stats.batches += 1
-            for q, s in zip(batch, stored, strict=True):
+            for n, build_error in failed.items():
+                self.stats.failed += 1
+                logger.error("audit_record_not_built", error=f"{type(build_error).__name__}: {build_error}")
+                if not batch[n].future.done():
+                    batch[n].future.set_exception(build_error)
+                batch[n].future.exception()
+            built = [q for n, q in enumerate(batch) if n not in failed]
+            for q, s in zip(built, stored, strict=True):
                 if not q.future.done():
                     q.future.set_result(s)
         finally:
             self._inflight = []
+
+    def _build_and_append(self, items: list[Build]) -> tuple[dict[int, Exception], list[Stored]]:
+        """Build the records queued as functions, then chain and commit them all (in the worker thread).
+
+        Returns:
+            The records that could not be built (by position in ``items``, with their error), and the stored rest.
+        """
+        failed: dict[int, Exception] = {}
+        pending: list[Pending] = []
+        for n, item in enumerate(items):
+            try:
+                pending.append(item if isinstance(item, Pending) else item())
+            except Exception as exc:
+                failed[n] = exc
+        return failed, (self._append(pending) if pending else [])

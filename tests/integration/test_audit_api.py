@@ -8,7 +8,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from app.auth import KeyStore
+from governance.audit import AuditLog, WouldBlock
 from retrieval.encoder import Encoder
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_app_limits import make_settings, serving
@@ -253,6 +255,8 @@ def test_locked_store_gives_503_and_the_service_keeps_serving(api: Client) -> No
         assert locked.status_code == 503
         assert locked.json()["error"]["code"] == "audit_unavailable"
         assert locked.headers["retry-after"] == "5"
+        # Readers of a WAL store do not wait for its writer: reviewers still read while writes are refused.
+        assert api.call("GET", "/v1/audit/records?limit=5", api.reviewer).status_code == 200
         assert httpx.get(f"{api.base}/health/live").status_code == 200
         assert api.call("GET", "/v1/info", api.frontend).status_code == 200
     finally:
@@ -262,6 +266,42 @@ def test_locked_store_gives_503_and_the_service_keeps_serving(api: Client) -> No
     verify = api.call("GET", "/v1/audit/verify", api.reviewer).json()
     assert verify["ok"] is True
     assert verify["count"] == before + 1  # the refused call left no record and no gap
+
+
+def test_small_reviewer_reads_stay_on_the_event_loop_and_fall_back_to_a_thread(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One record or a page of up to 50 is read at once on the event loop (a thread hand-off costs more under load);
+    bigger pages go to a worker thread, and so does a small read the store cannot serve at once, with the same
+    answer."""
+    audit_id = api.call("POST", "/v1/search", api.frontend, json={"query": "towel"}).json()["audit_id"]
+    quick: list[str] = []
+    original = AuditLog.read_now
+
+    def spy(log: AuditLog, fn: Callable[[], Any]) -> Any:
+        out = original(log, fn)
+        quick.append(threading.current_thread().name)
+        return out
+
+    monkeypatch.setattr(AuditLog, "read_now", spy)
+    one = api.call("GET", f"/v1/audit/records/{audit_id}", api.reviewer)
+    page = api.call("GET", "/v1/audit/records?limit=50", api.reviewer)
+    assert one.status_code == page.status_code == 200
+    assert len(quick) == 2
+    assert len(set(quick)) == 1  # both on the one event loop's thread
+    big = api.call("GET", "/v1/audit/records?limit=51", api.reviewer)
+    assert big.status_code == 200
+    assert len(quick) == 2  # a bigger page never ran on the loop
+
+    def busy(log: AuditLog, fn: Callable[[], Any]) -> Any:
+        raise WouldBlock
+
+    monkeypatch.setattr(AuditLog, "read_now", busy)
+    again = api.call("GET", f"/v1/audit/records/{audit_id}", api.reviewer)
+    assert again.status_code == 200
+    assert {k: v for k, v in again.json().items() if k != "request_id"} == {
+        k: v for k, v in one.json().items() if k != "request_id"
+    }
 
 
 def test_verification_reads_the_store_itself_and_finds_an_edited_record(api: Client) -> None:

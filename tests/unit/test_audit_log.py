@@ -19,13 +19,20 @@ from governance.audit import (
     AuditEvent,
     AuditLog,
     AuditNotFoundError,
+    AuditStoreError,
     AuditUnavailableError,
     ExportFormatError,
     RecordQuery,
+    WouldBlock,
     verify_export,
 )
+from governance.audit import log as log_module
+from governance.audit.backends import open_backend
 from governance.audit.chain import canonical_json, sha256_hex
+from governance.audit.config import AuditConfig
+from governance.audit.records import event_record
 from governance.audit.signing import public_pem
+from governance.audit.store import AuditBackend
 from governance.types import VerifyReport
 from tests.conftest import AuditStoreHandle, audit_config
 
@@ -466,6 +473,42 @@ async def test_async_mode_commits_in_the_background(audit_store: AuditStoreHandl
     assert all(check.get(i) is not None for i in ids)
 
 
+async def test_records_are_built_off_the_event_loop_and_a_bad_one_fails_alone(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id is taken as the call is recorded; redaction and bounding run in the writer's thread; a record that
+    cannot be built fails its own call, and the records committed with it are chained as usual."""
+    built_on: list[str] = []
+
+    def spy(event: AuditEvent, max_text_chars: int, head: dict[str, Any]) -> Any:
+        built_on.append(threading.current_thread().name)
+        if event.request.get("query") == "explode":
+            raise ValueError("cannot build this record")
+        return event_record(event, max_text_chars, head)
+
+    monkeypatch.setattr(log_module, "event_record", spy)
+
+    def event(query: str) -> AuditEvent:
+        return AuditEvent(endpoint="/v1/search", request={"query": query}, output={}, caller=CALLER)
+
+    loop_thread = threading.current_thread().name
+    results = await asyncio.gather(
+        log.record(event("towel")), log.record(event("explode")), log.record(event("lamp")), return_exceptions=True
+    )
+    assert isinstance(results[1], ValueError)
+    assert loop_thread not in built_on
+    assert len(built_on) == 3
+    for record_id in (results[0], results[2]):
+        assert isinstance(record_id, str)
+        stored = await asyncio.to_thread(log.get, record_id)
+        assert stored is not None
+        assert stored.body is not None
+        assert stored.body["id"] == record_id
+    assert log.verify().ok
+    assert log.verify().count == 2
+    assert log.stats.failed == 1
+
+
 async def test_locked_sqlite_fails_the_write_cleanly(tmp_path: Path) -> None:
     config = audit_config(tmp_path, busy_timeout_ms=100)
     log = AuditLog(config)
@@ -483,6 +526,58 @@ async def test_locked_sqlite_fails_the_write_cleanly(tmp_path: Path) -> None:
     assert log.verify().ok
     assert log.verify().count == 2
     await log.stop()
+
+
+async def test_small_reads_run_at_once_on_sqlite_only(log: AuditLog, audit_store: AuditStoreHandle) -> None:
+    ids = await write(log, 3)
+    await log.review(ids[0], "approve", "fine", REVIEWER)
+
+    def read() -> tuple[Any, ...]:
+        return log.get(ids[0]), [s.id for s in log.find(RecordQuery(limit=2))], log.reviews_of(ids[0])
+
+    if audit_store.backend != "sqlite":  # a PostgreSQL read is a network round trip: always a worker thread
+        with pytest.raises(WouldBlock):
+            log.read_now(read)
+        return
+    assert log.read_now(read) == read()  # the quick connection reads what the readers' connection reads
+    # A read that is already running holds the quick connection: a second one is told to take the thread path.
+    with pytest.raises(WouldBlock):
+        log.read_now(lambda: log.read_now(read))
+    assert log.read_now(read) == read()  # released again
+
+
+async def test_a_failing_quick_read_is_retried_in_a_thread(tmp_path: Path) -> None:
+    """The quick connection never waits for a lock: "database is locked" there sends the read to the thread path,
+    whose connection waits as configured."""
+
+    class Busy:
+        def __init__(self, db: AuditBackend) -> None:
+            self.db = db
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("get", "find"):
+
+                def locked(*args: Any, **kwargs: Any) -> Any:
+                    raise AuditStoreError("OperationalError: database is locked")
+
+                return locked
+            return getattr(self.db, name)
+
+    def factory(config: AuditConfig) -> Any:
+        db = open_backend(config)
+        return Busy(db) if config.busy_timeout_ms == 0 else db
+
+    log = AuditLog(audit_config(tmp_path), factory)
+    await log.start()
+    try:
+        (record_id,) = await write(log, 1)
+        with pytest.raises(WouldBlock):
+            log.read_now(lambda: log.get(record_id))
+        stored = await asyncio.to_thread(log.get, record_id)
+        assert stored is not None
+        assert stored.id == record_id
+    finally:
+        await log.stop()
 
 
 async def test_corrupted_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
