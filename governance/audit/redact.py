@@ -16,6 +16,8 @@ EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
 # An optional +country code, then 7 to 15 digits in groups separated by spaces, dots, dashes or parentheses.
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])")
+# What both number patterns need somewhere: two digits, side by side or one space or dash apart.
+DIGIT_PAIR = re.compile(r"\d[ -]?\d")
 MIN_PHONE_DIGITS = 7
 MAX_PHONE_DIGITS = 15
 
@@ -41,6 +43,10 @@ class Redactor:
 
     names: tuple[str, ...] = ()
     found: list[dict[str, str]] = field(default_factory=list)
+    _name_patterns: list[re.Pattern[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._name_patterns = [re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE) for name in self.names]
 
     def _take(self, kind: str, path: str, value: str) -> str:
         self.found.append({"kind": kind, "path": path, "value": value})
@@ -48,24 +54,29 @@ class Redactor:
 
     def text(self, value: str, path: str) -> str:
         """Redact one string found at ``path``."""
-        out = EMAIL.sub(lambda m: self._take("email", path, m.group()), value)
+        out = value
+        # Every record runs each of its strings through here (titles, categories, passages): skip the patterns
+        # that cannot match, since an address needs an "@" and a card or phone number a pair of digits.
+        if "@" in out:
+            out = EMAIL.sub(lambda m: self._take("email", path, m.group()), out)
+        if DIGIT_PAIR.search(out):
 
-        def card(m: re.Match[str]) -> str:
-            digits = re.sub(r"\D", "", m.group())
-            return self._take("card", path, m.group()) if 13 <= len(digits) <= 19 and luhn_ok(digits) else m.group()
+            def card(m: re.Match[str]) -> str:
+                digits = re.sub(r"\D", "", m.group())
+                ok = 13 <= len(digits) <= 19 and luhn_ok(digits)
+                return self._take("card", path, m.group()) if ok else m.group()
 
-        out = CARD.sub(card, out)
+            out = CARD.sub(card, out)
 
-        def phone(m: re.Match[str]) -> str:
-            digits = re.sub(r"\D", "", m.group())
-            plausible = MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS and (
-                m.group().startswith(("+", "(")) or re.search(r"[ .()-]", m.group()) or len(digits) >= 10
-            )
-            return self._take("phone", path, m.group()) if plausible else m.group()
+            def phone(m: re.Match[str]) -> str:
+                digits = re.sub(r"\D", "", m.group())
+                plausible = MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS and (
+                    m.group().startswith(("+", "(")) or re.search(r"[ .()-]", m.group()) or len(digits) >= 10
+                )
+                return self._take("phone", path, m.group()) if plausible else m.group()
 
-        out = PHONE.sub(phone, out)
-        for name in self.names:
-            pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+            out = PHONE.sub(phone, out)
+        for pattern in self._name_patterns:
             out = pattern.sub(lambda m: self._take("name", path, m.group()), out)
         return out
 

@@ -6,10 +6,11 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 
 from governance.audit.chain import canonical_json
 from governance.audit.records import AuditEvent, event_record, model_change_record
-from governance.audit.redact import luhn_ok, redact_request
+from governance.audit.redact import CARD, EMAIL, PHONE, Redactor, luhn_ok, redact_request
 from governance.audit.reviews import review_record
 from governance.audit.store import Stored
 
@@ -145,3 +146,49 @@ def test_free_text_reasons_of_model_changes_are_redacted() -> None:
     pending = model_change_record({"action": "promote", "reason": "asked by ada@example.org"}, {})
     assert pending.body["reason"] == "asked by [email]"
     assert pending.personal is not None
+
+
+def every_pattern(text: str) -> tuple[str, list[dict[str, str]]]:
+    """The redaction with no short cut: every pattern on the whole string; the text and what was found."""
+    every = Redactor()
+
+    def digits(m: re.Match[str]) -> str:
+        return "".join(c for c in m.group() if c.isdigit())
+
+    out = EMAIL.sub(lambda m: every._take("email", "q", m.group()), text)
+    out = CARD.sub(
+        lambda m: (
+            every._take("card", "q", m.group()) if 13 <= len(digits(m)) <= 19 and luhn_ok(digits(m)) else m.group()
+        ),
+        out,
+    )
+    out = PHONE.sub(
+        lambda m: (
+            every._take("phone", "q", m.group())
+            if 7 <= len(digits(m)) <= 15
+            and (m.group().startswith(("+", "(")) or any(c in " .()-" for c in m.group()) or len(digits(m)) >= 10)
+            else m.group()
+        ),
+        out,
+    )
+    return out, every.found
+
+
+def test_skipping_patterns_that_cannot_match_changes_nothing() -> None:
+    """Strings without an "@" or a pair of digits skip those patterns: the result and what was found stay as if
+    every pattern ran on every string (random strings built from the characters the patterns care about)."""
+    rng = random.Random(7)
+
+    def number() -> str:  # digit groups (mostly pairs), one separator, maybe a country or an area code
+        sizes = [rng.choice([1, 2, 2, 2, 3, 4]) for _ in range(rng.randint(1, 8))]
+        if rng.random() < 0.2:
+            sizes = [1] * rng.randint(12, 19)  # a card number written digit by digit
+        groups = ["".join(rng.choice("0123456789") for _ in range(n)) for n in sizes]
+        return rng.choice(["", "+1 ", "(20) ", "+"]) + rng.choice(["", " ", "-", "."]).join(groups)
+
+    pieces = ["ab", "x@y.io", "a.b@c", "@", "(", ")", "_%", "7"]
+    for _ in range(3000):
+        chunks = [number() if rng.random() < 0.6 else rng.choice(pieces) for _ in range(rng.randint(1, 4))]
+        text = rng.choice(["", " "]).join(chunks)
+        fast = Redactor()
+        assert (fast.text(text, "q"), fast.found) == every_pattern(text), text
