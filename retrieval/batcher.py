@@ -8,6 +8,10 @@ for handlers that spend nothing on padding, the sum of the items' costs). Items 
 caller gave up or that waited past ``queue_timeout_ms`` are dropped before they cost compute. Beyond
 ``max_queue`` waiting items, ``submit`` refuses at once with :class:`~retrieval.errors.QueueFullError`.
 
+Callers mark work nobody is waiting on interactively as ``background`` (a catalog write's item text): such an item
+joins a window only when no other item waits, or once it has waited ``BACKGROUND_DEFER_S``, so a burst of writes
+neither sits between a shopper's query and the model nor waits for ever.
+
 With ``workers > 1``, several worker threads take batches from the one queue and run them side by side (on
 the CPU, two single-threaded batches beat one two-threaded batch of small texts by about 40% here). A worker
 then keeps only the batch of its window that holds the oldest item and hands the rest back, so an idle worker
@@ -38,6 +42,8 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 WINDOW_BATCHES = 4  # a window holds up to this many full batches, so sorting by length has room to work
+# A background item waits at most this long for interactive ones to clear before it is taken like them.
+BACKGROUND_DEFER_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,7 @@ class _Pending(Generic[In, Out]):
     request_id: str
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Out] = field(repr=False)
+    background: bool = False
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -185,6 +192,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._observer: BatchObserver = observer or NullObserver()
         self._queue: deque[_Pending[In, Out]] = deque()
         self._held = 0  # taken into the worker's window, batch not started yet: still waiting
+        self._background = 0  # background items in the queue
         self._cond = threading.Condition()
         self._thread_init = thread_init
         self._threads: list[threading.Thread] = []
@@ -231,12 +239,14 @@ class DynamicBatcher(Generic[In, Out]):
         """Estimate of how long the current queue takes to clear, at least one second."""
         return max(1.0, round(self.depth * self._seconds_per_item, 1))
 
-    async def submit(self, payload: In, request_id: str = "-") -> Out:
+    async def submit(self, payload: In, request_id: str = "-", *, background: bool = False) -> Out:
         """Queue one payload and wait for its result.
 
         Args:
             payload: The input for the handler.
             request_id: Carried into the worker for logging.
+            background: Nobody waits on it interactively (a catalog write): it runs after the items waiting
+                without this flag, or once it has waited ``BACKGROUND_DEFER_S``.
 
         Returns:
             The handler's result for this payload.
@@ -248,7 +258,7 @@ class DynamicBatcher(Generic[In, Out]):
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
-        pending = _Pending(payload, max(1, self._cost(payload)), self._clock(), request_id, loop, future)
+        pending = _Pending(payload, max(1, self._cost(payload)), self._clock(), request_id, loop, future, background)
         with self._cond:
             if self._stopping or not self._threads:
                 raise BatcherClosedError(f"{self.name} batcher is not running")
@@ -256,6 +266,7 @@ class DynamicBatcher(Generic[In, Out]):
                 self._observer.on_reject(self.name, QueueFullError.reason)
                 raise QueueFullError(self.name, self.retry_after_s())
             self._queue.append(pending)
+            self._background += background
             depth = self.depth
             self._cond.notify()
         self._observer.on_queue_depth(self.name, depth)
@@ -280,11 +291,26 @@ class DynamicBatcher(Generic[In, Out]):
                     self._cond.wait(remaining)
                 if self._queue:
                     break  # else another worker took them while this one waited: wait for more
-            window_size = cfg.max_batch_size * WINDOW_BATCHES
-            window = [self._queue.popleft() for _ in range(min(window_size, len(self._queue)))]
+            window = self._pop_window(cfg.max_batch_size * WINDOW_BATCHES)
             self._held += len(window)
             depth = self.depth
         self._observer.on_queue_depth(self.name, depth)
+        return window
+
+    def _pop_window(self, size: int) -> list[_Pending[In, Out]]:
+        """Take up to ``size`` waiting items, oldest first, background ones last (see the module docstring).
+
+        Called under the lock.
+        """
+        queue = self._queue
+        if not self._background:
+            return [queue.popleft() for _ in range(min(size, len(queue)))]
+        now = self._clock()
+        due = [p for p in queue if not p.background or now - p.arrival >= BACKGROUND_DEFER_S]
+        window = (due or list(queue))[:size]
+        taken = {id(p) for p in window}
+        self._queue = deque(p for p in queue if id(p) not in taken)
+        self._background -= sum(p.background for p in window)
         return window
 
     def _plan(self, window: list[_Pending[In, Out]]) -> list[list[_Pending[In, Out]]]:
@@ -411,6 +437,7 @@ class DynamicBatcher(Generic[In, Out]):
         with self._cond:
             self._held -= len(items)
             self._queue.extendleft(reversed(items))
+            self._background += sum(p.background for p in items)
             self._cond.notify_all()
 
     def _run(self) -> None:

@@ -331,12 +331,12 @@ class RetrievalEngine:
         """
         return self._gate.lease()
 
-    async def embed_query(self, text: str, request_id: str = "-") -> np.ndarray:
-        """Embed one query through the encoder's batcher."""
+    async def embed_query(self, text: str, request_id: str = "-", *, background: bool = False) -> np.ndarray:
+        """Embed one query through the encoder's batcher (``background``: after the texts shoppers wait on)."""
         self.require_ready()
         async with self._gate.lease():
             assert self._encode_batcher is not None
-            return await self._encode_batcher.submit(self.encoder.token_ids(text), request_id)
+            return await self._encode_batcher.submit(self.encoder.token_ids(text), request_id, background=background)
 
     async def embed_texts(self, texts: Sequence[str], request_id: str = "-") -> np.ndarray:
         """Embed several texts through the encoder's batcher (they join other requests' batches)."""
@@ -541,7 +541,8 @@ class RetrievalEngine:
         # The write lock first, then the lease: an encoder swap holds the lock while it re-embeds the catalog and
         # then waits for leases to end, so a write must never wait for the lock while holding a lease.
         async with store.write_lock, self._gate.lease():
-            vector = await self.embed_query(item.embedding_text(), request_id)
+            # A catalog write's text waits for the queries shoppers are waiting on (see retrieval.batcher).
+            vector = await self.embed_query(item.embedding_text(), request_id, background=True)
             return await store.upsert_locked(item, vector)
 
     async def delete(self, item_id: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.batcher import BatcherConfig, BatchStats, DynamicBatcher, lower_thread_priority
+from retrieval.batcher import BACKGROUND_DEFER_S, BatcherConfig, BatchStats, DynamicBatcher, lower_thread_priority
 from retrieval.errors import BatcherClosedError, QueueFullError, QueueTimeoutError
 
 
@@ -105,6 +105,30 @@ async def test_concurrent_items_coalesce_into_one_batch() -> None:
     await batcher.stop()
     assert results == ["done:first"] + [f"done:q{i}" for i in range(5)]
     assert [len(b) for b in handler.batches] == [1, 5]
+
+
+@pytest.mark.parametrize("waited", [0.0, BACKGROUND_DEFER_S])
+async def test_background_items_wait_for_interactive_ones_but_not_for_ever(waited: float) -> None:
+    """A catalog write's text queued before three queries runs after them, unless it has already waited its due."""
+    now = [0.0]
+    handler = GatedHandler()
+    batcher = DynamicBatcher("m", handler, config(), clock=lambda: now[0])
+    batcher.start()
+    first = await start_blocked(batcher, handler)
+    write = asyncio.create_task(batcher.submit("write", background=True))
+    await wait_until(lambda: batcher.depth == 1, "the write queued")
+    now[0] += waited
+    queries = [asyncio.create_task(batcher.submit(f"q{i}")) for i in range(3)]
+    await wait_until(lambda: batcher.depth == 4, "the queries queued")
+    handler.gate.set()
+    results = await asyncio.gather(first, write, *queries)
+    await batcher.stop()
+    assert results == ["done:first", "done:write", "done:q0", "done:q1", "done:q2"]
+    if waited:
+        assert handler.batches == [["first"], ["write", "q0", "q1", "q2"]]
+    else:
+        assert handler.batches == [["first"], ["q0", "q1", "q2"], ["write"]]
+    assert batcher.depth == 0
 
 
 async def test_max_batch_size_is_respected() -> None:
