@@ -321,7 +321,7 @@ async def retrieve_pack(
     await engine.start()
     try:
         for example in examples:
-            _, retrieved = await engine.retrieve_passages(example.question, 2 * k)
+            _, retrieved = await engine.retrieve_passages(example.question, k, spare=k)
             kept, _ = context_passages(retrieved, k)
             top = kept[0].score if kept else 0.0
             doc_ids, texts, scores = [p.doc_id for p in kept], [p.text for p in kept], [p.score for p in kept]

@@ -159,6 +159,7 @@ class KnowledgeSettings(core.KnowledgeSettings):
 
     answer_items: bool = True
     item_passage_chars: int = Field(default=1200, gt=0)
+    min_document_passages: int = Field(default=2, ge=0)
     max_documents_per_request: int = Field(default=100, gt=0)
     max_document_chars: int = Field(default=50000, gt=0)
 
@@ -300,6 +301,7 @@ class Settings(BaseSettings):
             chunking=self.knowledge.to_config(),
             answer_items=self.knowledge.answer_items,
             item_passage_chars=self.knowledge.item_passage_chars,
+            min_document_passages=self.knowledge.min_document_passages,
             min_recommender_coverage=self.models.min_recommender_coverage,
             recommender_model=None,
         )

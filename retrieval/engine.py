@@ -256,6 +256,7 @@ class RetrievalEngine:
             self._neighbours,
             answer_items=cfg.answer_items,
             item_passage_chars=cfg.item_passage_chars,
+            min_documents=cfg.min_document_passages,
             bulk_batch_size=cfg.encoder.bulk_batch_size,
         )
         passages.open(pack.documents)
@@ -494,12 +495,16 @@ class RetrievalEngine:
     # -- grounded answers -------------------------------------------------------------------------------------------
 
     async def retrieve_passages(
-        self, question: str, k: int, request_id: str = "-"
+        self, question: str, k: int, request_id: str = "-", spare: int = 0
     ) -> tuple[np.ndarray, list[ContextPassage]]:
-        """The question's vector and its ``k`` best passages: knowledge-base chunks and (by config) items."""
+        """The question's vector and its ``k`` best passages (knowledge-base chunks and, by config, items).
+
+        Then up to ``spare`` more, to stand in for passages a caller leaves out (see
+        :meth:`retrieval.passages.PassageRetriever.retrieve`).
+        """
         async with self._gate.lease():
             vector = await self.embed_query(question, request_id)
-            return vector, await self.passages.retrieve(vector, k, request_id)
+            return vector, await self.passages.retrieve(vector, k, request_id, spare)
 
     async def upsert_documents(self, documents: Sequence[Document]) -> list[DocumentChange]:
         """Add or replace knowledge-base documents; they are answerable when this returns."""

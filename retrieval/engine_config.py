@@ -30,6 +30,7 @@ class EngineConfig:
         chunking: How knowledge-base documents are cut into chunks.
         answer_items: Whether item texts are answerable (searched beside the documents).
         item_passage_chars: Longest item text given to an answer backend.
+        min_document_passages: Places among a question's passages kept for knowledge-base documents.
         min_recommender_coverage: Least share of the catalog a trained recommender must know to be served.
         recommender_model: The trained recommender to serve from the start: its folder and its name
             (``recommender:<version>``); ``None`` serves content similarity.
@@ -47,5 +48,6 @@ class EngineConfig:
     chunking: ChunkingConfig
     answer_items: bool
     item_passage_chars: int
+    min_document_passages: int
     min_recommender_coverage: float
     recommender_model: tuple[Path, str] | None

@@ -1,7 +1,10 @@
 """Passage retrieval for grounded answers: knowledge-base chunks and, by configuration, item texts.
 
 A question's best passages are the nearest chunks of the knowledge base (one per document: overlapping chunks of
-one document collapse to its best) merged with the nearest catalog items, each cut to a readable length.
+one document collapse to its best) merged with the nearest catalog items, each cut to a readable length. A few
+places are kept for documents: a catalog holds many near-identical listings, which can outscore the one help
+article that answers ("what is the return window for watches?" is nearest to watch listings, not to the returns
+policy), so the best ``min_documents`` documents are read whatever the items score.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class PassageRetriever:
         neighbours: Batched nearest-neighbour search over the items.
         answer_items: Whether item texts are answerable.
         item_passage_chars: Longest item text handed to an answer backend.
+        min_documents: Places among a question's passages kept for knowledge-base documents (when items are
+            answerable too and the knowledge base has that many).
         bulk_batch_size: Texts per forward pass when embedding documents.
     """
 
@@ -51,6 +56,7 @@ class PassageRetriever:
         *,
         answer_items: bool,
         item_passage_chars: int,
+        min_documents: int = 0,
         bulk_batch_size: int,
     ) -> None:
         self._path = state_dir / "knowledge.sqlite"
@@ -61,6 +67,7 @@ class PassageRetriever:
         self._neighbours = neighbours
         self.answer_items = answer_items
         self._item_passage_chars = item_passage_chars
+        self.min_documents = min_documents
         self._bulk_batch_size = bulk_batch_size
         self._knowledge: KnowledgeBase | None = None
         self._write_lock = asyncio.Lock()
@@ -148,23 +155,29 @@ class PassageRetriever:
             text = text[: self._item_passage_chars].rsplit(" ", 1)[0]
         return ContextPassage(item.id, f"{item.id}#0", item.title, text, score, "item")
 
-    async def retrieve(self, vector: np.ndarray, k: int, request_id: str) -> list[ContextPassage]:
-        """The ``k`` best passages for a question's vector, best first (one chunk per document at most)."""
+    async def retrieve(self, vector: np.ndarray, k: int, request_id: str, spare: int = 0) -> list[ContextPassage]:
+        """A question's ``k`` best passages (best first, one chunk per document), then up to ``spare`` more.
+
+        Of the first ``k``, ``min_documents`` are documents when the knowledge base has that many: the best
+        documents take the places of the lowest-scoring items. The ``spare`` passages (the next best) stand in for
+        any of the first ``k`` a caller leaves out (see :func:`retrieval.answers.context_passages`).
+        """
         kb = self.knowledge
+        wanted = k + spare
         # Over-fetch chunks: overlapping chunks of one document are collapsed to its best.
-        chunk_hits = (await asyncio.to_thread(kb.search, vector.reshape(1, -1), k * 3))[0]
-        passages: dict[str, ContextPassage] = {}
+        chunk_hits = (await asyncio.to_thread(kb.search, vector.reshape(1, -1), wanted * 3))[0]
+        documents: dict[str, ContextPassage] = {}
         for score, chunk in chunk_hits:
-            if chunk.doc_id not in passages:
-                passages[chunk.doc_id] = ContextPassage(chunk.doc_id, chunk.chunk_id, chunk.title, chunk.text, score)
+            if chunk.doc_id not in documents:
+                documents[chunk.doc_id] = ContextPassage(chunk.doc_id, chunk.chunk_id, chunk.title, chunk.text, score)
+        items: dict[str, ContextPassage] = {}
         if self.answer_items:
             catalog = self._store.catalog
-            for score, fid in (await self._neighbours([vector], k, request_id))[0]:
+            for score, fid in (await self._neighbours([vector], wanted, request_id))[0]:
                 item = catalog.item_for_faiss_id(fid)
-                if item is not None and item.id not in passages:
-                    passages[item.id] = self._item_passage(item, score)
-        ranked = sorted(passages.values(), key=lambda p: -p.score)
-        return ranked[:k]
+                if item is not None and item.id not in documents and item.id not in items:
+                    items[item.id] = self._item_passage(item, score)
+        return reserve_documents(list(documents.values()), list(items.values()), k, spare, self.min_documents)
 
     def get(self, doc_id: str) -> Document | None:
         """A stored knowledge-base document."""
@@ -194,3 +207,25 @@ class PassageRetriever:
         kb = self.knowledge
         async with self._write_lock:
             return await asyncio.to_thread(kb.delete, doc_id)
+
+
+def reserve_documents(
+    documents: Sequence[ContextPassage], items: Sequence[ContextPassage], k: int, spare: int, min_documents: int
+) -> list[ContextPassage]:
+    """The ``k`` best of ``documents`` and ``items`` with at least ``min_documents`` documents, then ``spare`` more.
+
+    Args:
+        documents: Document passages, best first.
+        items: Item passages.
+        k: Passages read.
+        spare: Next best passages after them.
+        min_documents: Places among the first ``k`` kept for the best documents.
+
+    Returns:
+        The first ``k`` sorted by score, then the spare ones sorted by score.
+    """
+    ranked = sorted([*documents, *items], key=lambda p: -p.score)
+    reserved = {p.chunk_id for p in documents[: min(min_documents, k)]}
+    others = [p for p in ranked if p.chunk_id not in reserved]
+    first = {p.chunk_id for p in others[: k - len(reserved)]} | reserved
+    return [p for p in ranked if p.chunk_id in first] + [p for p in ranked if p.chunk_id not in first][:spare]

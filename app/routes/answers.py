@@ -158,8 +158,8 @@ async def run_answer(services: Services, request: Request[Any, Any, Any], data: 
     engine = services.engine
     # One lease for the question's vector and the answer's sentence vectors: one encoder makes them all.
     async with engine.lease():
-        # Twice k: passages kept out of the context (they address the model) must not shrink it.
-        vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
+        # k spare passages: passages kept out of the context (they address the model) must not shrink it.
+        vector, passages = await engine.retrieve_passages(question, k, request_id, spare=k)
         result = await services.answers.answer(
             question, vector, passages, backend=backend, max_tokens=max_tokens, request_id=request_id, k=k
         )
@@ -212,7 +212,7 @@ class AnswerController(Controller):
         request_id = current_request_id()
         engine = services.engine
         # Retrieved here, so overload and bad input still answer with their HTTP status before the stream starts.
-        vector, passages = await engine.retrieve_passages(question, 2 * k, request_id)
+        vector, passages = await engine.retrieve_passages(question, k, request_id, spare=k)
         retrieved_with = engine.encoder_info.version
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -220,7 +220,7 @@ class AnswerController(Controller):
                 # An encoder swapped in since retrieval would score sentences in another space: retrieve again.
                 fresh = engine.encoder_info.version == retrieved_with
                 question_vector, context = (
-                    (vector, passages) if fresh else await engine.retrieve_passages(question, 2 * k, request_id)
+                    (vector, passages) if fresh else await engine.retrieve_passages(question, k, request_id, spare=k)
                 )
                 async for item in _answer_events(question_vector, context):
                     yield item

@@ -119,6 +119,26 @@ async def test_diversity_spreads_results(engine: RetrievalEngine) -> None:
     assert spread([s.item.id for s in varied.items]) < spread([s.item.id for s in plain.items])
 
 
+async def test_help_articles_keep_their_places_among_many_similar_listings(engine: RetrievalEngine) -> None:
+    # Dozens of watch listings are nearer to this question than the returns policy that answers it.
+    question = "What is the return window for watches?"
+    _, passages = await engine.retrieve_passages(question, 4, spare=4)
+    first = passages[:4]
+    assert [p.doc_id for p in first if p.kind == "document"][:1] == ["kb-returns-policy"]
+    assert sum(p.kind == "document" for p in first) == 2
+    assert sum(p.kind == "item" for p in first) == 2
+    assert [p.score for p in first] == sorted((p.score for p in first), reverse=True)
+    assert len(passages) == 8
+    assert {p.chunk_id for p in first}.isdisjoint(p.chunk_id for p in passages[4:])
+    # Without the reserve, listings fill the context.
+    engine.passages.min_documents = 0
+    try:
+        _, plain = await engine.retrieve_passages(question, 4)
+    finally:
+        engine.passages.min_documents = 2
+    assert all(p.kind == "item" for p in plain)
+
+
 async def test_upsert_and_delete_are_visible_at_once(engine: RetrievalEngine) -> None:
     item = Item(
         id="TEST-UMBRELLA",
