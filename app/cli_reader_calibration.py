@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from app.cli_common import CONFIG_OPTION, load_settings_or_fail
-from app.cli_train import _RD
+from app.cli_train import _RD, serving_encoder
 
 
 def _echo_figures(label: str, figures: dict[str, dict[str, Any]], width: int) -> None:
@@ -119,7 +119,8 @@ def train_reader_calibration(
         previous = ReaderCalibration.from_card(card)
         retrieved = asyncio.run(retrieve_pack(settings, pack_questions(settings.pack_path), progress=progress))
         base_reader = SpanReader(settings.reader.to_config(str(folder)))
-        reads = read_questions(base_reader, retrieved)
+        encoder = serving_encoder(settings)
+        reads = read_questions(base_reader, retrieved, encoder)
         tuned = None
         if fine_tune:
             reading = Reading.resolve(ReaderConfig(path=str(folder)), card)  # train as it reads
@@ -138,6 +139,7 @@ def train_reader_calibration(
                 settings,
                 base_reader,
                 retrieved,
+                encoder,
                 train_config,
                 folds=folds,
                 seed=seed,
@@ -183,7 +185,8 @@ def train_reader_calibration(
     weights = report.calibration.weights
     click.echo(
         f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), "
-        f"bias {report.calibration.bias:.3f}, threshold {report.calibration.min_confidence:.3f}; "
+        f"{weights[2]:.3f} (sentence match), bias {report.calibration.bias:.3f}, "
+        f"threshold {report.calibration.min_confidence:.3f}; "
         f"{report.examples} spans of {report.questions} questions "
         f"({report.right} right)"
     )

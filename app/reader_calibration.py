@@ -5,9 +5,9 @@ margins are distributed differently on a help centre's questions, so that fit ca
 well (docs/answers.md). Here every question of a pack's ``eval/qa.jsonl`` is answered as the service answers it:
 its passages retrieved by the served encoder over the pack (knowledge-base chunks and items, instruction-like
 passages left out), each read by the reader. Every passage's span is one calibration example, ``(retrieval score,
-margin)`` against whether the answer it gives (the span, or its sentence for a question that wants one) is right:
-it holds a gold answer or reaches token F1 0.5 with one, and comes from a supporting document (no answer to an
-unanswerable question is right).
+margin, sentence match)`` against whether the answer it gives (the span, or its sentence for a question that wants
+one) is right: it holds a gold answer or reaches token F1 0.5 with one, and comes from a supporting document (no
+answer to an unanswerable question is right).
 
 The figures are **cross-fitted by document**: questions are grouped by their supporting document (an
 unanswerable question is its own group), the groups are dealt into folds, and each fold's questions are answered
@@ -44,9 +44,17 @@ from evals.answer_metrics import f1, holds_answer
 from evals.datasets import load_domain_pack
 from evals.qa_data import Passage, QAExample, load_pack_qa, pack_passages
 from evals.stats import bootstrap_mean_ci, rng_for
-from retrieval.answers.reading import ReaderCalibration, answer_text, choose_span, fit_calibration
+from retrieval.answers.reading import (
+    ReaderCalibration,
+    answer_text,
+    choose_span,
+    fit_calibration,
+    sentence_matches,
+    span_sentences,
+)
 from retrieval.answers.service import context_passages
 from retrieval.digest import tree_sha256
+from retrieval.encoder import Encoder
 from retrieval.engine import RetrievalEngine
 from retrieval.reader import ReadRequest, Span, SpanReader, read_card
 from retrieval.reader_training import ReaderTrainConfig, SpanExample, train_reader, update_card
@@ -69,6 +77,8 @@ class QuestionRead:
         scores: Each passage's retrieval score.
         spans: The reader's best span in each passage (``None``: no span).
         top_score: The best retrieval score (the service abstains below ``min_retrieval_score``).
+        matches: How well the sentence around each passage's span matches the question
+            (:func:`~retrieval.answers.reading.sentence_matches`; 0 without a span).
     """
 
     example: QAExample
@@ -78,18 +88,24 @@ class QuestionRead:
     scores: list[float]
     spans: list[Span | None]
     top_score: float = 0.0
+    matches: list[float] = field(default_factory=list)
 
-    def labels(self) -> list[tuple[float, float, float]]:
-        """``(retrieval score, margin, right)`` of every passage that gave a span."""
+    def sentence_matches(self) -> list[float]:
+        """Each passage's sentence match (0 for every passage when none were scored)."""
+        return self.matches or [0.0] * len(self.spans)
+
+    def labels(self) -> list[tuple[float, float, float, float]]:
+        """``(retrieval score, margin, sentence match, right)`` of every passage that gave a span."""
         golds = self.example.answers
         out = []
-        for doc, context, score, span in zip(self.doc_ids, self.contexts, self.scores, self.spans, strict=True):
+        rows = zip(self.doc_ids, self.contexts, self.scores, self.spans, self.sentence_matches(), strict=True)
+        for doc, context, score, span, match in rows:
             if span is None or not span.text:
                 continue
             supported = not self.example.supporting_ids or doc in self.example.supporting_ids
             text = answer_text(self.example.question, context, span)
             said = holds_answer(text, golds) or f1(text, golds) >= RIGHT_F1
-            out.append((score, span.margin, float(self.example.answerable and supported and said)))
+            out.append((score, span.margin, match, float(self.example.answerable and supported and said)))
         return out
 
 
@@ -129,7 +145,10 @@ class CalibrationReport:
     def to_dict(self) -> dict[str, Any]:
         """The card's ``recalibration`` section."""
         return {
-            "method": "logistic fit of (retrieval score, margin) per read passage; figures cross-fitted by document",
+            "method": (
+                "logistic fit of (retrieval score, margin, sentence match) per read passage; figures cross-fitted by "
+                "document"
+            ),
             "questions": self.questions,
             "examples": self.examples,
             "right": self.right,
@@ -156,7 +175,7 @@ def outcome(read: QuestionRead, calibration: ReaderCalibration, min_retrieval_sc
     answerable = example.answerable
     if not read.contexts or read.top_score < min_retrieval_score:
         return Outcome(answerable, False, False, False)
-    best = choose_span(example.question, read.contexts, read.scores, read.spans, calibration)
+    best = choose_span(example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches())
     if best is None or best.confidence < calibration.min_confidence:
         return Outcome(answerable, False, False, False)
     holds = answerable and bool(holds_answer(best.text, example.answers))
@@ -209,7 +228,7 @@ def fit(
     if not rows:
         raise ValueError("no question gave a span to fit on")
     data = np.asarray(rows)
-    weights, bias = fit_calibration(data[:, :2], data[:, 2])
+    weights, bias = fit_calibration(data[:, :3], data[:, 3])
     calibration = ReaderCalibration(weights, bias, min_confidence, fitted_on)
     if abstention_target <= 0:
         return calibration
@@ -218,7 +237,9 @@ def fit(
         raise ValueError("an abstention target needs questions that no document answers")
 
     def confidence(read: QuestionRead) -> float:
-        best = choose_span(read.example.question, read.contexts, read.scores, read.spans, calibration)
+        best = choose_span(
+            read.example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches()
+        )
         return best.confidence if best is not None else 0.0
 
     needed = math.ceil(abstention_target * len(free) - 1e-9)  # questions that must fall below the threshold
@@ -288,7 +309,7 @@ def recalibrate(
         },
         questions=len(reads),
         examples=len(rows),
-        right=int(sum(row[2] for row in rows)),
+        right=int(sum(row[-1] for row in rows)),
         folds=folds,
         skipped_folds=skipped,
     )
@@ -331,12 +352,21 @@ async def retrieve_pack(
     return out
 
 
-def read_questions(reader: SpanReader, retrieved: Sequence[QuestionRead]) -> list[QuestionRead]:
-    """The retrieved questions, each of its passages read by ``reader`` (the same passages whatever the reader)."""
+def read_questions(reader: SpanReader, retrieved: Sequence[QuestionRead], encoder: Encoder) -> list[QuestionRead]:
+    """The retrieved questions, each of its passages read by ``reader`` (the same passages whatever the reader).
+
+    The sentence match of each span is scored by ``encoder`` (the served one, as the service scores it).
+    """
     reads = []
     for question in retrieved:
-        requests = [ReadRequest(question.example.question, context) for context in question.contexts]
-        reads.append(replace(question, spans=list(reader.read(requests)) if requests else []))
+        text = question.example.question
+        requests = [ReadRequest(text, context) for context in question.contexts]
+        spans = list(reader.read(requests)) if requests else []
+        sentences = span_sentences(question.contexts, spans)
+        found = [s for s in sentences if s]
+        vectors = encoder.encode([text, *found])
+        matches = sentence_matches(text, vectors[0], sentences, vectors[1:])
+        reads.append(replace(question, spans=spans, matches=matches))
     return reads
 
 
@@ -432,6 +462,7 @@ def fine_tune(
     settings: Settings,
     base: SpanReader,
     retrieved: Sequence[QuestionRead],
+    encoder: Encoder,
     config: ReaderTrainConfig,
     *,
     folds: int = 5,
@@ -446,6 +477,7 @@ def fine_tune(
         settings: Where the pack is, and how readers read (``[reader]``).
         base: The reader to train further, loaded (it also reads the supporting passages before training).
         retrieved: The pack's questions with their passages (:func:`retrieve_pack`).
+        encoder: Scores the sentence matches (:func:`read_questions`).
         config: How to train.
         folds: Folds of the cross-fitting (the same deal as the confidence's, for the same seed).
         seed: Seed of the deal, of training and of the "no answer" draws.
@@ -475,7 +507,7 @@ def fine_tune(
             copy = Path(work) / f"fold-{k}"
             train_reader(train, folder, copy, config, progress=progress, say=lambda line: None)
             reader = SpanReader(settings.reader.to_config(str(copy)))
-            reads.update(zip(inside, read_questions(reader, [retrieved[i] for i in inside]), strict=True))
+            reads.update(zip(inside, read_questions(reader, [retrieved[i] for i in inside], encoder), strict=True))
             tuned.update(_gold_reads(reader, [examples[i] for i in inside], passages))
             shutil.rmtree(copy)
     train = fold_training_examples(examples, passages, [True] * len(examples), negatives=negatives, seed=seed)

@@ -34,7 +34,7 @@ from evals.qa_data import Passage, QAExample, load_pack_qa, load_squad, pack_pas
 from evals.results import MetricRecord
 from evals.runner import RunOptions, RunSummary, run_suite
 from evals.suite import AnswerSpec, AnswerTask, GateSpec, LoadedSuite, Suite, SuiteMeta, SystemSpec
-from retrieval.answers.reading import ReaderCalibration, fit_calibration
+from retrieval.answers.reading import ReaderCalibration, fit_calibration, sentence_matches, span_sentences
 from retrieval.digest import tree_sha256
 from retrieval.encoder import Encoder, bundled_model_path
 from retrieval.reader import Precision, ReaderConfig, ReadRequest, SpanReader
@@ -206,8 +206,9 @@ def calibrate(
 
     An answer is right when its token F1 against the gold answers is at least 0.5; any answer to an answer-free
     passage is wrong. Features are what the service has at answer time: the passage's retrieval score (the
-    encoder's cosine of question and passage, titled as the service embeds it) and the reader's margin, read in the
-    ``precision`` the service will read in (int8 margins differ a little from float32 ones).
+    encoder's cosine of question and passage, titled as the service embeds it), the reader's margin, read in the
+    ``precision`` the service will read in (int8 margins differ a little from float32 ones), and how well the
+    sentence around the span matches the question (:func:`~retrieval.answers.reading.sentence_matches`).
 
     Raises:
         ValueError: The calibration articles hold no questions, or only right (or only wrong) answers.
@@ -224,20 +225,31 @@ def calibrate(
     passages = encoder.encode(texts)
     scores = np.einsum("ij,ij->i", questions, passages)
     margins = np.array([s.margin if s is not None else -20.0 for s in spans])
+    sentences = span_sentences([c.context for c in cases], spans)
+    vectors = iter(encoder.encode([s for s in sentences if s]))
+    matches = np.array(
+        [
+            sentence_matches(c.question, q, [s], [next(vectors)] if s else [])[0]
+            for c, q, s in zip(cases, questions, sentences, strict=True)
+        ]
+    )
     correct = np.array(
         [
             float(c.answer_start >= 0 and s is not None and f1(s.text, source.golds.get(c.id, (c.answer,))) >= 0.5)
             for c, s in zip(cases, spans, strict=True)
         ]
     )
-    weights, bias = fit_calibration(np.stack([scores, margins], axis=1), correct)
+    weights, bias = fit_calibration(np.stack([scores, margins, matches], axis=1), correct)
     answerable = sum(1 for c in cases if c.answer_start >= 0)
     fitted_on = (
         f"{source.name}, calibration articles ({len(source.articles.get('calibration', []))}, "
         f"read in {reader.info.precision}): "
         f"{answerable} answers ({int(correct.sum())} right), {len(cases) - answerable} answer-free passages"
     )
-    say(f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), bias {bias:.3f}; {fitted_on}")
+    say(
+        f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), "
+        f"{weights[2]:.3f} (sentence match), bias {bias:.3f}; {fitted_on}"
+    )
     return ReaderCalibration(weights, bias, 0.5, fitted_on)
 
 

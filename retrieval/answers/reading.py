@@ -1,10 +1,11 @@
 """Extractive answers with a trained span reader: the reader's batcher, span choice and confidence calibration.
 
 With a reader configured, the extractive backend asks it for the best span of every retrieved passage and answers
-with the span whose *calibrated confidence* is highest: a logistic function of the passage's retrieval score and the
-reader's margin (the span's score over "no answer"). Questions that want an explanation ("why", "how do I") or a
-yes or no ("can I", "is there") get the sentence around the span; the others get the span ("3 to 7 business
-days"). Below ``min_confidence`` the backend abstains.
+with the span whose *calibrated confidence* is highest: a logistic function of the passage's retrieval score, the
+reader's margin (the span's score over "no answer") and how well the sentence around the span matches the question
+(:func:`sentence_matches`: a reader sure of a span in a sentence about something else is often wrong). Questions
+that want an explanation ("why", "how do I") or a yes or no ("can I", "is there") get the sentence around the
+span; the others get the span ("3 to 7 business days"). Below ``min_confidence`` the backend abstains.
 
 The calibration (weights, bias and threshold) is fitted on questions the reader did not train on, by
 :func:`fit_calibration`, and kept in the reader's card, so one reader carries the confidence that was fitted for it.
@@ -16,7 +17,7 @@ import asyncio
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError
 from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader
+from retrieval.text import content_stems
 
 logger = structlog.get_logger(__name__)
 
@@ -57,25 +59,71 @@ def wants_sentence(question: str) -> bool:
     return any(_SENTENCE_QUESTION.search(s) for s in asked)
 
 
+def sentence_matches(
+    question: str, question_vector: np.ndarray, sentences: Sequence[str], vectors: Iterable[np.ndarray]
+) -> list[float]:
+    """How well each sentence matches the question: ``(2 * cosine + share of the question's content words) / 3``.
+
+    The same two signals, in the same proportion, as the extractive sentence score (without its retrieval part);
+    an empty sentence scores 0.
+
+    Args:
+        question: The question.
+        question_vector: Its unit vector.
+        sentences: The sentences (those around each passage's span).
+        vectors: The unit vectors of the sentences that are not empty, in order.
+    """
+    asked = set(content_stems(question))
+    rows = iter(vectors)
+    out = []
+    for sentence in sentences:
+        if not sentence:
+            out.append(0.0)
+            continue
+        vector = next(rows)
+        present = set(content_stems(sentence))
+        share = sum(1 for t in asked if t in present) / max(1, len(asked))
+        out.append((2.0 * float(np.dot(vector, question_vector)) + share) / 3.0)
+    return out
+
+
+def span_sentences(contexts: Sequence[str], spans: Sequence[Span | None]) -> list[str]:
+    """The sentence around each passage's span (``""`` where the passage gave none).
+
+    What :func:`sentence_matches` scores.
+    """
+    return [
+        sentence_around(context, span.start, span.end) if span is not None and span.text else ""
+        for context, span in zip(contexts, spans, strict=True)
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class ReaderCalibration:
-    """Confidence of a read answer: ``sigmoid(w_retrieval * retrieval score + w_margin * margin + bias)``.
+    """Confidence of a read answer: ``sigmoid(w . (retrieval, margin, sentence match) + bias)``.
 
     Attributes:
-        weights: ``(w_retrieval, w_margin)``.
+        weights: ``(w_retrieval, w_margin, w_sentence)``; ``w_sentence`` is 0 in calibrations fitted before the
+            sentence match was a feature (their answers need no sentence vectors).
         bias: The intercept.
         min_confidence: Answers below this are abstentions.
         fitted_on: What the weights were fitted on (``""``: the uncalibrated defaults).
     """
 
-    weights: tuple[float, float] = (4.0, 0.4)
+    weights: tuple[float, float, float] = (4.0, 0.4, 0.0)
     bias: float = -2.5
     min_confidence: float = 0.5
     fitted_on: str = ""
 
-    def confidence(self, retrieval_score: float, margin: float) -> float:
+    @property
+    def uses_sentences(self) -> bool:
+        """Whether the sentence match counts (the answer then needs the span sentences' vectors)."""
+        return self.weights[2] != 0.0
+
+    def confidence(self, retrieval_score: float, margin: float, sentence_match: float = 0.0) -> float:
         """The calibrated probability that a span with these scores answers the question."""
-        z = self.weights[0] * retrieval_score + self.weights[1] * margin + self.bias
+        w = self.weights
+        z = w[0] * retrieval_score + w[1] * margin + w[2] * sentence_match + self.bias
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,9 +142,10 @@ class ReaderCalibration:
         if not isinstance(data, Mapping):
             return cls()
         default = cls()
-        weights = data.get("weights", default.weights)
+        weights = [float(w) for w in data.get("weights", default.weights)][:3]
+        weights += [0.0] * (3 - len(weights))  # a card fitted on two features
         return cls(
-            (float(weights[0]), float(weights[1])),
+            (weights[0], weights[1], weights[2]),
             float(data.get("bias", default.bias)),
             float(data.get("min_confidence", default.min_confidence)),
             str(data.get("fitted_on", "")),
@@ -105,30 +154,30 @@ class ReaderCalibration:
 
 def fit_calibration(
     features: np.ndarray, correct: np.ndarray, *, l2: float = 1e-2, iterations: int = 50
-) -> tuple[tuple[float, float], float]:
-    """Logistic regression of correctness on ``(retrieval score, margin)`` by Newton's method (with a small ridge).
+) -> tuple[tuple[float, float, float], float]:
+    """Logistic regression of correctness on the three confidence features by Newton's method (small ridge).
 
     Args:
-        features: ``(n, 2)``: retrieval score and reader margin of each answer.
+        features: ``(n, 3)``: retrieval score, reader margin and sentence match of each answer.
         correct: ``(n,)``: 1 where the answer was right (a probe, whatever was answered, counts 0).
         l2: Ridge penalty on the weights (keeps separable data finite; small beside any real sample).
         iterations: Newton steps at most.
 
     Returns:
-        ``((w_retrieval, w_margin), bias)``.
+        ``((w_retrieval, w_margin, w_sentence), bias)``.
 
     Raises:
         ValueError: Shapes disagree, or the labels are all one class.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 2 or len(x) != len(y):
-        raise ValueError("features must be (n, 2) with one label per row")
+    if x.ndim != 2 or x.shape[1] != 3 or len(x) != len(y):
+        raise ValueError("features must be (n, 3) with one label per row")
     if y.min() == y.max():
         raise ValueError("calibration needs right and wrong answers")
     design = np.hstack([x, np.ones((len(x), 1))])
-    beta = np.zeros(3)
-    penalty = np.diag([l2, l2, 0.0])
+    beta = np.zeros(4)
+    penalty = np.diag([l2, l2, l2, 0.0])
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -50, 50)))
         gradient = design.T @ (y - p) - penalty @ beta
@@ -137,7 +186,7 @@ def fit_calibration(
         beta += step
         if np.abs(step).max() < 1e-8:
             break
-    return (float(beta[0]), float(beta[1])), float(beta[2])
+    return (float(beta[0]), float(beta[1]), float(beta[2])), float(beta[3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +198,14 @@ class ReadAnswer:
         span: The reader's span.
         text: The answer text: the span, or its sentence when the question wants one.
         confidence: Calibrated confidence.
+        sentence_match: How well the span's sentence matches the question (0 when the calibration ignores it).
     """
 
     passage: int
     span: Span
     text: str
     confidence: float
+    sentence_match: float = 0.0
 
 
 def sentence_around(context: str, start: int, end: int) -> str:
@@ -194,15 +245,23 @@ def choose_span(
     retrieval_scores: Sequence[float],
     spans: Sequence[Span | None],
     calibration: ReaderCalibration,
+    matches: Sequence[float] | None = None,
 ) -> ReadAnswer | None:
-    """The most confident span across the passages (``None`` when no passage gave one)."""
+    """The most confident span across the passages (``None`` when no passage gave one).
+
+    ``matches`` is each passage's :func:`sentence_matches` score (needed when ``calibration.uses_sentences``).
+    """
     best: ReadAnswer | None = None
-    for i, (context, score, span) in enumerate(zip(contexts, retrieval_scores, spans, strict=True)):
+    if matches is None:
+        if calibration.uses_sentences:
+            raise ValueError("this calibration scores the span's sentence: pass its sentence matches")
+        matches = [0.0] * len(contexts)
+    for i, (context, score, span, match) in enumerate(zip(contexts, retrieval_scores, spans, matches, strict=True)):
         if span is None or not span.text:
             continue
-        confidence = calibration.confidence(score, span.margin)
+        confidence = calibration.confidence(score, span.margin, match)
         if best is None or confidence > best.confidence:
-            best = ReadAnswer(i, span, answer_text(question, context, span), confidence)
+            best = ReadAnswer(i, span, answer_text(question, context, span), confidence, match)
     return best
 
 

@@ -40,7 +40,14 @@ from retrieval.answers.grounding import (
     parse_generation,
     passage_sentences,
 )
-from retrieval.answers.reading import ReadAnswer, ReaderBackend, ReaderCalibration, choose_span
+from retrieval.answers.reading import (
+    ReadAnswer,
+    ReaderBackend,
+    ReaderCalibration,
+    choose_span,
+    sentence_matches,
+    span_sentences,
+)
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError, GeneratorError
 from retrieval.reader import ReadRequest
@@ -317,8 +324,15 @@ class AnswerService:
             requests = [ReadRequest(ctx.question, p.text) for p in ctx.passages]
             spans = await reader.read(requests, ctx.request_id)
             texts, scores = [p.text for p in ctx.passages], [p.score for p in ctx.passages]
-            ctx.read = choose_span(ctx.question, texts, scores, spans, reader.calibration)
-            ctx.calibration = reader.calibration
+            calibration = reader.calibration
+            matches = None
+            if calibration.uses_sentences:
+                sentences = span_sentences(texts, spans)
+                found = [s for s in sentences if s]
+                vectors = await self._sentence_vectors(found, ctx.request_id) if found else np.zeros((0, 1))
+                matches = sentence_matches(ctx.question, ctx.question_vector, sentences, vectors)
+            ctx.read = choose_span(ctx.question, texts, scores, spans, calibration, matches)
+            ctx.calibration = calibration
         return ctx.read
 
     async def _extractive(
@@ -383,6 +397,7 @@ class AnswerService:
                 "copied_from": [passage.chunk_id],
                 "span": {"start": read.span.start, "end": read.span.end},
                 "margin": round(read.span.margin, 4),
+                **({"sentence_match": round(read.sentence_match, 4)} if calibration.uses_sentences else {}),
                 "calibration": calibration.fitted_on or "uncalibrated defaults",
             },
             excluded=ctx.excluded,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_the_extractive_backend_answers_with_the_reader_span_through_its_batcher
 
     async def ask() -> object:
         await backend.start()
-        backend.calibration = ReaderCalibration((1.0, 0.0), 0.0, 0.0, "test")  # answer whatever the margin
+        backend.calibration = ReaderCalibration((1.0, 0.0, 0.0), 0.0, 0.0, "test")  # answer whatever the margin
         answer = await service.answer("How long does delivery take?", encoder.encode(["q"])[0], passages)
         await service.stop()
         return answer
@@ -94,6 +95,39 @@ def test_the_extractive_backend_answers_with_the_reader_span_through_its_batcher
     assert answer.grounding["method"] == "reader"  # type: ignore[attr-defined]
     assert answer.grounding["copied_from"] == [cited.chunk_id]  # type: ignore[attr-defined]
     assert answer.model["reader"]["registry_version"] == "reader:v1"  # type: ignore[attr-defined]
+
+
+def test_a_calibration_with_the_sentence_match_scores_each_span_sentence(
+    trained: ReaderTrainReport, encoder: Encoder
+) -> None:
+    backend = ReaderBackend(ReaderConfig(path=str(trained.folder), device="cpu"), ReaderBatcherSettings().to_config())
+    embedded: list[str] = []
+
+    async def embed(texts: Sequence[str], request_id: str) -> np.ndarray:
+        embedded.extend(texts)
+        return encoder.encode(list(texts))
+
+    from app.settings import Settings
+
+    service = AnswerService(Settings().answers.to_config(), embed, {}, encoder.info.identity, reader=backend)
+    # One sentence each, as good as each other for retrieval: only the sentence match tells them apart.
+    passages = [
+        ContextPassage("kb-upi", "kb-upi#0", "Refunds", "Refunds to UPI take 2 to 3 business days.", 0.6),
+        ContextPassage("kb-cards", "kb-cards#0", "Refunds", "Refunds to cards take 5 to 7 business days.", 0.6),
+    ]
+    question = "How long does a refund to my card take?"
+
+    async def ask() -> object:
+        await backend.start()
+        backend.calibration = ReaderCalibration((0.0, 0.0, 50.0), 0.0, 0.0, "test")
+        answer = await service.answer(question, encoder.encode([question])[0], passages)
+        await service.stop()
+        return answer
+
+    answer = asyncio.run(ask())
+    assert sorted(embedded) == sorted(p.text for p in passages)  # each span's sentence, once
+    assert answer.citations[0].doc_id == "kb-cards"  # type: ignore[attr-defined]
+    assert 0.0 < answer.grounding["sentence_match"] <= 1.0  # type: ignore[attr-defined]
 
 
 def test_a_weak_span_is_an_abstention(trained: ReaderTrainReport, encoder: Encoder) -> None:
@@ -108,7 +142,7 @@ def test_a_weak_span_is_an_abstention(trained: ReaderTrainReport, encoder: Encod
 
     async def ask() -> object:
         await backend.start()
-        backend.calibration = ReaderCalibration((0.0, 0.0), -5.0, 0.5, "test")  # never confident
+        backend.calibration = ReaderCalibration((0.0, 0.0, 0.0), -5.0, 0.5, "test")  # never confident
         passage = ContextPassage("kb-1", "kb-1#0", "Delivery", "Standard delivery takes 3 to 7 business days.", 0.8)
         answer = await service.answer("How long does delivery take?", encoder.encode(["q"])[0], [passage])
         await service.stop()

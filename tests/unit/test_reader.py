@@ -12,6 +12,8 @@ from retrieval.answers.reading import (
     choose_span,
     fit_calibration,
     sentence_around,
+    sentence_matches,
+    span_sentences,
     wants_sentence,
 )
 from retrieval.reader import ReaderConfig, Reading, Span, Windows, best_spans
@@ -75,21 +77,29 @@ def test_batches_cover_every_window_once_with_similar_lengths() -> None:
 
 def test_calibration_recovers_a_known_logistic_model() -> None:
     rng = np.random.default_rng(0)
-    x = np.stack([rng.uniform(0, 1, 4000), rng.normal(0, 3, 4000)], axis=1)
-    p = 1 / (1 + np.exp(-(3.0 * x[:, 0] + 0.8 * x[:, 1] - 1.5)))
+    x = np.stack([rng.uniform(0, 1, 4000), rng.normal(0, 3, 4000), rng.uniform(0, 1, 4000)], axis=1)
+    p = 1 / (1 + np.exp(-(3.0 * x[:, 0] + 0.8 * x[:, 1] + 2.0 * x[:, 2] - 2.5)))
     y = (rng.uniform(size=4000) < p).astype(float)
     weights, bias = fit_calibration(x, y)
-    assert weights == pytest.approx((3.0, 0.8), abs=0.35)
-    assert bias == pytest.approx(-1.5, abs=0.3)
+    assert weights == pytest.approx((3.0, 0.8, 2.0), abs=0.4)
+    assert bias == pytest.approx(-2.5, abs=0.4)
     with pytest.raises(ValueError, match="right and wrong"):
         fit_calibration(x, np.ones(4000))
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        fit_calibration(x[:, :2], y)
 
 
 def test_calibration_round_trips_through_the_card() -> None:
-    calibration = ReaderCalibration((2.0, 0.5), -1.0, 0.6, "squad calibration articles")
+    calibration = ReaderCalibration((2.0, 0.5, 3.0), -1.0, 0.6, "squad calibration articles")
     assert ReaderCalibration.from_card({"calibration": calibration.to_dict()}) == calibration
     assert ReaderCalibration.from_card({}) == ReaderCalibration()
     assert calibration.confidence(1.0, 10.0) > calibration.confidence(1.0, -10.0)
+    assert calibration.confidence(1.0, 1.0, 0.9) > calibration.confidence(1.0, 1.0, 0.1)
+    # A card fitted before the sentence match counted keeps its confidence and needs no sentence vectors.
+    older = ReaderCalibration.from_card({"calibration": {"weights": [2.0, 0.5], "bias": -1.0}})
+    assert older.weights == (2.0, 0.5, 0.0)
+    assert not older.uses_sentences
+    assert calibration.uses_sentences
 
 
 def test_questions_that_want_a_sentence() -> None:
@@ -127,7 +137,7 @@ def test_the_most_confident_span_wins_and_explanations_get_their_sentence() -> N
     contexts = ["Returns are free. Refunds take 5 days because banks batch them.", "Shipping is fast."]
     refund = contexts[0].index("5 days")
     spans = [Span("5 days", refund, refund + 6, 6.0, 0.0), Span("fast", 12, 16, 1.0, 0.0)]
-    calibration = ReaderCalibration((1.0, 1.0), 0.0)
+    calibration = ReaderCalibration((1.0, 1.0, 0.0), 0.0)
     read = choose_span("How long do refunds take?", contexts, [0.5, 0.9], spans, calibration)
     assert read is not None
     assert (read.passage, read.text) == (0, "5 days")
@@ -136,6 +146,34 @@ def test_the_most_confident_span_wins_and_explanations_get_their_sentence() -> N
     assert read.text == "Refunds take 5 days because banks batch them."
     assert choose_span("?", contexts, [0.5, 0.9], [None, None], calibration) is None
     assert sentence_around(contexts[0], 0, 3) == "Returns are free."
+
+
+def test_a_span_in_a_sentence_about_the_question_beats_a_surer_one_elsewhere() -> None:
+    question = "How long does a refund to my card take?"
+    contexts = ["Refunds to UPI take 2 to 3 business days.", "Refunds to cards take 5 to 7 business days."]
+    spans: list[Span | None] = [
+        Span("2 to 3 business days", 20, 40, 8.0, 0.0),
+        Span("5 to 7 business days", 22, 42, 6.0, 0.0),
+    ]
+    sentences = span_sentences([*contexts, "Nothing here."], [*spans, None])
+    assert sentences == [*contexts, ""]
+    unit = np.eye(3)
+    # The question's vector is the cards sentence's; the UPI one is orthogonal and shares fewer question words.
+    matches = sentence_matches(question, unit[1], sentences, [unit[0], unit[1]])
+    assert matches[2] == 0.0
+    assert 0.0 < matches[0] < 1 / 3 < 2 / 3 < matches[1] <= 1.0
+    by_margin = ReaderCalibration((0.0, 1.0, 0.0), 0.0)
+    assert by_margin.uses_sentences is False
+    read = choose_span(question, contexts, [0.5, 0.5], spans, by_margin)
+    assert read is not None
+    assert read.text == "2 to 3 business days"
+    with_sentences = ReaderCalibration((0.0, 1.0, 20.0), 0.0)
+    read = choose_span(question, contexts, [0.5, 0.5], spans, with_sentences, matches[:2])
+    assert read is not None
+    assert read.text == "5 to 7 business days"
+    assert read.sentence_match == matches[1]
+    with pytest.raises(ValueError, match="sentence matches"):
+        choose_span(question, contexts, [0.5, 0.5], spans, with_sentences)
 
 
 def test_reading_settings_come_from_the_card_unless_configured() -> None:

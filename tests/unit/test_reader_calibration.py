@@ -14,7 +14,7 @@ from evals.qa_data import Passage, QAExample
 from retrieval.answers.reading import ReaderCalibration, choose_span
 from retrieval.reader import Span
 
-NEVER = ReaderCalibration((0.0, 0.0), -50.0, 0.5, "declines everything")
+NEVER = ReaderCalibration((0.0, 0.0, 0.0), -50.0, 0.5, "declines everything")
 
 
 def _span(context: str, text: str, margin: float) -> Span:
@@ -34,7 +34,8 @@ def _reads(seed: int = 3) -> list[QuestionRead]:
         answer = f"{i + 2} days"
         example = QAExample(f"q{i}", f"How long do I have to return item {i}?", (answer,), (doc,))
         spans: list[Span | None] = [_span(own, answer, 6 + rng.random()), _span(wrong, "nine", -1 - rng.random())]
-        reads.append(QuestionRead(example, doc, [doc, other], [own, wrong], [0.6, 0.4], spans, 0.6))
+        matches = [0.5 + 0.3 * rng.random(), 0.1 * rng.random()]
+        reads.append(QuestionRead(example, doc, [doc, other], [own, wrong], [0.6, 0.4], spans, 0.6, matches))
     for i in range(10):
         text = f"Article {i}: delivery takes a week."
         example = QAExample(f"u{i}", f"Do you sell boats {i}?", (), (), answerable=False)
@@ -45,10 +46,13 @@ def _reads(seed: int = 3) -> list[QuestionRead]:
 
 
 def test_labels_need_a_right_span_from_a_supporting_document() -> None:
-    right, wrong = _reads()[0].labels()
-    assert right[2] == 1.0
-    assert wrong[2] == 0.0
-    assert [row[2] for row in _reads()[-1].labels()] == [0.0]  # no span of an unanswerable question is right
+    read = _reads()[0]
+    right, wrong = read.labels()
+    assert right[3] == 1.0
+    assert wrong[3] == 0.0
+    assert [right[2], wrong[2]] == read.matches  # the sentence match is the third feature
+    assert [row[3] for row in _reads()[-1].labels()] == [0.0]  # no span of an unanswerable question is right
+    assert [row[2] for row in _reads()[-1].labels()] == [0.0]  # no match scored: 0
 
 
 def test_folds_are_stable_and_use_every_fold() -> None:
@@ -105,11 +109,11 @@ def test_an_abstention_target_sets_the_threshold_on_the_questions_no_document_an
     free = [r for r in reads if not r.example.answerable]
     loose = reader_calibration.fit(reads, 0.5, "")
     confidences = sorted(
-        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose).confidence  # type: ignore[union-attr]
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches()).confidence  # type: ignore[union-attr]
         for r in free
     )
     everyone = sorted(
-        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose).confidence  # type: ignore[union-attr]
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches()).confidence  # type: ignore[union-attr]
         for r in reads
     )
     for target, declined in ((1.0, 10), (0.8, 8), (0.05, 1)):
@@ -138,7 +142,7 @@ def test_one_class_only_is_refused() -> None:
 
 def test_the_service_decision_abstains_below_the_retrieval_floor() -> None:
     read = _reads()[0]
-    always = ReaderCalibration((0.0, 0.0), 50.0, 0.5)
+    always = ReaderCalibration((0.0, 0.0, 0.0), 50.0, 0.5)
     assert outcome(read, always, 0.0).holds_answer
     assert not outcome(read, always, 0.9).answered  # the service abstains before reading
 
