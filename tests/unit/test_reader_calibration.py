@@ -5,14 +5,16 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from app import reader_calibration
+from app import reader_calibration, training_reader
 from app.reader_calibration import QuestionRead, fold_of, outcome, recalibrate
 from app.training_reader import load_reader_source
 from evals.qa_data import Passage, QAExample
 from retrieval.answers.reading import ReaderCalibration, choose_span
-from retrieval.reader import Span
+from retrieval.reader import ReadRequest, Span
+from retrieval.reader_training import SpanExample
 
 NEVER = ReaderCalibration((0.0, 0.0, 0.0), -50.0, 0.5, "declines everything")
 
@@ -178,3 +180,45 @@ def test_a_pack_source_shows_questions_over_answer_free_passages_of_other_docume
     assert free  # each document is a group of one passage: the free passage comes from another document
     for example in free:
         assert golds[example.id.removesuffix("~no-answer")].lower() not in example.context.lower()
+
+
+class _Info:
+    precision = "fp32"
+
+
+class _Reader:
+    """Reads the year when the passage's index is even, the river's length otherwise, always with margin 5."""
+
+    def __init__(self, config: object) -> None:
+        self.info = _Info()
+
+    def read(self, requests: list[ReadRequest]) -> list[Span | None]:
+        out: list[Span | None] = []
+        for request in requests:
+            number = int(request.context.split("in ")[1][:4])
+            text = str(number) if number % 2 == 0 else request.context.split("is ")[1].split(" miles")[0]
+            out.append(_span(request.context, text, 5.0))
+        return out
+
+
+class _Encoder:
+    """The question and the museum's sentence are one direction, everything else another."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.array([[1.0, 0.0] if "museum" in t and "river" not in t else [0.0, 1.0] for t in texts])
+
+
+def test_the_squad_calibration_fits_the_sentence_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training_reader, "SpanReader", _Reader)
+    cases = []
+    for i in range(40):
+        year = 1900 + i
+        context = f"The museum opened in {year}. The river is {i + 3} miles long."
+        cases.append(SpanExample(f"q{i}", "When did the museum open?", context, context.index(str(year)), str(year)))
+    source = training_reader.ReaderSource("squad:test", Path("test.json"), "squad", "", [], calibration=cases)
+    said: list[str] = []
+    calibration = training_reader.calibrate(Path("reader"), source, _Encoder(), say=said.append)  # type: ignore[arg-type]
+    # Margins and retrieval scores are the same for right and wrong spans: only the span's sentence tells them apart.
+    assert calibration.weights[2] > 5 * max(abs(calibration.weights[0]), abs(calibration.weights[1]), 0.1)
+    assert calibration.uses_sentences
+    assert "(sentence match)" in said[0]
