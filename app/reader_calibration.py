@@ -47,10 +47,11 @@ from evals.stats import bootstrap_mean_ci, rng_for
 from retrieval.answers.reading import (
     ReaderCalibration,
     answer_text,
+    candidate_sentences,
     choose_span,
     fit_calibration,
     sentence_matches,
-    span_sentences,
+    span_candidates,
 )
 from retrieval.answers.service import context_passages
 from retrieval.digest import tree_sha256
@@ -77,8 +78,9 @@ class QuestionRead:
         scores: Each passage's retrieval score.
         spans: The reader's best span in each passage (``None``: no span).
         top_score: The best retrieval score (the service abstains below ``min_retrieval_score``).
-        matches: How well the sentence around each passage's span matches the question
-            (:func:`~retrieval.answers.reading.sentence_matches`; 0 without a span).
+        matches: How well the sentence around each candidate span (the best span of each sentence,
+            :func:`~retrieval.answers.reading.span_candidates`) matches the question
+            (:func:`~retrieval.answers.reading.sentence_matches`); empty: not scored (0 for every candidate).
     """
 
     example: QAExample
@@ -90,22 +92,24 @@ class QuestionRead:
     top_score: float = 0.0
     matches: list[float] = field(default_factory=list)
 
-    def sentence_matches(self) -> list[float]:
-        """Each passage's sentence match (0 for every passage when none were scored)."""
-        return self.matches or [0.0] * len(self.spans)
+    def sentence_matches(self, calibration: ReaderCalibration) -> list[float] | None:
+        """The candidates' sentence matches for a calibration that uses them (``None`` for one that does not)."""
+        if not calibration.uses_sentences:
+            return None
+        return self.matches or [0.0] * len(span_candidates(self.spans, by_sentence=True))
 
     def labels(self) -> list[tuple[float, float, float, float]]:
-        """``(retrieval score, margin, sentence match, right)`` of every passage that gave a span."""
+        """``(retrieval score, margin, sentence match, right)`` of every candidate span (by sentence)."""
         golds = self.example.answers
+        candidates = span_candidates(self.spans, by_sentence=True)
+        matches = self.matches or [0.0] * len(candidates)
         out = []
-        rows = zip(self.doc_ids, self.contexts, self.scores, self.spans, self.sentence_matches(), strict=True)
-        for doc, context, score, span, match in rows:
-            if span is None or not span.text:
-                continue
+        for (i, span), match in zip(candidates, matches, strict=True):
+            doc = self.doc_ids[i]
             supported = not self.example.supporting_ids or doc in self.example.supporting_ids
-            text = answer_text(self.example.question, context, span)
+            text = answer_text(self.example.question, self.contexts[i], span)
             said = holds_answer(text, golds) or f1(text, golds) >= RIGHT_F1
-            out.append((score, span.margin, match, float(self.example.answerable and supported and said)))
+            out.append((self.scores[i], span.margin, match, float(self.example.answerable and supported and said)))
         return out
 
 
@@ -175,7 +179,9 @@ def outcome(read: QuestionRead, calibration: ReaderCalibration, min_retrieval_sc
     answerable = example.answerable
     if not read.contexts or read.top_score < min_retrieval_score:
         return Outcome(answerable, False, False, False)
-    best = choose_span(example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches())
+    best = choose_span(
+        example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches(calibration)
+    )
     if best is None or best.confidence < calibration.min_confidence:
         return Outcome(answerable, False, False, False)
     holds = answerable and bool(holds_answer(best.text, example.answers))
@@ -238,7 +244,12 @@ def fit(
 
     def confidence(read: QuestionRead) -> float:
         best = choose_span(
-            read.example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches()
+            read.example.question,
+            read.contexts,
+            read.scores,
+            read.spans,
+            calibration,
+            read.sentence_matches(calibration),
         )
         return best.confidence if best is not None else 0.0
 
@@ -362,9 +373,8 @@ def read_questions(reader: SpanReader, retrieved: Sequence[QuestionRead], encode
         text = question.example.question
         requests = [ReadRequest(text, context) for context in question.contexts]
         spans = list(reader.read(requests)) if requests else []
-        sentences = span_sentences(question.contexts, spans)
-        found = [s for s in sentences if s]
-        vectors = encoder.encode([text, *found])
+        sentences = candidate_sentences(question.contexts, span_candidates(spans, by_sentence=True))
+        vectors = encoder.encode([text, *sentences])
         matches = sentence_matches(text, vectors[0], sentences, vectors[1:])
         reads.append(replace(question, spans=spans, matches=matches))
     return reads

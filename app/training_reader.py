@@ -34,7 +34,13 @@ from evals.qa_data import Passage, QAExample, load_pack_qa, load_squad, pack_pas
 from evals.results import MetricRecord
 from evals.runner import RunOptions, RunSummary, run_suite
 from evals.suite import AnswerSpec, AnswerTask, GateSpec, LoadedSuite, Suite, SuiteMeta, SystemSpec
-from retrieval.answers.reading import ReaderCalibration, fit_calibration, sentence_matches, span_sentences
+from retrieval.answers.reading import (
+    ReaderCalibration,
+    candidate_sentences,
+    fit_calibration,
+    sentence_matches,
+    span_candidates,
+)
 from retrieval.digest import tree_sha256
 from retrieval.encoder import Encoder, bundled_model_path
 from retrieval.reader import Precision, ReaderConfig, ReadRequest, SpanReader
@@ -208,7 +214,8 @@ def calibrate(
     passage is wrong. Features are what the service has at answer time: the passage's retrieval score (the
     encoder's cosine of question and passage, titled as the service embeds it), the reader's margin, read in the
     ``precision`` the service will read in (int8 margins differ a little from float32 ones), and how well the
-    sentence around the span matches the question (:func:`~retrieval.answers.reading.sentence_matches`).
+    sentence around the span matches the question (:func:`~retrieval.answers.reading.sentence_matches`). Each
+    candidate span (the best span of each sentence, as the service chooses among them) is one example.
 
     Raises:
         ValueError: The calibration articles hold no questions, or only right (or only wrong) answers.
@@ -224,27 +231,29 @@ def calibrate(
     questions = encoder.encode([c.question for c in cases])
     passages = encoder.encode(texts)
     scores = np.einsum("ij,ij->i", questions, passages)
-    margins = np.array([s.margin if s is not None else -20.0 for s in spans])
-    sentences = span_sentences([c.context for c in cases], spans)
-    vectors = iter(encoder.encode([s for s in sentences if s]))
-    matches = np.array(
-        [
-            sentence_matches(c.question, q, [s], [next(vectors)] if s else [])[0]
-            for c, q, s in zip(cases, questions, sentences, strict=True)
-        ]
-    )
-    correct = np.array(
-        [
-            float(c.answer_start >= 0 and s is not None and f1(s.text, source.golds.get(c.id, (c.answer,))) >= 0.5)
-            for c, s in zip(cases, spans, strict=True)
-        ]
-    )
-    weights, bias = fit_calibration(np.stack([scores, margins, matches], axis=1), correct)
+    # One example per candidate span (the best span of each sentence, as the service chooses among them); a passage
+    # the reader found no span in is one wrong example with a margin far below any span's.
+    rows: list[tuple[float, float, float, float]] = []
+    for case, question, score, span in zip(cases, questions, scores, spans, strict=True):
+        candidates = span_candidates([span], by_sentence=True)
+        if not candidates:
+            rows.append((float(score), -20.0, 0.0, 0.0))
+            continue
+        sentences = candidate_sentences([case.context], candidates)
+        matches = sentence_matches(case.question, question, sentences, encoder.encode(sentences))
+        golds = source.golds.get(case.id, (case.answer,))
+        for (_, candidate), match in zip(candidates, matches, strict=True):
+            right = case.answer_start >= 0 and f1(candidate.text, golds) >= 0.5
+            rows.append((float(score), candidate.margin, match, float(right)))
+    data = np.asarray(rows)
+    correct = data[:, 3]
+    weights, bias = fit_calibration(data[:, :3], correct)
     answerable = sum(1 for c in cases if c.answer_start >= 0)
     fitted_on = (
         f"{source.name}, calibration articles ({len(source.articles.get('calibration', []))}, "
         f"read in {reader.info.precision}): "
-        f"{answerable} answers ({int(correct.sum())} right), {len(cases) - answerable} answer-free passages"
+        f"{answerable} answers, {len(cases) - answerable} answer-free passages; {len(rows)} candidate spans "
+        f"({int(correct.sum())} right)"
     )
     say(
         f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), "

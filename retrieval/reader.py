@@ -5,7 +5,9 @@ A reader is a BERT-family transformer with a span-prediction head (start and end
 windows of ``max_seq_length`` tokens (long passages overlap by ``doc_stride`` tokens), and returns the best span of
 at most ``max_answer_tokens`` tokens with its score (start plus end logit) and the score of "no answer" (the
 ``[CLS]`` position, lowest over the passage's windows, as SQuAD 2.0 readers do). Their difference, the *margin*,
-is what confidence and abstention are calibrated on.
+is what confidence and abstention are calibrated on. With each best span come the best span inside each sentence
+of the passage (the same logits, the search kept to the sentence): candidates for a choice that also weighs how
+well a sentence matches the question (:mod:`retrieval.answers.reading`).
 
 Everything works on batches of pairs, so the service runs the reader behind its own token-budgeted batcher and the
 evaluation harness runs the same code in bulk.
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from retrieval.chunking import split_sentences
 from retrieval.encoder import Device, free_cores, quiet_transformers, resolve_device, weights_digest
 
 if TYPE_CHECKING:
@@ -129,6 +132,8 @@ class Span:
         end: Character offset just past the span.
         score: Start plus end logit of the span.
         null_score: Start plus end logit of "no answer", lowest over the passage's windows.
+        sentence_spans: The best span inside each sentence of the passage, in passage order (on the passage's best
+            span only; empty for those).
     """
 
     text: str
@@ -136,6 +141,7 @@ class Span:
     end: int
     score: float
     null_score: float
+    sentence_spans: tuple[Span, ...] = ()
 
     @property
     def margin(self) -> float:
@@ -472,16 +478,87 @@ class SpanReader:
             lowest_null[owner] = min(lowest_null.get(owner, np.inf), float(null[row]))
             if np.isfinite(score[row]) and (owner not in best or score[row] > best[owner][0]):
                 best[owner] = (float(score[row]), row)
+        rows_of: dict[int, list[int]] = {}
+        for row, owner in enumerate(windows.owner):
+            rows_of.setdefault(owner, []).append(row)
         spans: list[Span | None] = []
         for owner, request in enumerate(requests):
             if owner not in best:
                 spans.append(None)
                 continue
             value, row = best[owner]
-            first, last = windows.offsets[row][start[row]], windows.offsets[row][end[row]]
-            # context_mask kept spans inside the passage, where every token has an offset
-            assert first is not None
-            assert last is not None
-            text = request.context[first[0] : last[1]]
-            spans.append(Span(text.strip(), first[0], last[1], value, lowest_null[owner]))
+            null_score = lowest_null[owner]
+            in_sentences = self._sentence_spans(
+                request.context, rows_of[owner], windows, start_logits, end_logits, context_mask, null_score
+            )
+            spans.append(
+                _span(request.context, windows.offsets[row], start[row], end[row], value, null_score, in_sentences)
+            )
         return spans
+
+    def _sentence_spans(
+        self,
+        context: str,
+        rows: Sequence[int],
+        windows: Windows,
+        start_logits: np.ndarray,
+        end_logits: np.ndarray,
+        context_mask: np.ndarray,
+        null_score: float,
+    ) -> tuple[Span, ...]:
+        """The best span inside each sentence of one passage, over its windows (the search masked to the sentence)."""
+        bounds = sentence_bounds(context)
+        if len(bounds) < 2:
+            return ()
+        picked = np.asarray(rows)
+        token_ranges = [
+            np.array(
+                [o if o is not None else (-1, -1) for o in windows.offsets[r]]
+                + [(-1, -1)] * (context_mask.shape[1] - len(windows.offsets[r]))
+            )
+            for r in rows
+        ]
+        found: list[Span] = []
+        for low, high in bounds:
+            inside = np.stack([(t[:, 0] >= low) & (t[:, 1] <= high) & (t[:, 1] > t[:, 0]) for t in token_ranges])
+            mask = context_mask[picked] & inside
+            if not mask.any():
+                continue
+            first, last, score = best_spans(
+                start_logits[picked], end_logits[picked], mask, self.config.max_answer_tokens
+            )
+            k = int(np.argmax(score))
+            if not np.isfinite(score[k]):
+                continue
+            row = rows[k]
+            found.append(_span(context, windows.offsets[row], first[k], last[k], float(score[k]), null_score))
+        return tuple(found)
+
+
+def sentence_bounds(context: str) -> list[tuple[int, int]]:
+    """Character ranges of the passage's sentences (semicolon clauses kept inside their sentence)."""
+    out: list[tuple[int, int]] = []
+    at = 0
+    for sentence in split_sentences(context, clauses=False):
+        found = context.find(sentence, at)
+        if found < 0:
+            continue
+        at = found + len(sentence)
+        out.append((found, at))
+    return out
+
+
+def _span(
+    context: str,
+    offsets: Sequence[tuple[int, int] | None],
+    first_token: int,
+    last_token: int,
+    score: float,
+    null_score: float,
+    sentence_spans: tuple[Span, ...] = (),
+) -> Span:
+    first, last = offsets[first_token], offsets[last_token]
+    # The search kept spans inside the passage, where every token has an offset.
+    assert first is not None
+    assert last is not None
+    return Span(context[first[0] : last[1]].strip(), first[0], last[1], score, null_score, sentence_spans)

@@ -1,9 +1,10 @@
 """Extractive answers with a trained span reader: the reader's batcher, span choice and confidence calibration.
 
-With a reader configured, the extractive backend asks it for the best span of every retrieved passage and answers
-with the span whose *calibrated confidence* is highest: a logistic function of the passage's retrieval score, the
-reader's margin (the span's score over "no answer") and how well the sentence around the span matches the question
-(:func:`sentence_matches`: a reader sure of a span in a sentence about something else is often wrong). Questions
+With a reader configured, the extractive backend asks it for the best span of every retrieved passage (and of every
+sentence in it) and answers with the span whose *calibrated confidence* is highest: a logistic function of the
+passage's retrieval score, the reader's margin (the span's score over "no answer") and how well the sentence around
+the span matches the question (:func:`sentence_matches`: a reader sure of a span in a sentence about something else
+is often wrong; the best span of the sentence that matches is then the better answer). Questions
 that want an explanation ("why", "how do I") or a yes or no ("can I", "is there") get the sentence around the
 span; the others get the span ("3 to 7 business days"). Below ``min_confidence`` the backend abstains.
 
@@ -87,15 +88,27 @@ def sentence_matches(
     return out
 
 
-def span_sentences(contexts: Sequence[str], spans: Sequence[Span | None]) -> list[str]:
-    """The sentence around each passage's span (``""`` where the passage gave none).
+Candidate = tuple[int, Span]
+"""A span an answer may be: the passage it is in (its position) and the span."""
 
-    What :func:`sentence_matches` scores.
+
+def span_candidates(spans: Sequence[Span | None], by_sentence: bool) -> list[Candidate]:
+    """What the answer is chosen among: each passage's best span, or the best span of each of its sentences.
+
+    By sentence, a passage the reader found no span in by sentence (a one-sentence passage) gives its best span.
     """
-    return [
-        sentence_around(context, span.start, span.end) if span is not None and span.text else ""
-        for context, span in zip(contexts, spans, strict=True)
-    ]
+    out: list[Candidate] = []
+    for i, span in enumerate(spans):
+        if span is None or not span.text:
+            continue
+        found = [s for s in span.sentence_spans if s.text] if by_sentence else []
+        out.extend((i, s) for s in (found or [span]))
+    return out
+
+
+def candidate_sentences(contexts: Sequence[str], candidates: Sequence[Candidate]) -> list[str]:
+    """The sentence around each candidate span: what :func:`sentence_matches` scores."""
+    return [sentence_around(contexts[i], span.start, span.end) for i, span in candidates]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,21 +260,21 @@ def choose_span(
     calibration: ReaderCalibration,
     matches: Sequence[float] | None = None,
 ) -> ReadAnswer | None:
-    """The most confident span across the passages (``None`` when no passage gave one).
+    """The most confident candidate span across the passages (``None`` when no passage gave one).
 
-    ``matches`` is each passage's :func:`sentence_matches` score (needed when ``calibration.uses_sentences``).
+    The candidates are :func:`span_candidates` (by sentence when ``calibration.uses_sentences``); ``matches`` is
+    each candidate's :func:`sentence_matches` score, needed when the calibration uses it.
     """
-    best: ReadAnswer | None = None
+    candidates = span_candidates(spans, calibration.uses_sentences)
     if matches is None:
         if calibration.uses_sentences:
             raise ValueError("this calibration scores the span's sentence: pass its sentence matches")
-        matches = [0.0] * len(contexts)
-    for i, (context, score, span, match) in enumerate(zip(contexts, retrieval_scores, spans, matches, strict=True)):
-        if span is None or not span.text:
-            continue
-        confidence = calibration.confidence(score, span.margin, match)
+        matches = [0.0] * len(candidates)
+    best: ReadAnswer | None = None
+    for (i, span), match in zip(candidates, matches, strict=True):
+        confidence = calibration.confidence(retrieval_scores[i], span.margin, match)
         if best is None or confidence > best.confidence:
-            best = ReadAnswer(i, span, answer_text(question, context, span), confidence, match)
+            best = ReadAnswer(i, span, answer_text(question, contexts[i], span), confidence, match)
     return best
 
 

@@ -44,9 +44,10 @@ from retrieval.answers.reading import (
     ReadAnswer,
     ReaderBackend,
     ReaderCalibration,
+    candidate_sentences,
     choose_span,
     sentence_matches,
-    span_sentences,
+    span_candidates,
 )
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError, GeneratorError
@@ -327,10 +328,11 @@ class AnswerService:
             calibration = reader.calibration
             matches = None
             if calibration.uses_sentences:
-                sentences = span_sentences(texts, spans)
-                found = [s for s in sentences if s]
-                vectors = await self._sentence_vectors(found, ctx.request_id) if found else np.zeros((0, 1))
-                matches = sentence_matches(ctx.question, ctx.question_vector, sentences, vectors)
+                sentences = candidate_sentences(texts, span_candidates(spans, by_sentence=True))
+                unique = list(dict.fromkeys(sentences))
+                vectors = await self._sentence_vectors(unique, ctx.request_id) if unique else np.zeros((0, 1))
+                row = {sentence: vector for sentence, vector in zip(unique, vectors, strict=True)}
+                matches = sentence_matches(ctx.question, ctx.question_vector, sentences, [row[s] for s in sentences])
             ctx.read = choose_span(ctx.question, texts, scores, spans, calibration, matches)
             ctx.calibration = calibration
         return ctx.read

@@ -28,7 +28,7 @@ from app.training_reader import load_reader_source
 from retrieval.answers import AnswerService, ContextPassage
 from retrieval.answers.reading import ReaderBackend, ReaderCalibration
 from retrieval.encoder import Encoder, bundled_model_path
-from retrieval.reader import READER_FILE, ReaderConfig, ReadRequest, SpanReader
+from retrieval.reader import READER_FILE, ReaderConfig, ReadRequest, SpanReader, sentence_bounds
 from retrieval.reader_training import ReaderTrainConfig, ReaderTrainReport, train_reader
 from retrieval.registry import ModelRegistry, default_uri
 from retrieval.settings import ReaderBatcherSettings
@@ -61,6 +61,26 @@ def test_the_reader_trains_saves_its_card_and_reads_spans_of_its_passages(traine
         assert request.context[span.start : span.end].strip() == span.text
         assert np.isfinite(span.margin)
     assert reader.cost(requests[0]) > reader.cost(requests[1])  # a long passage costs its windows
+
+
+def test_the_reader_gives_the_best_span_of_each_sentence_too(trained: ReaderTrainReport) -> None:
+    reader = SpanReader(ReaderConfig(path=str(trained.folder), device="cpu"))
+    context = " ".join(f"Sentence {i} says the parcel ships on day {i}." for i in range(30))  # several windows
+    one = "Standard delivery takes 3 to 7 business days."
+    best, single = reader.read([ReadRequest("When does the parcel ship?", context), ReadRequest("How long?", one)])
+    assert best is not None
+    assert single is not None
+    bounds = sentence_bounds(context)
+    assert len(bounds) == 30
+    assert len(best.sentence_spans) == 30  # every sentence has tokens in some window
+    for span, (low, high) in zip(best.sentence_spans, bounds, strict=True):
+        assert low <= span.start < span.end <= high
+        assert context[span.start : span.end].strip() == span.text
+        assert span.null_score == best.null_score
+        assert span.score <= best.score + 1e-4  # the overall best is at least as good as any sentence's
+    inside = [s for s in best.sentence_spans if (s.start, s.end) == (best.start, best.end)]
+    assert not inside or inside[0].score == pytest.approx(best.score, abs=1e-4)
+    assert single.sentence_spans == ()  # one sentence: the best span is its only candidate
 
 
 def test_the_extractive_backend_answers_with_the_reader_span_through_its_batcher(

@@ -9,11 +9,12 @@ import pytest
 
 from retrieval.answers.reading import (
     ReaderCalibration,
+    candidate_sentences,
     choose_span,
     fit_calibration,
     sentence_around,
     sentence_matches,
-    span_sentences,
+    span_candidates,
     wants_sentence,
 )
 from retrieval.reader import ReaderConfig, Reading, Span, Windows, best_spans
@@ -150,18 +151,21 @@ def test_the_most_confident_span_wins_and_explanations_get_their_sentence() -> N
 
 def test_a_span_in_a_sentence_about_the_question_beats_a_surer_one_elsewhere() -> None:
     question = "How long does a refund to my card take?"
-    contexts = ["Refunds to UPI take 2 to 3 business days.", "Refunds to cards take 5 to 7 business days."]
-    spans: list[Span | None] = [
-        Span("2 to 3 business days", 20, 40, 8.0, 0.0),
-        Span("5 to 7 business days", 22, 42, 6.0, 0.0),
-    ]
-    sentences = span_sentences([*contexts, "Nothing here."], [*spans, None])
-    assert sentences == [*contexts, ""]
+    contexts = ["Refunds to cards take 5 to 7 business days. Refunds to UPI take 2 to 3 business days.", "Nothing."]
+    cards_at, upi_at = contexts[0].index("5 to 7"), contexts[0].index("2 to 3")
+    cards = Span("5 to 7 business days", cards_at, cards_at + 20, 6.0, 0.0)
+    upi = Span("2 to 3 business days", upi_at, upi_at + 20, 8.0, 0.0)
+    spans: list[Span | None] = [Span(upi.text, upi.start, upi.end, 8.0, 0.0, (cards, upi)), None]
+    assert span_candidates(spans, by_sentence=False) == [(0, spans[0])]
+    candidates = span_candidates(spans, by_sentence=True)
+    assert candidates == [(0, cards), (0, upi)]  # the best span of each sentence
+    sentences = candidate_sentences(contexts, candidates)
+    assert sentences == ["Refunds to cards take 5 to 7 business days.", "Refunds to UPI take 2 to 3 business days."]
     unit = np.eye(3)
     # The question's vector is the cards sentence's; the UPI one is orthogonal and shares fewer question words.
-    matches = sentence_matches(question, unit[1], sentences, [unit[0], unit[1]])
+    matches = sentence_matches(question, unit[1], [*sentences, ""], [unit[1], unit[0]])
     assert matches[2] == 0.0
-    assert 0.0 < matches[0] < 1 / 3 < 2 / 3 < matches[1] <= 1.0
+    assert 0.0 < matches[1] < 1 / 3 < 2 / 3 < matches[0] <= 1.0
     by_margin = ReaderCalibration((0.0, 1.0, 0.0), 0.0)
     assert by_margin.uses_sentences is False
     read = choose_span(question, contexts, [0.5, 0.5], spans, by_margin)
@@ -171,7 +175,7 @@ def test_a_span_in_a_sentence_about_the_question_beats_a_surer_one_elsewhere() -
     read = choose_span(question, contexts, [0.5, 0.5], spans, with_sentences, matches[:2])
     assert read is not None
     assert read.text == "5 to 7 business days"
-    assert read.sentence_match == matches[1]
+    assert read.sentence_match == matches[0]
     with pytest.raises(ValueError, match="sentence matches"):
         choose_span(question, contexts, [0.5, 0.5], spans, with_sentences)
 

@@ -111,11 +111,11 @@ def test_an_abstention_target_sets_the_threshold_on_the_questions_no_document_an
     free = [r for r in reads if not r.example.answerable]
     loose = reader_calibration.fit(reads, 0.5, "")
     confidences = sorted(
-        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches()).confidence  # type: ignore[union-attr]
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches(loose)).confidence  # type: ignore[union-attr]
         for r in free
     )
     everyone = sorted(
-        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches()).confidence  # type: ignore[union-attr]
+        choose_span(r.example.question, r.contexts, r.scores, r.spans, loose, r.sentence_matches(loose)).confidence  # type: ignore[union-attr]
         for r in reads
     )
     for target, declined in ((1.0, 10), (0.8, 8), (0.05, 1)):
