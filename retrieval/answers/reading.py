@@ -92,16 +92,25 @@ Candidate = tuple[int, Span]
 """A span an answer may be: the passage it is in (its position) and the span."""
 
 
-def span_candidates(spans: Sequence[Span | None], by_sentence: bool) -> list[Candidate]:
-    """What the answer is chosen among: each passage's best span, or the best span of each of its sentences.
+SENTENCE_CANDIDATES = 3
+"""Sentences of a passage whose best spans are candidates: the reader's best few (each costs an encoder pass)."""
 
-    By sentence, a passage the reader found no span in by sentence (a one-sentence passage) gives its best span.
+
+def span_candidates(spans: Sequence[Span | None], by_sentence: bool) -> list[Candidate]:
+    """What the answer is chosen among: each passage's best span, or the best spans of its best few sentences.
+
+    By sentence, the candidates of a passage are the best spans of the :data:`SENTENCE_CANDIDATES` sentences where
+    the reader scores its best span highest, in passage order; a passage the reader found no span in by sentence (a
+    one-sentence passage) gives its best span.
     """
     out: list[Candidate] = []
     for i, span in enumerate(spans):
         if span is None or not span.text:
             continue
         found = [s for s in span.sentence_spans if s.text] if by_sentence else []
+        if len(found) > SENTENCE_CANDIDATES:
+            kept = sorted(range(len(found)), key=lambda k: -found[k].score)[:SENTENCE_CANDIDATES]
+            found = [found[k] for k in sorted(kept)]
         out.extend((i, s) for s in (found or [span]))
     return out
 

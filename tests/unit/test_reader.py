@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.answers.reading import (
+    SENTENCE_CANDIDATES,
     ReaderCalibration,
     candidate_sentences,
     choose_span,
@@ -178,6 +179,18 @@ def test_a_span_in_a_sentence_about_the_question_beats_a_surer_one_elsewhere() -
     assert read.sentence_match == matches[0]
     with pytest.raises(ValueError, match="sentence matches"):
         choose_span(question, contexts, [0.5, 0.5], spans, with_sentences)
+
+
+def test_a_passage_gives_the_best_spans_of_its_best_few_sentences() -> None:
+    context = " ".join(f"Fact {i} is {i}." for i in range(6))
+    by_sentence = tuple(
+        Span(str(i), context.index(f"is {i}") + 3, context.index(f"is {i}") + 4, score, 0.0)
+        for i, score in enumerate([1.0, 9.0, 3.0, 8.0, 2.0, 7.0])
+    )
+    spans: list[Span | None] = [Span("1", by_sentence[1].start, by_sentence[1].end, 9.0, 0.0, by_sentence)]
+    picked = [span.text for _, span in span_candidates(spans, by_sentence=True)]
+    assert len(picked) == SENTENCE_CANDIDATES == 3
+    assert picked == ["1", "3", "5"]  # the three best, in passage order
 
 
 def test_reading_settings_come_from_the_card_unless_configured() -> None:
