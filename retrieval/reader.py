@@ -535,11 +535,11 @@ class SpanReader:
         return tuple(found)
 
 
-def sentence_bounds(context: str) -> list[tuple[int, int]]:
-    """Character ranges of the passage's sentences (semicolon clauses kept inside their sentence)."""
+def sentence_bounds(context: str, *, clauses: bool = False) -> list[tuple[int, int]]:
+    """Character ranges of the passage's sentences (with ``clauses``, of its clauses between semicolons too)."""
     out: list[tuple[int, int]] = []
     at = 0
-    for sentence in split_sentences(context, clauses=False):
+    for sentence in split_sentences(context, clauses=clauses):
         found = context.find(sentence, at)
         if found < 0:
             continue

@@ -28,7 +28,7 @@ import structlog
 from retrieval.batcher import BatcherConfig, BatchObserver, DynamicBatcher
 from retrieval.chunking import split_sentences
 from retrieval.errors import BackendUnavailableError
-from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader
+from retrieval.reader import ReaderConfig, ReadRequest, Span, SpanReader, sentence_bounds
 from retrieval.text import content_stems
 
 logger = structlog.get_logger(__name__)
@@ -244,15 +244,7 @@ def sentence_around(context: str, start: int, end: int) -> str:
 
 
 def _covering(context: str, start: int, end: int, *, clauses: bool) -> str:
-    out: list[str] = []
-    at = 0
-    for sentence in split_sentences(context, clauses=clauses):
-        found = context.find(sentence, at)
-        if found < 0:
-            continue
-        at = found + len(sentence)
-        if found < end and at > start:
-            out.append(sentence)
+    out = [context[low:high] for low, high in sentence_bounds(context, clauses=clauses) if low < end and high > start]
     return " ".join(out) or context[start:end]
 
 
