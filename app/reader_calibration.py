@@ -45,6 +45,7 @@ from evals.datasets import load_domain_pack
 from evals.qa_data import Passage, QAExample, load_pack_qa, pack_passages
 from evals.stats import bootstrap_mean_ci, rng_for
 from retrieval.answers.reading import (
+    Candidate,
     ReaderCalibration,
     answer_text,
     candidate_sentences,
@@ -94,17 +95,17 @@ class QuestionRead:
 
     def sentence_matches(self, calibration: ReaderCalibration) -> list[float] | None:
         """The candidates' sentence matches for a calibration that uses them (``None`` for one that does not)."""
-        if not calibration.uses_sentences:
-            return None
-        return self.matches or [0.0] * len(span_candidates(self.spans, by_sentence=True))
+        return self._matches(span_candidates(self.spans, by_sentence=True)) if calibration.uses_sentences else None
+
+    def _matches(self, candidates: Sequence[Candidate]) -> list[float]:
+        return self.matches or [0.0] * len(candidates)
 
     def labels(self) -> list[tuple[float, float, float, float]]:
         """``(retrieval score, margin, sentence match, right)`` of every candidate span (by sentence)."""
         golds = self.example.answers
         candidates = span_candidates(self.spans, by_sentence=True)
-        matches = self.matches or [0.0] * len(candidates)
         out = []
-        for (i, span), match in zip(candidates, matches, strict=True):
+        for (i, span), match in zip(candidates, self._matches(candidates), strict=True):
             doc = self.doc_ids[i]
             supported = not self.example.supporting_ids or doc in self.example.supporting_ids
             text = answer_text(self.example.question, self.contexts[i], span)

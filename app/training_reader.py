@@ -233,16 +233,17 @@ def calibrate(
     scores = np.einsum("ij,ij->i", questions, passages)
     # One example per candidate span (the best span of each sentence, as the service chooses among them); a passage
     # the reader found no span in is one wrong example with a margin far below any span's.
+    candidates = [span_candidates([span], by_sentence=True) for span in spans]
+    sentences = [candidate_sentences([case.context], found) for case, found in zip(cases, candidates, strict=True)]
+    vectors = iter(encoder.encode([s for found in sentences for s in found]))  # one bulk pass over every sentence
     rows: list[tuple[float, float, float, float]] = []
-    for case, question, score, span in zip(cases, questions, scores, spans, strict=True):
-        candidates = span_candidates([span], by_sentence=True)
-        if not candidates:
+    for case, question, score, found, said in zip(cases, questions, scores, candidates, sentences, strict=True):
+        if not found:
             rows.append((float(score), -20.0, 0.0, 0.0))
             continue
-        sentences = candidate_sentences([case.context], candidates)
-        matches = sentence_matches(case.question, question, sentences, encoder.encode(sentences))
+        matches = sentence_matches(case.question, question, said, [next(vectors) for _ in said])
         golds = source.golds.get(case.id, (case.answer,))
-        for (_, candidate), match in zip(candidates, matches, strict=True):
+        for (_, candidate), match in zip(found, matches, strict=True):
             right = case.answer_start >= 0 and f1(candidate.text, golds) >= 0.5
             rows.append((float(score), candidate.margin, match, float(right)))
     data = np.asarray(rows)

@@ -329,10 +329,8 @@ class AnswerService:
             matches = None
             if calibration.uses_sentences:
                 sentences = candidate_sentences(texts, span_candidates(spans, by_sentence=True))
-                unique = list(dict.fromkeys(sentences))
-                vectors = await self._sentence_vectors(unique, ctx.request_id) if unique else np.zeros((0, 1))
-                row = {sentence: vector for sentence, vector in zip(unique, vectors, strict=True)}
-                matches = sentence_matches(ctx.question, ctx.question_vector, sentences, [row[s] for s in sentences])
+                vectors = await self._sentence_vectors(sentences, ctx.request_id)  # the cache embeds each text once
+                matches = sentence_matches(ctx.question, ctx.question_vector, sentences, vectors)
             ctx.read = choose_span(ctx.question, texts, scores, spans, calibration, matches)
             ctx.calibration = calibration
         return ctx.read
