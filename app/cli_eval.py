@@ -41,6 +41,19 @@ def service_answer_backends(settings: Any) -> dict[str, Any]:
     )
 
 
+def service_pack_retrieval(settings: Any) -> Any:
+    """How the service retrieves from a pack (``[knowledge]``), for the answer tasks' open setting."""
+    from evals.answer_cases import PackRetrieval
+
+    knowledge = settings.knowledge
+    return PackRetrieval(
+        chunking=knowledge.to_config(),
+        answer_items=knowledge.answer_items,
+        item_passage_chars=knowledge.item_passage_chars,
+        min_documents=knowledge.min_document_passages,
+    )
+
+
 def serving_reader_config(settings: Any) -> Any:
     """The reader the service would load now (the pinned registry version, or ``[reader] path``), if any."""
     from app.models import open_registry, reader_config
@@ -162,6 +175,7 @@ def eval_run(
                     baseline=baseline,
                     progress=progress,
                     answer_backends=available_backends(service_answer_backends(settings)),
+                    pack_retrieval=service_pack_retrieval(settings),
                     models=registered_models(settings),
                     shards=shards,
                 ),

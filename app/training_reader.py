@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.cli_eval import service_answer_backends
+from app.cli_eval import service_answer_backends, service_pack_retrieval
 from app.compliance import code_version
 from app.settings import Settings
 from evals.answer_metrics import f1
@@ -430,7 +430,11 @@ def train_reader_model(
     if evaluate:
         backends = available_backends(service_answer_backends(settings))
         options = RunOptions(
-            state_dir=settings.state_dir / "evals", progress=progress, encoder=encoder, answer_backends=backends
+            state_dir=settings.state_dir / "evals",
+            progress=progress,
+            encoder=encoder,
+            answer_backends=backends,
+            pack_retrieval=service_pack_retrieval(settings),
         )
         for label, backend, reader in (
             ("reader", "extractive", str(folder)),

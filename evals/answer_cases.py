@@ -2,7 +2,9 @@
 
 - **gold**: a question gets the passages the dataset names as holding its answer (SQuAD's own paragraph).
 - **open**: a question gets the ``passages`` passages the encoder ranks highest among all of the dataset's
-  passages (what the service retrieves), so a citation can be wrong and an answer can be missing.
+  passages (what the service retrieves), so a citation can be wrong and an answer can be missing. A pack is read
+  as the service reads it (:class:`PackRetrieval`): each document by its best chunk, items cut to the length the
+  service reads, and places kept for documents among items.
 
 Unanswerable probes are made from a seeded sample of answerable questions, one probe per question and kind, so
 the kinds are compared on the same questions:
@@ -20,7 +22,7 @@ so a probe never gives away what it asks.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,8 +30,27 @@ import numpy as np
 from evals.answer_metrics import normalize_answer
 from evals.qa_data import Passage, QAExample
 from retrieval.chunking import split_sentences
+from retrieval.knowledge import ChunkingConfig
+from retrieval.passages import reserved_order
 
-__all__ = ["Case", "CaseBuilder", "holds_answer", "without_answer"]
+__all__ = ["Case", "CaseBuilder", "PackRetrieval", "holds_answer", "without_answer"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackRetrieval:
+    """How the service retrieves a question's passages from a pack (its ``[knowledge]`` settings).
+
+    Attributes:
+        chunking: How documents are cut; a question reads a document's best chunk.
+        answer_items: Whether item texts are answerable beside the documents.
+        item_passage_chars: Longest item text read.
+        min_documents: Places among a question's passages kept for documents.
+    """
+
+    chunking: ChunkingConfig
+    answer_items: bool
+    item_passage_chars: int
+    min_documents: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +95,10 @@ class CaseBuilder:
         passage_vectors: Unit vectors of the passages, one row per passage.
         question_vectors: Question id to its unit vector, for every question the builder is asked about.
         k: Passages per question in the open setting.
+        documents: Ids of the passages that are documents, when a pack keeps places for them.
+        min_documents: Places among the ``k`` kept for the best documents.
+        whole: The passages the dataset names, by id, when ``passages`` holds chunks of them (several passages
+            with one id: a question reads the best of them).
     """
 
     def __init__(
@@ -83,27 +108,41 @@ class CaseBuilder:
         passage_vectors: np.ndarray,
         question_vectors: Mapping[str, np.ndarray],
         k: int,
+        *,
+        documents: Collection[str] = (),
+        min_documents: int = 0,
+        whole: Mapping[str, Passage] | None = None,
     ) -> None:
         self._passages = list(passages)
         self._groups = groups
         self._vectors = passage_vectors
         self._questions = question_vectors
-        self._k = max(1, min(k, len(self._passages)))
-        self._by_id = {p.id: p for p in self._passages}
+        self._by_id = dict(whole) if whole is not None else {p.id: p for p in self._passages}
+        self._k = max(1, min(k, len(self._by_id)))
+        self._documents = frozenset(documents)
+        self._min_documents = min_documents
         self._article_rows: dict[str, list[int]] = {}
         for row, p in enumerate(self._passages):
             self._article_rows.setdefault(groups.get(p.id, p.id), []).append(row)
 
     def ranked(self, example: QAExample, rows: Sequence[int] | None = None) -> list[Passage]:
-        """Passages by the encoder's score for the question, best first (ties by pool order); all, or ``rows``."""
+        """Passages by the encoder's score for the question, best first (ties by pool order); all, or ``rows``.
+
+        One passage per id: the best of a document's chunks.
+        """
         scores = self._vectors @ self._questions[example.id]
         candidates = np.arange(len(self._passages)) if rows is None else np.asarray(rows)
         order = candidates[np.argsort(-scores[candidates], kind="stable")]
-        return [self._passages[int(i)] for i in order]
+        best: dict[str, Passage] = {}
+        for i in order:
+            best.setdefault(self._passages[int(i)].id, self._passages[int(i)])
+        return list(best.values())
 
     def retrieved(self, example: QAExample) -> tuple[Passage, ...]:
-        """The open setting's passages for a question: the top ``k`` of the whole pool."""
-        return tuple(self.ranked(example)[: self._k])
+        """The open setting's passages for a question: the top ``k`` of the pool, places kept for documents."""
+        ranked = self.ranked(example)
+        order = reserved_order([p.id in self._documents for p in ranked], self._k, 0, self._min_documents)
+        return tuple(ranked[i] for i in order)
 
     def gold(self, example: QAExample) -> tuple[Passage, ...]:
         """The passages the dataset names as supporting (empty when it names none in the pool)."""
@@ -145,7 +184,7 @@ class CaseBuilder:
         own = {self._groups.get(s, s) for s in example.supporting_ids}
         pool = [
             p
-            for p in self._passages
+            for p in self._by_id.values()
             if self._groups.get(p.id, p.id) not in own
             and p.id not in example.supporting_ids
             and not holds_answer(p.text, example.answers)

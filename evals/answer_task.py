@@ -6,9 +6,10 @@ Answers, citations, abstentions and who produced each answer are scored.
   ``eval/qa.jsonl`` (questions marked ``"answerable": false`` should be declined; answerable ones may name
   ``supporting_ids``).
 - **Settings** (:mod:`evals.answer_cases`): ``open`` gives each question the ``passages`` passages the encoder
-  ranks highest among all of the dataset's passages (the service's situation, the headline); ``gold`` gives it
-  the passages that hold its answer (reading comprehension, as SQuAD's official evaluation, so its citation
-  precision is 1 by construction and not a finding).
+  ranks highest among all of the dataset's passages (the service's situation, the headline; a pack is read as the
+  service reads it when the run has the service's ``[knowledge]`` settings, ``RunOptions.pack_retrieval``);
+  ``gold`` gives it the passages that hold its answer (reading comprehension, as SQuAD's official evaluation, so
+  its citation precision is 1 by construction and not a finding).
 - **Unanswerable probes**: ``unanswerable`` answerable questions, each made into one probe per kind (``nearest``,
   ``removed``, ``random``); the right response is to abstain.
 
@@ -25,14 +26,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evals.answer_cases import Case, CaseBuilder
+from evals.answer_cases import Case, CaseBuilder, PackRetrieval
 from evals.answer_metrics import citation_precision, exact_match, f1, faithfulness, holds_answer
 from evals.answers import (
     OUTCOMES,
@@ -54,6 +55,9 @@ from evals.errors import SuiteError
 from evals.qa_data import Passage, QAExample, load_pack_qa, load_squad, pack_passages
 from evals.results import MetricRecord, TaskOutput
 from evals.suite import AnswerTask
+from retrieval.chunking import chunk_text
+from retrieval.pack import DomainPack
+from retrieval.passages import chunk_token_count, item_passage_text
 from retrieval.reader_training import article_fold
 
 
@@ -70,6 +74,38 @@ class _Source:
     embed_text: dict[str, str] = field(default_factory=dict)
     # The passages' ids in blocks embedded (and cached) together, in pool order: (label, ids).
     blocks: list[tuple[str, list[str]]] = field(default_factory=list)
+    # A pack's questions are read as the service reads the pack (see _served).
+    pack: DomainPack | None = None
+    # As served: ids of the documents (places are kept for them), and the whole passages the pool holds chunks of.
+    documents: frozenset[str] = frozenset()
+    whole: dict[str, Passage] | None = None
+    min_documents: int = 0
+
+
+def _served(source: _Source, pack: DomainPack, retrieval: PackRetrieval, count: Callable[[str], int]) -> _Source:
+    """A pack's pool as the service reads it: documents in chunks, items cut to what is read (or left out)."""
+    items = pack.items if retrieval.answer_items else ()
+    rows = [Passage(item.id, item_passage_text(item, retrieval.item_passage_chars), item.title) for item in items]
+    texts = {item.id: item.embedding_text() for item in items}  # what the service's item index holds
+    chunking = retrieval.chunking
+    chunks: list[str] = []
+    documents = [d for d in pack.documents if d.id not in texts]
+    for doc in documents:
+        for n, piece in enumerate(chunk_text(doc.text, count, chunking.chunk_tokens, chunking.overlap_tokens)):
+            rows.append(Passage(doc.id, piece, doc.title))
+            chunks.append(f"{doc.id}#{n}")
+            texts[chunks[-1]] = f"{doc.title}. {piece}"  # as the knowledge base embeds a chunk
+    whole = {p.id: p for p in source.passages} | {p.id: p for p in rows[: len(items)]}
+    blocks = [("items", [item.id for item in items]), ("document chunks", chunks)]
+    return replace(
+        source,
+        passages=rows,
+        embed_text=texts,
+        blocks=blocks,
+        documents=frozenset(d.id for d in documents),
+        whole=whole,
+        min_documents=retrieval.min_documents,
+    )
 
 
 def _share(count: int, total: int) -> str:
@@ -129,7 +165,7 @@ class AnswerEvaluator:
         passages = [pool[pid] for _, ids in blocks for pid in ids]
         files = [*pack_files(path, "items.jsonl", "documents.jsonl"), qa_path]
         record = DatasetRecord.of(self.spec.dataset, path, files)
-        return _Source(examples, passages, {}, record, "eval", texts, blocks)
+        return _Source(examples, passages, {}, record, "eval", texts, blocks, pack)
 
     def run(self) -> TaskOutput:
         """Pose every question in each setting, then score answers, citations, abstentions, attribution, latency.
@@ -153,6 +189,9 @@ class AnswerEvaluator:
             return self._skip(reason, [loaded.record.to_json()])
         builder = self._builder(loaded)
         cases, details = self._cases(loaded, builder)
+        served = ctx.pack_retrieval if loaded.pack is not None else None
+        # What the open setting read: the pack as the service reads it, or whole passages by the encoder's rank.
+        details["open_retrieval"] = {"as_served": asdict(served)} if served is not None else "whole passages"
         system: AnswerSystem = factory(
             AnswerBackendContext(dict(ctx.loaded.suite.system.answer.options), ctx.encoder, ctx.seed)
         )
@@ -162,6 +201,9 @@ class AnswerEvaluator:
         return self._score(system, loaded, cases, answers, details)
 
     def _builder(self, source: _Source) -> CaseBuilder:
+        if source.pack is not None and self.ctx.pack_retrieval is not None:
+            count = chunk_token_count(self.ctx.encoder())
+            source = _served(source, source.pack, self.ctx.pack_retrieval, count)
         parts = [
             self.ctx.embed_corpus(f"{self.task} {label}", ids, [source.embed_text[i] for i in ids])[0]
             for label, ids in source.blocks
@@ -170,7 +212,16 @@ class AnswerEvaluator:
         vectors = np.concatenate(parts).astype(np.float32, copy=False)
         questions, _ = self.ctx.embed_texts(f"{self.task} questions", [e.question for e in source.examples])
         by_question = {e.id: questions[i] for i, e in enumerate(source.examples)}
-        return CaseBuilder(source.passages, source.groups, vectors, by_question, self.spec.passages)
+        return CaseBuilder(
+            source.passages,
+            source.groups,
+            vectors,
+            by_question,
+            self.spec.passages,
+            documents=source.documents,
+            min_documents=source.min_documents,
+            whole=source.whole,
+        )
 
     def _cases(self, source: _Source, builder: CaseBuilder) -> tuple[dict[str, list[Case]], dict[str, Any]]:
         spec = self.spec

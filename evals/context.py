@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from evals.answer_cases import PackRetrieval
 from evals.cache import CacheOutcome, EmbeddingCache
 from evals.errors import SuiteError
 from evals.results import MetricRecord
@@ -38,6 +39,8 @@ class RunContext:
         answer_backends: Answer backend factories by name.
         models: Resolves a registered model (kind, version or alias) to its local folder and name.
         shards: Where tasks score their chunks of users and queries (this process, or Ray tasks).
+        pack_retrieval: How the service retrieves from a pack, which a pack's open answer setting imitates
+            (``None``: whole documents and items ranked by the encoder alone).
         notes: Messages for the person running the suite (skips, warnings).
     """
 
@@ -50,6 +53,7 @@ class RunContext:
     answer_backends: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     models: ModelResolver | None = None
     shards: Shards = field(default_factory=LocalShards)
+    pack_retrieval: PackRetrieval | None = None
     notes: list[str] = field(default_factory=list)
     _encoder: Encoder | None = None
 

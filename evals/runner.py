@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from evals.answer_cases import PackRetrieval
 from evals.answer_task import AnswerEvaluator
 from evals.answers import available_backends
 from evals.cache import EmbeddingCache
@@ -70,6 +71,8 @@ class RunOptions:
         answer_backends: Backend factories (default: :func:`evals.answers.available_backends`).
         models: Resolves registered models for tasks that name one (``registered`` recommenders).
         shards: Where users and queries are scored (default: this process; :class:`evals.shards.RayShards`).
+        pack_retrieval: The service's ``[knowledge]`` settings, so a pack's open answer setting retrieves as the
+            service does (default: whole passages ranked by the encoder alone).
     """
 
     data_root: Path | None = None
@@ -82,6 +85,7 @@ class RunOptions:
     answer_backends: Mapping[str, Callable[..., Any]] | None = None
     models: ModelResolver | None = None
     shards: Shards | None = None
+    pack_retrieval: PackRetrieval | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,7 @@ def _run(
         answer_backends=options.answer_backends if options.answer_backends is not None else available_backends(),
         models=options.models,
         shards=options.shards or LocalShards(),
+        pack_retrieval=options.pack_retrieval,
     )
     started_at = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()

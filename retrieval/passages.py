@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class PassageRetriever:
             path,
             encoder.dim,
             encoder.info.version,
-            lambda text: max(0, len(encoder.token_ids(text)) - 2),  # without [CLS] and [SEP]
+            chunk_token_count(encoder),
             self._chunking,
             self._index_spec,
         )
@@ -150,9 +150,7 @@ class PassageRetriever:
     # -- reads ---------------------------------------------------------------------------------------------------
 
     def _item_passage(self, item: Item, score: float) -> ContextPassage:
-        text = item.embedding_text()
-        if len(text) > self._item_passage_chars:  # cut at a word boundary
-            text = text[: self._item_passage_chars].rsplit(" ", 1)[0]
+        text = item_passage_text(item, self._item_passage_chars)
         return ContextPassage(item.id, f"{item.id}#0", item.title, text, score, "item")
 
     async def retrieve(self, vector: np.ndarray, k: int, request_id: str, spare: int = 0) -> list[ContextPassage]:
@@ -225,7 +223,35 @@ def reserve_documents(
         The first ``k`` sorted by score, then the spare ones sorted by score.
     """
     ranked = sorted([*documents, *items], key=lambda p: -p.score)
-    reserved = {p.chunk_id for p in documents[: min(min_documents, k)]}
-    others = [p for p in ranked if p.chunk_id not in reserved]
-    first = {p.chunk_id for p in others[: k - len(reserved)]} | reserved
-    return [p for p in ranked if p.chunk_id in first] + [p for p in ranked if p.chunk_id not in first][:spare]
+    kinds = {p.chunk_id for p in documents}
+    return [ranked[i] for i in reserved_order([p.chunk_id in kinds for p in ranked], k, spare, min_documents)]
+
+
+def reserved_order(is_document: Sequence[bool], k: int, spare: int, min_documents: int) -> list[int]:
+    """Positions in a best-first ranking: the ``k`` read, at least ``min_documents`` of them documents, then ``spare``.
+
+    Args:
+        is_document: Whether each ranked passage is a document (the others are items).
+        k: Passages read.
+        spare: Next best passages after them.
+        min_documents: Places among the first ``k`` kept for the best documents.
+
+    Returns:
+        The positions of the first ``k`` in ranking order, then those of the spare ones.
+    """
+    reserved = set([i for i, document in enumerate(is_document) if document][: min(min_documents, k)])
+    others = [i for i in range(len(is_document)) if i not in reserved]
+    first = reserved | set(others[: k - len(reserved)])
+    rest = [i for i in range(len(is_document)) if i not in first]
+    return sorted(first) + rest[:spare]
+
+
+def chunk_token_count(encoder: Encoder) -> Callable[[str], int]:
+    """What chunking counts: the encoder's tokens of a text, without ``[CLS]`` and ``[SEP]``."""
+    return lambda text: max(0, len(encoder.token_ids(text)) - 2)
+
+
+def item_passage_text(item: Item, max_chars: int) -> str:
+    """An item's text as an answer backend reads it: its embedded text, cut at a word boundary to ``max_chars``."""
+    text = item.embedding_text()
+    return text[:max_chars].rsplit(" ", 1)[0] if len(text) > max_chars else text

@@ -17,14 +17,16 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.cli_eval import service_answer_backends
+from app.cli_eval import service_answer_backends, service_pack_retrieval
 from app.settings import load_settings
+from evals.answer_cases import PackRetrieval
 from evals.answers import AnswerSystem, Passage, SystemAnswer
 from evals.datasets import read_qrels
 from evals.ir_metrics import read_trec_run
 from evals.runner import RunOptions, run_suite
 from evals.suite import load_suite
 from retrieval.encoder import Encoder
+from retrieval.knowledge import ChunkingConfig
 from tests.conftest import DEMO_PACK
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -56,6 +58,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Iterator
                 progress=False,
                 encoder=encoder,
                 answer_backends=service_answer_backends(load_settings()),
+                pack_retrieval=service_pack_retrieval(load_settings()),
             ),
         )
         yield DemoRuns(state, first, second, result.output)
@@ -97,6 +100,9 @@ def test_results_json_describes_the_run(demo: DemoRuns) -> None:
     assert tasks["retrieval.search"]["status"] == "done"
     assert tasks["recommendation.shoppers"]["status"] == "done"
     assert tasks["answers.pack"]["status"] == "done"
+    # `candor eval run` reads the pack with the service's [knowledge] settings (places kept for documents).
+    served = tasks["answers.pack"]["details"]["open_retrieval"]["as_served"]
+    assert served["min_documents"] == load_settings().knowledge.min_document_passages
     answer_metrics = {m["name"] for m in results["metrics"] if m["task"] == "answers.pack"}
     assert {"em", "f1", "abstention_recall", "abstention_precision", "share"} <= answer_metrics
     assert tasks["retrieval.search"]["primary_metric"] == "ndcg@10"
@@ -211,19 +217,25 @@ class _PackOracle:
 
     def __init__(self, answers: Mapping[str, str]) -> None:
         self.answers = answers
+        self.read: dict[str, list[list[str]]] = {}  # question -> the passage texts of each time it was asked
 
     def describe(self) -> Mapping[str, Any]:
         return {"kind": "test double"}
 
     def answer(self, question: str, passages: Sequence[Passage]) -> SystemAnswer:
         gold = self.answers.get(question, "")
+        self.read.setdefault(question, []).append([p.text for p in passages])
         for passage in passages:
             if gold and gold in passage.text:
                 return SystemAnswer(gold, (passage.id,))
         return SystemAnswer("", (), abstained=True)
 
 
-def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encoder: Encoder) -> None:
+RETURNS = "You can return any item within 30 days of delivery."
+
+
+def _qa_pack(tmp_path: Path, returns: str = RETURNS, passages: int = 2) -> tuple[Path, list[dict[str, Any]]]:
+    """A small pack (five towels, three articles, three questions) and a suite that asks its questions."""
     pack = tmp_path / "pack"
     (pack / "eval").mkdir(parents=True)
     items = [
@@ -231,7 +243,7 @@ def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encode
         for n in range(5)
     ]
     docs = [
-        {"id": "doc-returns", "title": "Returns", "text": "You can return any item within 30 days of delivery."},
+        {"id": "doc-returns", "title": "Returns", "text": returns},
         {"id": "doc-shipping", "title": "Shipping", "text": "Orders ship within 2 business days."},
         {"id": "doc-payment", "title": "Payment", "text": "We accept cards and UPI payments."},
     ]
@@ -258,9 +270,14 @@ def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encode
     suite = tmp_path / "pack.toml"
     suite.write_text(
         f'[suite]\nname = "pack-qa"\nbootstrap = 20\n[system.answer]\nbackend = "pack-oracle"\n'
-        f'[answers.pack]\ndataset = "{pack}"\npassages = 2\nunanswerable = 2\n',
+        f'[answers.pack]\ndataset = "{pack}"\npassages = {passages}\nunanswerable = 2\n',
         "utf-8",
     )
+    return suite, qa
+
+
+def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encoder: Encoder) -> None:
+    suite, qa = _qa_pack(tmp_path)
     table = {str(q["question"]): str(q["answers"][0]) for q in qa if q["answers"]}
     factory: dict[str, Any] = {"pack-oracle": lambda ctx: _PackOracle(table)}
     summary = run_suite(
@@ -291,3 +308,34 @@ def test_pack_questions_are_asked_over_retrieved_passages(tmp_path: Path, encode
     assert groups == {"probe:dataset", "probe:nearest"}
     settings = summary.results["tasks"]["answers.pack"]["details"]["settings"]
     assert settings["open"]["probes_not_built"] == {"removed": 2}
+
+
+def test_a_pack_is_read_as_the_service_reads_it(tmp_path: Path, encoder: Encoder) -> None:
+    # The service's [knowledge] settings: chunks of one sentence here, and the one place read kept for a document.
+    returns = f"{RETURNS} Watches and computer accessories have a shorter return window of 10 days."
+    suite, qa = _qa_pack(tmp_path, returns, passages=1)
+    oracle = _PackOracle({str(q["question"]): str(q["answers"][0]) for q in qa if q["answers"]})
+    served = PackRetrieval(ChunkingConfig(16, 0), answer_items=True, item_passage_chars=12, min_documents=1)
+    summary = run_suite(
+        load_suite(str(suite)),
+        RunOptions(
+            state_dir=tmp_path / "state",
+            progress=False,
+            encoder=encoder,
+            answer_backends={"pack-oracle": lambda ctx: oracle},
+            pack_retrieval=served,
+        ),
+    )
+    details = summary.results["tasks"]["answers.pack"]["details"]
+    assert details["open_retrieval"]["as_served"]["min_documents"] == 1
+    rows = [json.loads(line) for line in (summary.run_dir / "answers-pack.jsonl").read_text("utf-8").splitlines()]
+    opened = [r for r in rows if r["setting"] == "open"]
+    # Every question read one passage, and it was a document: the towels never took the place kept for one.
+    assert all(len(r["passages"]) == 1 and r["passages"][0].startswith("doc-") for r in opened)
+    first = next(r for r in opened if r["id"] == "qa-001")
+    assert first["passages"] == ["doc-returns"]
+    assert first["answer"] == "30 days"
+    # The open setting (asked first) read the document's best chunk, a sentence; the gold one all of it.
+    read = oracle.read["How many days do I have to return an item?"]
+    assert read[0] == [RETURNS]
+    assert [returns] in read[1:]

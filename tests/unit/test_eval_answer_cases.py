@@ -74,3 +74,37 @@ def test_probe_sets_are_reproducible_and_counted() -> None:
         assert all(not holds_answer(p.text, source.answers) for p in case.passages)
         if case.kind == "random":
             assert all(GROUPS.get(p.id) != "a" for p in case.passages)
+
+
+def test_a_pack_pool_reads_each_document_by_its_best_chunk_and_keeps_places_for_documents() -> None:
+    # Rows: two items, then two chunks of one document (one id, as the service cites them) and one of another.
+    rows = [
+        Passage("item-1", "Steel watch", "Steel watch"),
+        Passage("item-2", "Gold watch", "Gold watch"),
+        Passage("doc-r", "Returns: 30 days.", "Returns"),
+        Passage("doc-r", "Watches: 10 days.", "Returns"),
+        Passage("doc-w", "Warranty: 1 year.", "Warranty"),
+    ]
+    whole = {"doc-r": Passage("doc-r", "Returns: 30 days. Watches: 10 days.", "Returns")}
+    whole |= {p.id: p for p in rows if p.id.startswith(("item", "doc-w"))}
+    question = QAExample("w", "Return window for watches?", ("10 days",), ("doc-r",), True, None)
+    scores = np.asarray([0.9, 0.8, 0.3, 0.5, 0.2], dtype=np.float32)
+    plain = CaseBuilder(rows, {}, np.eye(5, dtype=np.float32), {"w": scores}, 2, whole=whole)
+    assert [(p.id, p.text) for p in plain.ranked(question)][:3] == [
+        ("item-1", "Steel watch"),
+        ("item-2", "Gold watch"),
+        ("doc-r", "Watches: 10 days."),  # the document's best chunk; its other chunk is not offered again
+    ]
+    assert [p.id for p in plain.retrieved(question)] == ["item-1", "item-2"]  # listings crowd the article out
+    served = CaseBuilder(
+        rows,
+        {},
+        np.eye(5, dtype=np.float32),
+        {"w": scores},
+        2,
+        documents={"doc-r", "doc-w"},
+        min_documents=1,
+        whole=whole,
+    )
+    assert [p.id for p in served.retrieved(question)] == ["item-1", "doc-r"]
+    assert served.gold(question) == (whole["doc-r"],)  # the gold setting reads the whole document

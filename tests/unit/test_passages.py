@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from retrieval.answers import ContextPassage
-from retrieval.passages import reserve_documents
+from retrieval.passages import item_passage_text, reserve_documents, reserved_order
+from retrieval.types import Item
 
 
 def doc(name: str, score: float) -> ContextPassage:
@@ -45,3 +46,21 @@ def test_fewer_documents_than_reserved_and_a_small_k() -> None:
     assert ids(reserve_documents(DOCS[:1], ITEMS, 4, 0, 2)) == ["i0", "i1", "i2", "d1"]
     assert ids(reserve_documents(DOCS, ITEMS, 1, 0, 2)) == ["d1"]
     assert ids(reserve_documents([], ITEMS[:2], 4, 2, 2)) == ["i0", "i1"]
+
+
+def test_reserved_order_works_on_positions_of_any_ranking() -> None:
+    # What the evaluation suite uses on its own passages: item, item, document, item, document (best first).
+    ranking = [False, False, True, False, True]
+    assert reserved_order(ranking, 3, 0, 2) == [0, 2, 4]
+    assert reserved_order(ranking, 3, 2, 0) == [0, 1, 2, 3, 4]
+    assert reserved_order(ranking, 2, 1, 1) == [0, 2, 1]
+
+
+def test_item_text_is_cut_at_a_word_boundary() -> None:
+    shirt = Item(id="s1", title="Shirt", text="A soft cotton shirt with long sleeves", category="Clothing")
+    full = shirt.embedding_text()
+    assert item_passage_text(shirt, 1000) == full
+    cut = item_passage_text(shirt, 20)
+    assert len(cut) <= 20
+    assert full.startswith(cut)
+    assert full[len(cut)] == " "
