@@ -6,7 +6,8 @@ service runs, and reports the answer span when one was found (SQuAD's exact matc
 answer sentences, with who produced it: the service names the backend behind every answer, any fallback (an
 ungrounded ``local`` answer replaced by the extractive one) and why it abstained, and the harness reports the
 backend's own answers apart from the ones it fell back on (:func:`system_answer`). Suite options
-(``[system.answer] options``): ``answer_text`` (``span`` or ``sentence``), ``max_tokens``, ``min_confidence``,
+(``[system.answer] options``): ``answer_text`` (``span``, or ``answer``: what the service says, see
+:func:`system_answer`), ``max_tokens``, ``min_confidence``,
 ``min_retrieval_score``, ``reader`` (a reader folder, or ``none`` for sentence answers; by default the service's
 reader, if it has one), ``reader_min_confidence``, ``reader_precision`` (``fp32`` or ``int8``; by default the service's
 ``[reader] precision``), and for ``openai`` the ``[generator.openai]`` keys.
@@ -60,6 +61,10 @@ _SERVICE_KEYS = {
 }
 
 
+ANSWER_TEXTS = ("span", "answer", "sentence")
+"""What ``answer_text`` may name (see :func:`system_answer`)."""
+
+
 @dataclass(frozen=True)
 class ServiceAnswerDefaults:
     """The service's answer settings, as the backends under test start from.
@@ -107,6 +112,8 @@ class ServiceAnswerSystem:
         self.name = backend
         self._encoder = encoder
         self._answer_text = str(options.get("answer_text", "span"))
+        if self._answer_text not in ANSWER_TEXTS:
+            raise SuiteError(f"[system.answer] options: answer_text must be one of {list(ANSWER_TEXTS)}")
         self._max_tokens = int(options.get("max_tokens", defaults.max_tokens))
         config: AnswerConfig = defaults.answer
         if "min_confidence" in options:
@@ -231,7 +238,10 @@ def system_answer(result: GroundedAnswer, answer_text: str = "span") -> SystemAn
 
     Args:
         result: The service's answer.
-        answer_text: ``span`` reports the short span when one was found, ``sentence`` the answer sentences.
+        answer_text: ``span`` reports the short span when one was found (SQuAD's protocol: with a reader, its span
+            even where the service says the sentence around it); ``answer`` (or ``sentence``, its former name)
+            what the service says: the span, or its sentence for a question that wants one; the sentence
+            backend's sentences.
     """
     text = result.span if answer_text == "span" and result.span else result.answer
     return SystemAnswer(

@@ -349,3 +349,24 @@ def test_the_overlap_baseline_answers_from_the_question_words(tmp_path: Path, en
     gold = _values(run.results, "gold")
     assert gold["abstention_recall"] == 0.0  # it never declines: the floor
     assert 0.0 < gold["f1"] < 1.0  # whole sentences against short gold spans
+
+
+def test_answer_text_scores_the_span_or_what_the_service_says() -> None:
+    from evals.answer_backends import system_answer
+    from retrieval.answers import GroundedAnswer
+
+    sentence = "Gift cards cannot be returned or refunded."
+    said = GroundedAnswer(sentence, "refunded", (), 0.8, False, "extractive", {}, "extractive")
+    assert system_answer(said, "span").text == "refunded"  # SQuAD's protocol: the reader's span
+    assert system_answer(said, "answer").text == sentence  # what a shopper reads for a yes/no question
+    assert system_answer(replace(said, span=None), "span").text == sentence
+
+
+def test_an_unknown_answer_text_is_refused(encoder: Any) -> None:
+    from app.cli_eval import service_answer_backends
+    from app.settings import Settings
+    from evals.errors import SuiteError
+
+    factory = service_answer_backends(Settings())["extractive"]
+    with pytest.raises(SuiteError, match="answer_text must be one of"):
+        factory(AnswerBackendContext(options={"answer_text": "paragraph", "reader": "none"}, encoder=lambda: encoder))
