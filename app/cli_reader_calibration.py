@@ -40,7 +40,14 @@ def _echo_figures(label: str, figures: dict[str, dict[str, Any]], width: int) ->
     default=0.0,
     show_default=True,
     help="Instead of --min-confidence: the lowest threshold that declines this share of the questions no document "
-    "answers (chosen on the fitting folds, reported on the others).",
+    "answers, answer-removed probes included (chosen on the fitting folds, reported on the others).",
+)
+@click.option(
+    "--probes/--no-probes",
+    default=True,
+    show_default=True,
+    help="Also fit on each answerable question asked with its answer cut from its passages, as an unanswerable "
+    "question (a near miss the confidence should decline); how many of them are declined is reported either way.",
 )
 @click.option(
     "--fine-tune/--no-fine-tune",
@@ -70,6 +77,7 @@ def train_reader_calibration(
     folds: int,
     min_confidence: float,
     abstention_target: float,
+    probes: bool,
     fine_tune: bool,
     epochs: int,
     batch_size: int,
@@ -93,14 +101,15 @@ def train_reader_calibration(
     from dataclasses import replace
 
     from app.models import open_registry
-    from app.reader_calibration import fine_tune as fine_tune_reader
     from app.reader_calibration import (
+        answer_removed,
         pack_questions,
         read_questions,
         recalibrate,
         register_recalibrated,
         retrieve_pack,
     )
+    from app.reader_calibration import fine_tune as fine_tune_reader
     from retrieval.answers.reading import ReaderCalibration
     from retrieval.reader import ReaderConfig, Reading, SpanReader, read_card
     from retrieval.registry import RegistryError
@@ -118,6 +127,8 @@ def train_reader_calibration(
         card = read_card(folder)
         previous = ReaderCalibration.from_card(card)
         retrieved = asyncio.run(retrieve_pack(settings, pack_questions(settings.pack_path), progress=progress))
+        questions = len(retrieved)
+        retrieved += answer_removed(retrieved)  # reported always, fitted on with --probes
         base_reader = SpanReader(settings.reader.to_config(str(folder)))
         encoder = serving_encoder(settings)
         reads = read_questions(base_reader, retrieved, encoder)
@@ -154,9 +165,12 @@ def train_reader_calibration(
             min_confidence=min_confidence,
             abstention_target=abstention_target,
             min_retrieval_score=settings.answers.to_config().min_retrieval_score,
-            fitted_on=f"pack:{settings.pack_path}: {len(reads)} questions, cross-fitted by document in {folds} folds"
+            fitted_on=f"pack:{settings.pack_path}: {questions} questions"
+            + (f" and {len(reads) - questions} answer-removed probes" if probes else "")
+            + f", cross-fitted by document in {folds} folds"
             + (" (read by readers fine-tuned on the other folds)" if tuned else ""),
             previous_reads=reads,
+            fit_probes=probes,
         )
         written, version = register_recalibrated(
             registry if register else None,
@@ -187,7 +201,7 @@ def train_reader_calibration(
         f"calibration: weights {weights[0]:.3f} (retrieval), {weights[1]:.3f} (margin), "
         f"{weights[2]:.3f} (sentence match), bias {report.calibration.bias:.3f}, "
         f"threshold {report.calibration.min_confidence:.3f}; "
-        f"{report.examples} spans of {report.questions} questions "
+        f"{report.examples} spans of {report.questions} {'questions and probes' if probes else 'questions'} "
         f"({report.right} right)"
     )
     for label, figures in report.figures.items():

@@ -9,6 +9,13 @@ margin, sentence match)`` against whether the answer it gives (the span, or its 
 one) is right: it holds a gold answer or reaches token F1 0.5 with one, and comes from a supporting document (no
 answer to an unanswerable question is right).
 
+**Answer-removed probes**: each answerable question is asked again with every sentence that holds its answer cut
+from its passages (a passage the answer cannot be cut from is left out), so its passages still read as on topic but
+cannot answer it. How many of them are declined is always reported; by default they are also unanswerable
+questions in the fit (none of their spans is right) and in the abstention target, so the threshold is set against
+near misses and not only against questions about something else (a weather forecast), which any threshold
+declines. A probe stays in its question's fold.
+
 The figures are **cross-fitted by document**: questions are grouped by their supporting document (an
 unanswerable question is its own group), the groups are dealt into folds, and each fold's questions are answered
 with a calibration fitted on the other folds only, so no figure comes from a fit that saw its question or its
@@ -40,6 +47,7 @@ import numpy as np
 from app.compliance import code_version
 from app.models import pinned_engine_config
 from app.settings import Settings
+from evals.answer_cases import without_answer
 from evals.answer_metrics import f1, holds_answer
 from evals.datasets import load_domain_pack
 from evals.qa_data import Passage, QAExample, load_pack_qa, pack_passages
@@ -82,6 +90,7 @@ class QuestionRead:
         matches: How well the sentence around each candidate span (the best span of each sentence,
             :func:`~retrieval.answers.reading.span_candidates`) matches the question
             (:func:`~retrieval.answers.reading.sentence_matches`); empty: not scored (0 for every candidate).
+        probe: An answer-removed probe (:func:`answer_removed`), not one of the pack's questions.
     """
 
     example: QAExample
@@ -92,6 +101,7 @@ class QuestionRead:
     spans: list[Span | None]
     top_score: float = 0.0
     matches: list[float] = field(default_factory=list)
+    probe: bool = False
 
     def sentence_matches(self, calibration: ReaderCalibration) -> list[float] | None:
         """The candidates' sentence matches for a calibration that uses them (``None`` for one that does not)."""
@@ -122,6 +132,7 @@ class Outcome:
     answered: bool
     holds_answer: bool
     right_document: bool
+    probe: bool = False
 
 
 @dataclass(slots=True)
@@ -179,26 +190,27 @@ def outcome(read: QuestionRead, calibration: ReaderCalibration, min_retrieval_sc
     example = read.example
     answerable = example.answerable
     if not read.contexts or read.top_score < min_retrieval_score:
-        return Outcome(answerable, False, False, False)
+        return Outcome(answerable, False, False, False, read.probe)
     best = choose_span(
         example.question, read.contexts, read.scores, read.spans, calibration, read.sentence_matches(calibration)
     )
     if best is None or best.confidence < calibration.min_confidence:
-        return Outcome(answerable, False, False, False)
+        return Outcome(answerable, False, False, False, read.probe)
     holds = answerable and bool(holds_answer(best.text, example.answers))
     right_doc = answerable and read.doc_ids[best.passage] in example.supporting_ids
-    return Outcome(answerable, True, holds, right_doc)
+    return Outcome(answerable, True, holds, right_doc, read.probe)
 
 
 def summarise(outcomes: Sequence[Outcome], seed: int, label: str) -> dict[str, dict[str, Any]]:
     """Per-question means with 95% bootstrap intervals: the pack-question figures of docs/answers.md."""
     answerable = [o for o in outcomes if o.answerable]
-    unanswerable = [o for o in outcomes if not o.answerable]
+    unanswerable = [o for o in outcomes if not o.answerable and not o.probe]
     columns = {
         "holds_answer": [float(o.holds_answer) for o in answerable],
         "right_document": [float(o.right_document) for o in answerable],
         "false_abstention": [float(not o.answered) for o in answerable],
         "abstention_accuracy": [float(not o.answered) for o in unanswerable],
+        "probe_abstention": [float(not o.answered) for o in outcomes if o.probe],
     }
     out: dict[str, dict[str, Any]] = {}
     for name, values in columns.items():
@@ -274,6 +286,7 @@ def recalibrate(
     min_retrieval_score: float = 0.0,
     fitted_on: str = "",
     previous_reads: Sequence[QuestionRead] | None = None,
+    fit_probes: bool = True,
 ) -> CalibrationReport:
     """Fit a calibration on the questions, with figures cross-fitted by document beside the previous calibration.
 
@@ -289,13 +302,15 @@ def recalibrate(
         fitted_on: What the new calibration says it was fitted on.
         previous_reads: The questions as the previous reader read them, when ``reads`` come from other weights
             (the previous figures are that reader's; default: ``reads``).
+        fit_probes: Fit on the answer-removed probes among ``reads`` too (they are reported either way).
 
     Raises:
         ValueError: Fewer than two folds, or the questions give only right (or only wrong) spans.
     """
     if folds < 2:
         raise ValueError("cross-fitting needs at least 2 folds")
-    calibration = fit(reads, min_confidence, fitted_on, abstention_target)
+    fitting = [read for read in reads if fit_probes or not read.probe]
+    calibration = fit(fitting, min_confidence, fitted_on, abstention_target)
     fold = [fold_of(read.group, folds, seed) for read in reads]
     held_out: list[Outcome] = []
     skipped = 0
@@ -304,13 +319,13 @@ def recalibrate(
         if not inside:
             continue
         try:
-            others = [read for read, f in zip(reads, fold, strict=True) if f != k]
+            others = [read for read, f in zip(reads, fold, strict=True) if f != k and (fit_probes or not read.probe)]
             fitted = fit(others, min_confidence, "", abstention_target)
         except ValueError:  # the other folds cannot be fitted on (one class only): this fold keeps the previous one
             skipped += 1
             fitted = previous
         held_out.extend(outcome(read, fitted, min_retrieval_score) for read in inside)
-    rows = [row for read in reads for row in read.labels()]
+    rows = [row for read in fitting for row in read.labels()]
     return CalibrationReport(
         calibration,
         {
@@ -319,7 +334,7 @@ def recalibrate(
                 [outcome(r, previous, min_retrieval_score) for r in previous_reads or reads], seed, "previous"
             ),
         },
-        questions=len(reads),
+        questions=len(fitting),
         examples=len(rows),
         right=int(sum(row[-1] for row in rows)),
         folds=folds,
@@ -361,6 +376,36 @@ async def retrieve_pack(
             out.append(QuestionRead(example, group_of(example), doc_ids, texts, scores, [], top))
     finally:
         await engine.stop()
+    return out
+
+
+def answer_removed(retrieved: Sequence[QuestionRead]) -> list[QuestionRead]:
+    """An answer-removed probe of every answerable question (see the module docstring), unread.
+
+    A passage that holds a gold answer, or is a supporting document, loses every sentence that holds one; a passage
+    left empty, or one the answer cannot be found in to cut (so it may still answer), is left out. A question with
+    no passage left gives no probe. The passages keep their retrieval scores (those of the whole passages: a probe is,
+    if anything, easier to answer than a real near miss). The probe keeps its question's supporting documents,
+    only so that it falls in its question's fold; being unanswerable, none of its spans is right.
+    """
+    out = []
+    for question in retrieved:
+        example = question.example
+        if not example.answerable or question.probe:
+            continue
+        kept: list[tuple[str, str, float]] = []
+        for doc_id, text, score in zip(question.doc_ids, question.contexts, question.scores, strict=True):
+            if doc_id in example.supporting_ids or holds_answer(text, example.answers):
+                cut = without_answer(Passage(doc_id, text), example.answers)
+                if cut is None or cut.text == text:
+                    continue
+                text = cut.text
+            kept.append((doc_id, text, score))
+        if not kept:
+            continue
+        probe = replace(example, id=f"{example.id}#removed", answers=(), answerable=False, answer_starts=())
+        doc_ids, texts, scores = (list(column) for column in zip(*kept, strict=True))
+        out.append(QuestionRead(probe, question.group, doc_ids, texts, scores, [], max(scores), probe=True))
     return out
 
 

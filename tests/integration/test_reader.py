@@ -365,7 +365,12 @@ def test_candor_train_reader_calibration_refits_on_the_pack_and_registers_a_chil
     result = CliRunner().invoke(main, [*args, "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "registered reader:1" in result.output
-    for line in ("cross_fitted holds_answer", "previous     holds_answer", "cross_fitted abstention_accuracy"):
+    for line in (
+        "cross_fitted holds_answer",
+        "previous     holds_answer",
+        "cross_fitted abstention_accuracy",
+        "cross_fitted probe_abstention",
+    ):
         assert line in result.output
     assert (trained.folder / READER_FILE).read_text(encoding="utf-8") == before  # the source is left as it was
     registry = ModelRegistry(default_uri(state), state / "models")
@@ -373,8 +378,11 @@ def test_candor_train_reader_calibration_refits_on_the_pack_and_registers_a_chil
     assert version.tags["parent"] == str(trained.folder)
     assert version.tags["calibrated_on"] == f"pack:{PACK.resolve()}"
     card = json.loads((registry.local_path(version) / READER_FILE).read_text(encoding="utf-8"))
-    assert card["calibration"]["fitted_on"].startswith(f"pack:{PACK.resolve()}: 50 questions")
-    assert card["recalibration"]["questions"] == 50
+    fitted_on = card["calibration"]["fitted_on"]
+    assert fitted_on.startswith(f"pack:{PACK.resolve()}: 50 questions and ")
+    probes = int(fitted_on.split(" and ")[1].split()[0])  # the answerable questions whose answer could be cut out
+    assert 0 < probes <= 38
+    assert card["recalibration"]["questions"] == 50 + probes
     assert set(card["recalibration"]["figures"]) == {"cross_fitted", "previous"}
     assert registry.card(version)["recalibration"] == card["recalibration"]
 

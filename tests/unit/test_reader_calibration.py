@@ -222,3 +222,53 @@ def test_the_squad_calibration_fits_the_sentence_match(monkeypatch: pytest.Monke
     assert calibration.weights[2] > 5 * max(abs(calibration.weights[0]), abs(calibration.weights[1]), 0.1)
     assert calibration.uses_sentences
     assert "(sentence match)" in said[0]
+
+
+def test_an_answer_removed_probe_keeps_the_passages_but_not_the_answer() -> None:
+    question = _reads()[0]
+    own = "Returns are accepted within 2 days of delivery. Keep the invoice."
+    read = QuestionRead(
+        question.example,
+        question.group,
+        ["kb-0", "kb-other-0", "kb-0-copy"],
+        [own, "Unrelated article 0: the shop opens at nine.", "Within 2 days, always."],
+        [0.6, 0.4, 0.3],
+        [],
+        0.6,
+    )
+    (probe,) = reader_calibration.answer_removed([read, _reads()[-1]])  # an unanswerable question gives none
+    assert probe.probe
+    assert probe.example.id == "q0#removed"
+    assert not probe.example.answerable
+    assert probe.example.answers == ()
+    assert probe.group == read.group  # judged in its question's fold
+    # The answer's sentence is cut; the passage left empty by the cut is left out; the others are kept as retrieved.
+    assert probe.doc_ids == ["kb-0", "kb-other-0"]
+    assert probe.contexts == ["Keep the invoice.", "Unrelated article 0: the shop opens at nine."]
+    assert probe.scores == [0.6, 0.4]
+    assert reader_calibration.answer_removed([probe]) == []  # no probe of a probe
+
+
+def _probe(read: QuestionRead, margin: float) -> QuestionRead:
+    """A near miss: a confident span in a passage that matches the question, which no longer holds the answer."""
+    text = "Article: returns of opened items are accepted after a check."
+    example = QAExample(f"{read.example.id}#removed", read.example.question, (), (), answerable=False)
+    spans: list[Span | None] = [_span(text, "after a check", margin)]
+    return QuestionRead(example, read.group, ["kb-near"], [text], [0.6], spans, 0.6, [0.6], probe=True)
+
+
+def test_probes_are_reported_always_and_fitted_on_when_asked() -> None:
+    reads = _reads()
+    rng = random.Random(5)
+    probes = [_probe(r, 5 + 2 * rng.random()) for r in reads if r.example.answerable]
+    without = recalibrate([*reads, *probes], NEVER, folds=4, abstention_target=0.9, fit_probes=False)
+    fitted = recalibrate([*reads, *probes], NEVER, folds=4, abstention_target=0.9)
+    # Reported apart from the pack's own unanswerable questions, whichever way the fit went.
+    for report in (without, fitted):
+        assert report.figures["cross_fitted"]["probe_abstention"]["n"] == 30
+        assert report.figures["cross_fitted"]["abstention_accuracy"]["n"] == 10
+    assert without.questions == 40
+    assert fitted.questions == 70
+    # Fitted on only the far misses, the threshold lets the confident near misses through; fitted on them, not.
+    assert without.figures["cross_fitted"]["probe_abstention"]["value"] < 0.5
+    assert fitted.figures["cross_fitted"]["probe_abstention"]["value"] >= 0.75  # 0.9 of those fitted on, held out
