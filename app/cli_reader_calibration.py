@@ -40,7 +40,7 @@ def _echo_figures(label: str, figures: dict[str, dict[str, Any]], width: int) ->
     default=0.0,
     show_default=True,
     help="Instead of --min-confidence: the lowest threshold that declines this share of the questions no document "
-    "answers, answer-removed probes included (chosen on the fitting folds, reported on the others).",
+    "answers, and with --probes of the answer-removed probes (chosen on the fitting folds, reported on the others).",
 )
 @click.option(
     "--probes/--no-probes",

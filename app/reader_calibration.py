@@ -47,6 +47,7 @@ import numpy as np
 from app.compliance import code_version
 from app.models import pinned_engine_config
 from app.settings import Settings
+from evals.answer_cases import holds_answer as contains_answer
 from evals.answer_cases import without_answer
 from evals.answer_metrics import f1, holds_answer
 from evals.datasets import load_domain_pack
@@ -395,8 +396,8 @@ def answer_removed(retrieved: Sequence[QuestionRead]) -> list[QuestionRead]:
             continue
         kept: list[tuple[str, str, float]] = []
         for doc_id, text, score in zip(question.doc_ids, question.contexts, question.scores, strict=True):
-            if doc_id in example.supporting_ids or holds_answer(text, example.answers):
-                cut = without_answer(Passage(doc_id, text), example.answers)
+            if doc_id in example.supporting_ids or contains_answer(text, example.answers):
+                cut = without_answer(Passage(doc_id, text), example.answers)  # cuts what contains_answer finds
                 if cut is None or cut.text == text:
                     continue
                 text = cut.text
