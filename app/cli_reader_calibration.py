@@ -109,7 +109,7 @@ def train_reader_calibration(
         register_recalibrated,
         retrieve_pack,
     )
-    from app.reader_calibration import fine_tune as fine_tune_reader
+    from app.reader_fine_tuning import fine_tune as fine_tune_reader
     from retrieval.answers.reading import ReaderCalibration
     from retrieval.reader import ReaderConfig, Reading, SpanReader, read_card
     from retrieval.registry import RegistryError

@@ -399,7 +399,7 @@ def test_candor_train_reader_calibration_refits_on_the_pack_and_registers_a_chil
 def test_candor_train_reader_calibration_fine_tunes_out_of_fold_and_registers_the_new_weights(
     trained: ReaderTrainReport, built_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app import reader_calibration
+    from app import reader_calibration, reader_fine_tuning
     from retrieval.encoder import weights_digest
 
     state = tmp_path / "state"
@@ -418,7 +418,7 @@ def test_candor_train_reader_calibration_fine_tunes_out_of_fold_and_registers_th
         trained_on.append([e.id for e in examples])
         return train(examples, *args, **kwargs)
 
-    monkeypatch.setattr(reader_calibration, "train_reader", recorded)
+    monkeypatch.setattr(reader_fine_tuning, "train_reader", recorded)
     before = weights_digest(trained.folder)
     args = ["train", "reader-calibration", "--reader", str(trained.folder), "--pack", str(PACK), "--folds", "2"]
     tuning = ["--fine-tune", "--epochs", "1", "--batch-size", "32", "--no-progress"]

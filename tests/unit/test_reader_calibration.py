@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import reader_calibration, training_reader
+from app import reader_calibration, reader_fine_tuning, training_reader
 from app.reader_calibration import QuestionRead, fold_of, outcome, recalibrate
 from app.training_reader import load_reader_source
 from evals.qa_data import Passage, QAExample
@@ -161,14 +161,14 @@ def test_fine_tuning_examples_come_from_the_kept_questions_over_their_own_passag
         QAExample("q3", "Where is the answer?", ("not in the passage",), ("kb-care",)),
         QAExample("q4", "Do you sell boats?", (), (), answerable=False),
     ]
-    made = reader_calibration.fold_training_examples(examples, passages, [True, False, True, True], negatives=1.0)
+    made = reader_fine_tuning.fold_training_examples(examples, passages, [True, False, True, True], negatives=1.0)
     spans = [e for e in made if e.answer_start >= 0]
     assert [(e.id, e.answer) for e in spans] == [("q1", "1 year")]  # q2 held out, q3 unlocatable, q4 no answer
     assert passages["kb-gift"].text[spans[0].answer_start :].startswith("1 year")
     free = [e for e in made if e.answer_start < 0]
     assert [e.id for e in free] == ["q1~no-answer"]  # shown over a passage without its answer, as "no answer"
     assert "1 year" not in free[0].context
-    assert reader_calibration.fold_training_examples(examples, passages, [True] * 4, negatives=0.0)[0].id == "q1"
+    assert reader_fine_tuning.fold_training_examples(examples, passages, [True] * 4, negatives=0.0)[0].id == "q1"
     assert all(not e.id.startswith("q2") for e in made)
 
 
